@@ -1,0 +1,49 @@
+"""One frozen settings object for the whole process (env prefix ``FEEDRANK_``).
+
+Every field is documented in the README's configuration table. The bootstrap
+servers use the conventional ``KAFKA_BOOTSTRAP_SERVERS`` name as well.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Application settings; read once from the environment, never mutated."""
+
+    model_config = SettingsConfigDict(env_prefix="FEEDRANK_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "FEEDRANK_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers; unset = start the embedded broker.",
+    )
+    app_id: str = Field("feedrank", description="Faust app id = consumer group id and changelog topic prefix.")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions of every user-keyed topic.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    data_dir: Path = Field(Path("var/data"), description="RocksDB state and worker files.")
+    log_dir: Path = Field(Path("var/log"), description="Log files (embedded broker log).")
+    web_host: str = Field("127.0.0.1", description="Worker web server bind host.")
+    web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port (0 = pick a free one).")
+    one_record_per_batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Send one record per produce batch (the embedded broker's end-offset defect); auto = on for tansu.",
+    )
+    embedded_broker_port: int = Field(0, ge=0, le=65535, description="Port of the embedded broker (0 = free port).")
+    topic_impressions: str = Field("impressions", description="Impression events topic.")
+    topic_engagements: str = Field("engagements", description="Engagement events topic.")
+    topic_dlq: str = Field("events-dlq", description="Dead-letter topic for events that fail to decode or validate.")
+    commit_interval_s: float = Field(1.0, gt=0, description="Source offset commit interval (seconds).")
+    log_level: str = Field("INFO", description="Root log level.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read from the environment on first use)."""
+    return Settings()
