@@ -115,8 +115,11 @@ def decode_event(raw: bytes | None, expect: type[_Event] | None = None) -> Event
     if not isinstance(obj, dict):
         raise EventDecodeError(f"not a JSON object: got {type(obj).__name__}")
     kind = obj.get("kind")
-    if kind is None:
-        kind = "engagement" if "action" in obj else "impression"
+    if kind is None:  # the topic says what it carries; else infer from the fields
+        if expect is not None:
+            kind = "impression" if expect is Impression else "engagement"
+        else:
+            kind = "engagement" if "action" in obj else "impression"
     model: type[_Event]
     if kind == "impression":
         model = Impression

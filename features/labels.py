@@ -1,0 +1,333 @@
+"""The impression-label join, as pure event-time logic (no Kafka, no Faust).
+
+Rules (``A`` = attribution window, ``L`` = allowed lateness; ``W_i``/``W_e``
+= the largest event time seen so far on this partition's impressions /
+engagements input, so each depends only on its own topic's order):
+
+- An event with ``ts + L < W`` of its own input is *late*: it is counted
+  (``late_impressions`` / ``late_engagements``) and does not take part in the
+  join or the feedback loop. (The user's sequence and counters, which are
+  order-independent, still take it.)
+- An engagement *contributes* to the impression with the same
+  ``(user, item, request)`` when ``imp.ts - L <= eng.ts <= imp.ts + A``; it sets
+  that action's label to 1 (once; the feedback loop counts the action when its
+  label flips). Non-contributing engagements are counted as
+  ``unlabeled_engagements``: outside the window, or never matched.
+- Engagements that come before their impression wait as *orphans*; an orphan
+  expires (counted unlabeled) when ``eng.ts + 2L < W_i``: no impression that
+  could still arrive on time could use it.
+- An impression's window closes when ``W_e > imp.ts + A + L``; then exactly one
+  labeled example is emitted: the impression, a 0/1 label per action, and the
+  scorer's logged prediction for that request and item (or ``null``).
+
+Labels therefore depend only on the input, not on how the two topics
+interleave, which is what makes a crash-and-replay reproduce the same output.
+A prediction log is kept until ``W_e > log.ts + 2A + L``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Final, Iterable, Protocol
+
+from .events import ACTIONS, Engagement, Impression
+from .predictions import PredictionDecodeError, decode_prediction, prediction_fields
+from .state import segment_keys
+from .tiles import FeedbackTiles
+
+_BIT: Final[dict[str, int]] = {a: 1 << i for i, a in enumerate(ACTIONS)}
+_PENDING = struct.Struct("<Bq2s1s")  # labels bitmask, ts, country, gender; then the raw impression
+_ORPHAN = struct.Struct("<qB")  # ts, action index; then the event id
+
+STAT_NAMES: Final[tuple[str, ...]] = (
+    "impressions_joined",
+    "late_impressions",
+    "duplicate_impressions",
+    "late_engagements",
+    "unlabeled_engagements",
+    "labeled_examples",
+    "labeled_with_prediction",
+    "expired_predictions",
+    "duplicate_predictions",
+)
+
+
+class KV(Protocol):
+    """The byte-level map a join keeps one of its tables in."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, value: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
+class DictKV:
+    """A ``KV`` over a plain dict (pure tests and recomputation)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def items(self) -> Iterable[tuple[str, bytes]]:
+        return self.data.items()
+
+
+def join_key(user_id: str, item_id: str, request_id: str) -> str:
+    return f"{user_id}|{item_id}|{request_id}"
+
+
+def prediction_key(user_id: str, request_id: str) -> str:
+    return f"{user_id}|{request_id}"
+
+
+@dataclass
+class JoinStats:
+    """Counters of what the join did (persisted with the partition's state)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0))
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+def encode_pending(labels: int, imp: Impression, raw: bytes) -> bytes:
+    return _PENDING.pack(labels, imp.ts, imp.country.encode(), imp.gender.encode()) + raw
+
+
+def decode_pending(blob: bytes) -> tuple[int, int, str, str, bytes]:
+    """-> (labels bitmask, ts, country, gender, raw impression bytes)."""
+    labels, ts, country, gender = _PENDING.unpack_from(blob, 0)
+    return labels, ts, country.decode(), gender.decode(), blob[_PENDING.size :]
+
+
+def labels_dict(bits: int) -> dict[str, int]:
+    return {a: 1 if bits & b else 0 for a, b in _BIT.items()}
+
+
+def _encode_orphans(items: list[tuple[int, int, str]]) -> bytes:
+    return b"".join(_ORPHAN.pack(ts, ai) + eid.encode() + b"\n" for ts, ai, eid in items)
+
+
+def _decode_orphans(blob: bytes) -> list[tuple[int, int, str]]:
+    out = []
+    off = 0
+    while off < len(blob):
+        ts, ai = _ORPHAN.unpack_from(blob, off)
+        off += _ORPHAN.size
+        end = blob.index(b"\n", off)
+        out.append((ts, ai, blob[off:end].decode()))
+        off = end + 1
+    return out
+
+
+class LabelJoin:
+    """One partition's join state machine over three ``KV`` tables.
+
+    ``emit(user_id, example)`` receives each labeled example (a JSON-ready dict);
+    ``feedback`` receives impression and action counts per segment (the
+    partition's pending feedback delta).
+    """
+
+    def __init__(
+        self,
+        pending: KV,
+        orphans: KV,
+        predictions: KV,
+        *,
+        window_ms: int,
+        lateness_ms: int,
+        emit: Callable[[str, dict[str, Any]], None],
+        feedback: Callable[[], FeedbackTiles],
+        stats: JoinStats | None = None,
+    ) -> None:
+        self.pending = pending
+        self.orphans = orphans
+        self.predictions = predictions
+        self.window_ms = window_ms
+        self.lateness_ms = lateness_ms
+        self.emit = emit
+        self.feedback = feedback
+        self.stats = stats or JoinStats()
+        self.wm_imp = 0
+        self.wm_eng = 0
+        # lazy min-heaps of (deadline, key); entries are re-checked against the table
+        self._close_heap: list[tuple[int, str]] = []
+        self._orphan_heap: list[tuple[int, str]] = []
+        self._pred_heap: list[tuple[int, str]] = []
+
+    # -- recovery --------------------------------------------------------------
+    def rebuild_indexes(
+        self,
+        pending: Iterable[tuple[str, bytes]],
+        orphans: Iterable[tuple[str, bytes]],
+        predictions: Iterable[tuple[str, bytes]],
+    ) -> None:
+        """Rebuild the in-memory deadline heaps from the stored tables (on open)."""
+        A, L = self.window_ms, self.lateness_ms
+        self._close_heap = [(_PENDING.unpack_from(v, 0)[1] + A + L, k) for k, v in pending]
+        self._orphan_heap = [(min(t for t, _, _ in _decode_orphans(v)) + 2 * L, k) for k, v in orphans]
+        self._pred_heap = []
+        for k, v in predictions:
+            (ts,) = struct.unpack_from("<q", v, 0)
+            self._pred_heap.append((ts + 2 * A + L, k))
+        for h in (self._close_heap, self._orphan_heap, self._pred_heap):
+            heapq.heapify(h)
+
+    # -- inputs ----------------------------------------------------------------
+    def on_prediction(self, user_id: str, request_id: str, ts: int, raw: bytes) -> None:
+        key = prediction_key(user_id, request_id)
+        if self.predictions.get(key) is not None:
+            self.stats.inc("duplicate_predictions")
+            return
+        self.predictions.put(key, struct.pack("<q", ts) + raw)
+        heapq.heappush(self._pred_heap, (ts + 2 * self.window_ms + self.lateness_ms, key))
+
+    def on_impression(self, imp: Impression, raw: bytes) -> bool:
+        """Returns False when the impression is late (not joined, not in the feedback loop)."""
+        L, A = self.lateness_ms, self.window_ms
+        if imp.ts + L < self.wm_imp:
+            self.stats.inc("late_impressions")
+            return False
+        if imp.ts > self.wm_imp:
+            self.wm_imp = imp.ts
+        key = join_key(imp.user_id, imp.item_id, imp.request_id)
+        if self.pending.get(key) is not None:
+            self.stats.inc("duplicate_impressions")
+            return False
+        self.stats.inc("impressions_joined")
+        segs = segment_keys(imp.country, imp.gender)
+        fb = self.feedback()
+        fb.add(segs, imp.ts, None)
+        bits = 0
+        oblob = self.orphans.get(key)
+        if oblob is not None:
+            self.orphans.delete(key)
+            for ets, ai, _eid in _decode_orphans(oblob):
+                if imp.ts - L <= ets <= imp.ts + A:
+                    bit = 1 << ai
+                    if not bits & bit:
+                        bits |= bit
+                        fb.add(segs, ets, ACTIONS[ai])
+                else:
+                    self.stats.inc("unlabeled_engagements")
+        self.pending.put(key, encode_pending(bits, imp, raw))
+        heapq.heappush(self._close_heap, (imp.ts + A + L, key))
+        self._expire_orphans()
+        self._close_due()
+        return True
+
+    def on_engagement(self, eng: Engagement) -> bool:
+        """Returns False when the engagement is late on its own input."""
+        L, A = self.lateness_ms, self.window_ms
+        if eng.ts + L < self.wm_eng:
+            self.stats.inc("late_engagements")
+            return False
+        if eng.ts > self.wm_eng:
+            self.wm_eng = eng.ts
+        key = join_key(eng.user_id, eng.item_id, eng.request_id)
+        blob = self.pending.get(key)
+        if blob is not None:
+            bits, ts, country, gender, raw = decode_pending(blob)
+            if ts - L <= eng.ts <= ts + A:
+                bit = _BIT[eng.action]
+                if not bits & bit:
+                    self.pending.put(key, bytes([bits | bit]) + blob[1:])
+                    self.feedback().add(segment_keys(country, gender), eng.ts, eng.action)
+            else:
+                self.stats.inc("unlabeled_engagements")
+        else:
+            ai = ACTIONS.index(eng.action)
+            old = self.orphans.get(key)
+            item = _ORPHAN.pack(eng.ts, ai) + eng.event_id.encode() + b"\n"
+            self.orphans.put(key, (old or b"") + item)
+            heapq.heappush(self._orphan_heap, (eng.ts + 2 * L, key))
+        self._close_due()
+        return True
+
+    # -- deadlines -------------------------------------------------------------
+    def _close_due(self) -> None:
+        heap = self._close_heap
+        wm = self.wm_eng
+        while heap and heap[0][0] < wm:
+            deadline, key = heapq.heappop(heap)
+            blob = self.pending.get(key)
+            if blob is None:
+                continue
+            bits, ts, _c, _g, raw = decode_pending(blob)
+            if ts + self.window_ms + self.lateness_ms != deadline:
+                continue  # stale heap entry
+            self.pending.delete(key)
+            self._emit(key, bits, raw)
+        self._expire_predictions()
+
+    def _emit(self, key: str, bits: int, raw: bytes) -> None:
+        imp = json.loads(raw)
+        pred = None
+        pblob = self.predictions.get(prediction_key(imp["user_id"], imp["request_id"]))
+        if pblob is not None:
+            try:
+                pred = prediction_fields(decode_prediction(pblob[8:]), imp["item_id"])
+            except PredictionDecodeError:
+                pred = None
+        self.stats.inc("labeled_examples")
+        if pred is not None:
+            self.stats.inc("labeled_with_prediction")
+        self.emit(imp["user_id"], {
+            "example_id": imp["event_id"],
+            "impression": imp,
+            "labels": labels_dict(bits),
+            "prediction": pred,
+        })
+
+    def _expire_orphans(self) -> None:
+        heap = self._orphan_heap
+        wm = self.wm_imp
+        two_l = 2 * self.lateness_ms
+        while heap and heap[0][0] < wm:
+            _deadline, key = heapq.heappop(heap)
+            blob = self.orphans.get(key)
+            if blob is None:
+                continue
+            keep = []
+            for item in _decode_orphans(blob):
+                if item[0] + two_l < wm:
+                    self.stats.inc("unlabeled_engagements")
+                else:
+                    keep.append(item)
+            if keep:
+                self.orphans.put(key, _encode_orphans(keep))
+                heapq.heappush(heap, (min(t for t, _, _ in keep) + two_l, key))
+            else:
+                self.orphans.delete(key)
+
+    def _expire_predictions(self) -> None:
+        heap = self._pred_heap
+        wm = self.wm_eng
+        while heap and heap[0][0] < wm:
+            _deadline, key = heapq.heappop(heap)
+            if self.predictions.get(key) is not None:
+                self.predictions.delete(key)
+                self.stats.inc("expired_predictions")
+
+
+__all__ = [
+    "DictKV",
+    "JoinStats",
+    "KV",
+    "LabelJoin",
+    "STAT_NAMES",
+    "decode_pending",
+    "join_key",
+    "labels_dict",
+    "prediction_key",
+]

@@ -1,0 +1,143 @@
+"""Training and evaluation rows from the synthetic world, assembled like online requests.
+
+``simulate`` replays world traffic through ``ReplayState`` (the offline twin of the
+stream tables) and calls ``features.assembly.assemble`` for every request, so
+rows carry exactly the serving features. ``downsample`` builds the training set
+the way the home feed post describes: rows are stratified by their strongest
+action and each stratum kept at its own rate, so positives are over-represented
+and raw model scores are NOT probabilities (calibration fixes that).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from features.assembly import CAND_KEYS, USER_KEYS, FeatureSpec, assemble
+from features.events import ACTIONS
+from features.state import Candidate
+from features.world import HOUR_MS, World
+
+from .replay_state import ReplayState
+
+log = logging.getLogger(__name__)
+
+#: Strata, strongest first: a row's class is its first positive action in this order.
+CLASS_ORDER: tuple[str, ...] = ("hide", "repin", "long_click", "closeup", "click", "video_view_10s", "none")
+DEFAULT_RATES: Mapping[str, float] = {"hide": 1.0, "repin": 1.0, "long_click": 1.0, "closeup": 0.6,
+                                      "click": 0.5, "video_view_10s": 0.6, "none": 0.12}
+VIDEO_TASK = ACTIONS.index("video_view_10s")
+
+
+@dataclass
+class RowSet:
+    """Rows = shown impressions. User part per request ``[Q, ...]``, the rest per row ``[R, ...]``."""
+
+    user: dict[str, np.ndarray]
+    cand: dict[str, np.ndarray]
+    req_index: np.ndarray  # [R] -> row of ``user``
+    labels: np.ndarray  # [R, T] float32
+    mask: np.ndarray  # [R, T] float32, 0 where the task cannot happen
+    true_probs: np.ndarray  # [R, T]
+    ts: np.ndarray  # [R] epoch ms
+    klass: np.ndarray  # [R] index in CLASS_ORDER
+    summary: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.req_index)
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Model input arrays for rows ``idx`` (user part repeated per row)."""
+        q = self.req_index[idx]
+        out = {k: v[q] for k, v in self.user.items()}
+        out.update({k: v[idx] for k, v in self.cand.items()})
+        return out
+
+    def select(self, keep: np.ndarray) -> "RowSet":
+        """Rows where ``keep`` (bool ``[R]``) holds; the user part is shared, not copied."""
+        return RowSet(self.user, {k: v[keep] for k, v in self.cand.items()}, self.req_index[keep],
+                      self.labels[keep], self.mask[keep], self.true_probs[keep], self.ts[keep], self.klass[keep],
+                      dict(self.summary))
+
+
+def row_class(labels: np.ndarray) -> np.ndarray:
+    """Index in ``CLASS_ORDER`` of each row's strongest action (``none`` when no action)."""
+    klass = np.full(len(labels), len(CLASS_ORDER) - 1, dtype=np.int64)
+    for ci in range(len(CLASS_ORDER) - 2, -1, -1):
+        klass[labels[:, ACTIONS.index(CLASS_ORDER[ci])] > 0] = ci
+    return klass
+
+
+def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, spec: FeatureSpec,
+             feed_size: int = 10, n_candidates: int = 30, progress: bool = False) -> RowSet:
+    """Replay ``hours`` of world traffic (random logging policy: shuffled candidates)."""
+    state = ReplayState(seq_len=spec.seq_len)
+    end = start_ms + int(hours * HOUR_MS)
+    users: dict[str, list[np.ndarray]] = {k: [] for k in USER_KEYS}
+    cands: dict[str, list[np.ndarray]] = {k: [] for k in CAND_KEYS}
+    req_index, labels, probs, ts_rows = [], [], [], []
+    rng = np.random.default_rng(world.seed + 7)
+    t0 = time.perf_counter()
+    q = 0
+    for req in world.requests(start_ms, requests_per_s, n_candidates):
+        if req.ts >= end:
+            break
+        state.advance(req.ts)
+        order = rng.permutation(len(req.candidates))[:feed_size]
+        shown = [Candidate(req.candidates[i].item_id, req.candidates[i].item_type, j, req.candidates[i].features)
+                 for j, i in enumerate(order)]
+        ctx = req.context
+        inputs = assemble(state.user_state(req.user_id, req.ts), state.feedback(req.ts, ctx.country, ctx.gender),
+                          ctx, shown, spec).arrays()
+        result = world.show(req, [c.item_id for c in shown])
+        for imp, engs in zip(result.impressions, result.engagements):
+            state.add_impression(imp)
+            state.add_engagements(engs)
+        for k in USER_KEYS:
+            users[k].append(inputs[k])
+        for k in CAND_KEYS:
+            cands[k].append(inputs[k])
+        req_index.append(np.full(len(shown), q))
+        labels.append(result.labels)
+        probs.append(result.true_probs)
+        ts_rows.append(np.full(len(shown), req.ts))
+        q += 1
+        if progress and q % 2000 == 0:
+            done = (req.ts - start_ms) / (end - start_ms)
+            print(f"\r[simulate] {done:5.1%} requests={q} {q / (time.perf_counter() - t0):.0f} req/s",
+                  end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    lab = np.concatenate(labels).astype(np.float32)
+    cand = {k: np.concatenate(v) for k, v in cands.items()}
+    mask = np.ones_like(lab)
+    mask[:, VIDEO_TASK] = (cand["cand_type"] == 2).astype(np.float32)
+    rows = RowSet({k: np.stack(v) for k, v in users.items()}, cand, np.concatenate(req_index), lab, mask,
+                  np.concatenate(probs), np.concatenate(ts_rows), row_class(lab))
+    rows.summary = {"requests": q, "impressions": len(rows), "start_ms": start_ms, "hours": hours,
+                    "action_rates": {a: float(lab[:, i].mean()) for i, a in enumerate(ACTIONS)}}
+    log.info("simulated %d requests, %d impressions in %.1fs", q, len(rows), time.perf_counter() - t0)
+    return rows
+
+
+def downsample(rows: RowSet, rates: Mapping[str, float] = DEFAULT_RATES, seed: int = 0) -> RowSet:
+    """Stratified down-sampling: keep each row with its class's rate; records the rates in ``summary``."""
+    rng = np.random.default_rng(seed)
+    keep_p = np.asarray([rates[c] for c in CLASS_ORDER])[rows.klass]
+    out = rows.select(rng.random(len(rows)) < keep_p)
+    before = np.bincount(rows.klass, minlength=len(CLASS_ORDER))
+    after = np.bincount(out.klass, minlength=len(CLASS_ORDER))
+    out.summary.update(sampling={"scheme": "stratified by strongest action, kept with per-class rate",
+                                 "rates": dict(rates),
+                                 "rows_before": {c: int(n) for c, n in zip(CLASS_ORDER, before)},
+                                 "rows_after": {c: int(n) for c, n in zip(CLASS_ORDER, after)}},
+                       rows=len(out))
+    return out
+
+
+__all__ = ["CLASS_ORDER", "DEFAULT_RATES", "RowSet", "downsample", "row_class", "simulate"]

@@ -1,0 +1,225 @@
+"""Building blocks of the ranking model, each a small scriptable ``nn.Module``.
+
+Representation (embeddings + normalized dense), the sequence mixer (a transformer
+over the user's real-time actions plus a context token), the experts, gates and
+towers of the MMoE, and the shared-bottom alternative. Expert and gate first
+layers are split into a user part and a candidate part, so serving computes the
+user part once per request (``[1, ...]``) and broadcasts it over ``N`` candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+class DenseNorm(nn.Module):
+    """``(x - mean) / std`` with statistics fixed from training data, then clipped to [-5, 5]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: ``[..., dim]`` -> ``[..., dim]``."""
+        return ((x - self.mean) / self.std).clamp(-5.0, 5.0)
+
+
+class UserRepresentation(nn.Module):
+    """Hashed user id, context categoricals and normalized user dense features -> ``[B, out_dim]``."""
+
+    def __init__(self, user_buckets: int, ctx_buckets: int, n_ctx: int, n_dense: int,
+                 user_dim: int = 16, ctx_dim: int = 8) -> None:
+        super().__init__()
+        self.user_emb = nn.Embedding(user_buckets, user_dim)
+        self.ctx_emb = nn.Embedding(ctx_buckets, ctx_dim)
+        self.norm = DenseNorm(n_dense)
+        self.out_dim = user_dim + n_ctx * ctx_dim + n_dense
+
+    def forward(self, user_id: Tensor, ctx: Tensor, dense: Tensor) -> Tensor:
+        """user_id ``[B, 1]``, ctx ``[B, C]``, dense ``[B, Du]`` -> ``[B, out_dim]``."""
+        b = user_id.shape[0]
+        return torch.cat([self.user_emb(user_id).reshape(b, -1), self.ctx_emb(ctx).reshape(b, -1),
+                          self.norm(dense)], dim=1)
+
+
+class TransformerBlock(nn.Module):
+    """One post-norm transformer encoder layer with a key padding mask."""
+
+    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Linear(ffn, dim))
+        self.ln2 = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x ``[B, S, d]``, valid ``[B, S]`` bool (at least one True per row) -> ``[B, S, d]``."""
+        b, s, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(x).reshape(b, s, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
+        att = att.masked_fill(~valid[:, None, None, :], -1e9).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, s, d)
+        x = self.ln1(x + self.proj(y))
+        return self.ln2(x + self.ffn(x))
+
+
+class SequenceMixer(nn.Module):
+    """Transformer mixer over the real-time action sequence plus a context token.
+
+    Tokens are item-id + action + item-type + age + recency embeddings; the context
+    token is a projection of the user representation. Output is the context
+    token's final state concatenated with the masked mean of the action tokens.
+    """
+
+    def __init__(self, item_emb: nn.Embedding, n_actions: int, age_buckets: int, seq_len: int,
+                 user_dim: int, heads: int = 2, ffn: int = 64) -> None:
+        super().__init__()
+        d = item_emb.embedding_dim
+        self.item_emb = item_emb
+        self.action_emb = nn.Embedding(n_actions + 1, d)
+        self.type_emb = nn.Embedding(3, d)
+        self.age_emb = nn.Embedding(age_buckets, d)
+        self.recency = nn.Parameter(torch.randn(seq_len, d) * 0.02)
+        self.ctx_token = nn.Linear(user_dim, d)
+        self.block = TransformerBlock(d, heads, ffn)
+        self.out_dim = 2 * d
+
+    def forward(self, user: Tensor, item: Tensor, action: Tensor, item_type: Tensor, age: Tensor,
+                mask: Tensor) -> Tensor:
+        """user ``[B, Du]``; item/action/item_type/age ``[B, L]`` int; mask ``[B, L]`` bool -> ``[B, 2d]``."""
+        tok = self.item_emb(item) + self.action_emb(action) + self.type_emb(item_type) + self.age_emb(age)
+        tok = tok + self.recency[None, : tok.shape[1]]
+        x = torch.cat([self.ctx_token(user).unsqueeze(1), tok], dim=1)
+        valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+        y = self.block(x, valid)
+        m = mask.unsqueeze(-1).to(y.dtype)
+        pooled = (y[:, 1:] * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return torch.cat([y[:, 0], pooled], dim=1)
+
+
+class NoSequence(nn.Module):
+    """Stand-in for ``SequenceMixer`` in the ablation without the real-time sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_dim = 0
+
+    def forward(self, user: Tensor, item: Tensor, action: Tensor, item_type: Tensor, age: Tensor,
+                mask: Tensor) -> Tensor:
+        """-> ``[B, 0]``."""
+        return user.new_zeros((user.shape[0], 0))
+
+
+class CandidateRepresentation(nn.Module):
+    """Item id (shared with the sequence), item type, position and normalized dense -> ``[N, out_dim]``."""
+
+    def __init__(self, item_emb: nn.Embedding, position_buckets: int, n_dense: int, small_dim: int = 4) -> None:
+        super().__init__()
+        self.item_emb = item_emb
+        self.type_emb = nn.Embedding(3, small_dim)
+        self.pos_emb = nn.Embedding(position_buckets, small_dim)
+        self.norm = DenseNorm(n_dense)
+        self.out_dim = item_emb.embedding_dim + 2 * small_dim + n_dense
+
+    def forward(self, item: Tensor, item_type: Tensor, position: Tensor, dense: Tensor) -> Tensor:
+        """item/item_type/position ``[N]``, dense ``[N, Dc]`` -> ``[N, out_dim]``."""
+        return torch.cat([self.item_emb(item), self.type_emb(item_type), self.pos_emb(position),
+                          self.norm(dense)], dim=1)
+
+
+class SplitLinear(nn.Module):
+    """``relu(u @ Wu + c @ Wc + b)`` where ``u`` is ``[B or 1, Du]`` and ``c`` is ``[N, Dc]``."""
+
+    def __init__(self, user_dim: int, cand_dim: int, out_dim: int, activation: bool = True) -> None:
+        super().__init__()
+        self.user = nn.Linear(user_dim, out_dim)
+        self.cand = nn.Linear(cand_dim, out_dim, bias=False)
+        self.activation = activation
+
+    def forward(self, u: Tensor, c: Tensor) -> Tensor:
+        """-> ``[N, out_dim]`` (``u`` broadcast when it has one row)."""
+        y = self.user(u) + self.cand(c)
+        return torch.relu(y) if self.activation else y
+
+
+class StackedExperts(nn.Module):
+    """K expert MLPs (in -> h1 -> h2) evaluated together; output ``[K, N, h2]``."""
+
+    def __init__(self, user_dim: int, cand_dim: int, n_experts: int, dims: List[int]) -> None:
+        super().__init__()
+        self.k = n_experts
+        self.first = SplitLinear(user_dim, cand_dim, n_experts * dims[0])
+        self.w = nn.ParameterList()
+        self.b = nn.ParameterList()
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            self.w.append(nn.Parameter(torch.randn(n_experts, d_in, d_out) * math.sqrt(2.0 / d_in)))
+            self.b.append(nn.Parameter(torch.zeros(n_experts, 1, d_out)))
+        self.out_dim = dims[-1]
+
+    def forward(self, u: Tensor, c: Tensor) -> Tensor:
+        h = self.first(u, c)  # [N, K*h1]
+        h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)  # [K, N, h1]
+        for w, b in zip(self.w, self.b):
+            h = torch.relu(torch.baddbmm(b, h, w))
+        return h
+
+
+class Gates(nn.Module):
+    """One softmax gate per task over K experts: ``[N, T, K]``."""
+
+    def __init__(self, user_dim: int, cand_dim: int, n_tasks: int, n_experts: int) -> None:
+        super().__init__()
+        self.t, self.k = n_tasks, n_experts
+        self.logits = SplitLinear(user_dim, cand_dim, n_tasks * n_experts, activation=False)
+
+    def forward(self, u: Tensor, c: Tensor) -> Tensor:
+        g = self.logits(u, c)
+        return g.reshape(g.shape[0], self.t, self.k).softmax(dim=-1)
+
+
+class SharedBottom(nn.Module):
+    """Baseline: one shared MLP for every task, output ``[T, N, h2]`` (the same for each task)."""
+
+    def __init__(self, user_dim: int, cand_dim: int, n_tasks: int, dims: List[int]) -> None:
+        super().__init__()
+        self.t = n_tasks
+        self.first = SplitLinear(user_dim, cand_dim, dims[0])
+        layers: List[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        self.rest = nn.Sequential(*layers)
+        self.out_dim = dims[-1]
+
+    def forward(self, u: Tensor, c: Tensor) -> Tensor:
+        h = self.rest(self.first(u, c))  # [N, h2]
+        return h.unsqueeze(0).expand(self.t, -1, -1)
+
+
+class Towers(nn.Module):
+    """One MLP tower per task on that task's input: ``[T, N, h]`` -> logits ``[N, T]``."""
+
+    def __init__(self, n_tasks: int, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(n_tasks, in_dim, hidden) * math.sqrt(2.0 / in_dim))
+        self.b1 = nn.Parameter(torch.zeros(n_tasks, 1, hidden))
+        self.w2 = nn.Parameter(torch.randn(n_tasks, hidden, 1) * math.sqrt(1.0 / hidden))
+        self.b2 = nn.Parameter(torch.full((n_tasks, 1, 1), -3.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(torch.baddbmm(self.b1, x, self.w1))
+        return torch.baddbmm(self.b2, h, self.w2).squeeze(-1).transpose(0, 1)

@@ -1,0 +1,129 @@
+"""The multi-task ranking model (after Pinterest's Closeup MMoE) and its shared-bottom baseline.
+
+``RankingModel`` = representation -> sequence mixer -> summarization (user side,
+once per request) and candidate representation -> MMoE (or shared bottom) ->
+one tower per task (per candidate). Inputs are the dict of tensors produced from
+``features.assembly.ModelInputs`` with a leading batch dim on the user part
+(``[B, ...]``); the candidate part has ``N`` rows where ``B == N`` (training: one
+user row per impression) or ``B == 1`` (serving: one user, N candidates).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from features.assembly import FeatureSpec
+from features.events import ACTIONS
+
+from .layers import (CandidateRepresentation, Gates, NoSequence, SequenceMixer, SharedBottom, StackedExperts,
+                     Towers, UserRepresentation)
+
+log = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ACTIONS
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs; stored in the artifact card."""
+
+    arch: str = "mmoe"  # mmoe | shared_bottom
+    use_sequence: bool = True
+    item_dim: int = 32
+    seq_heads: int = 2
+    seq_ffn: int = 64
+    summary_dim: int = 64
+    n_experts: int = 6
+    expert_dims: List[int] = field(default_factory=lambda: [256, 128])
+    tower_hidden: int = 64
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> "ModelConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+class MixtureOfExperts(nn.Module):
+    """K shared experts and one softmax gate per task: per-task inputs ``[T, N, h]``."""
+
+    def __init__(self, user_dim: int, cand_dim: int, n_tasks: int, n_experts: int, dims: List[int]) -> None:
+        super().__init__()
+        self.experts = StackedExperts(user_dim, cand_dim, n_experts, dims)
+        self.gates = Gates(user_dim, cand_dim, n_tasks, n_experts)
+        self.out_dim = dims[-1]
+
+    def forward(self, u: Tensor, c: Tensor) -> Tensor:
+        e = self.experts(u, c)  # [K, N, h]
+        g = self.gates(u, c)  # [N, T, K]
+        return torch.einsum("ntk,knh->tnh", g, e)
+
+
+class Summarization(nn.Module):
+    """Compress user representation + sequence summary into one user vector ``[B, summary_dim]``."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU())
+
+    def forward(self, user: Tensor, seq: Tensor) -> Tensor:
+        return self.mlp(torch.cat([user, seq], dim=1))
+
+
+class RankingModel(nn.Module):
+    """Multi-task ranking model: ``forward(batch) -> logits [N, T]`` in ``TASKS`` order."""
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.spec_dict = spec.to_dict()
+        self.config = config
+        n_tasks = len(TASKS)
+        item_emb = nn.Embedding(spec.item_buckets, config.item_dim, padding_idx=0)
+        nn.init.normal_(item_emb.weight, std=0.05)
+        self.user_rep = UserRepresentation(spec.user_buckets, spec.ctx_buckets, spec.n_ctx, spec.n_user_dense)
+        self.sequence: nn.Module = (
+            SequenceMixer(item_emb, len(TASKS), spec.age_buckets, spec.seq_len, self.user_rep.out_dim,
+                          config.seq_heads, config.seq_ffn)
+            if config.use_sequence else NoSequence())
+        seq_dim = 2 * config.item_dim if config.use_sequence else 0
+        self.summarize = Summarization(self.user_rep.out_dim + seq_dim, config.summary_dim)
+        self.cand_rep = CandidateRepresentation(item_emb, spec.position_buckets, spec.n_cand_dense)
+        dims = list(config.expert_dims)
+        self.mixture: nn.Module = (
+            MixtureOfExperts(config.summary_dim, self.cand_rep.out_dim, n_tasks, config.n_experts, dims)
+            if config.arch == "mmoe" else SharedBottom(config.summary_dim, self.cand_rep.out_dim, n_tasks, dims))
+        self.towers = Towers(n_tasks, dims[-1], config.tower_hidden)
+
+    def encode_user(self, b: Dict[str, Tensor]) -> Tensor:
+        """User side, ``[B, summary_dim]``: computed once per request when serving."""
+        user = self.user_rep(b["user_id"], b["ctx"], b["user_dense"])
+        seq = self.sequence(user, b["seq_item"], b["seq_action"], b["seq_type"], b["seq_age"], b["seq_mask"])
+        return self.summarize(user, seq)
+
+    def score_candidates(self, u: Tensor, b: Dict[str, Tensor]) -> Tensor:
+        """Candidate side: user vector ``[B or 1, S]`` + candidate tensors ``[N, ...]`` -> logits ``[N, T]``."""
+        c = self.cand_rep(b["cand_item"], b["cand_type"], b["cand_pos"], b["cand_dense"])
+        return self.towers(self.mixture(u, c))
+
+    def forward(self, b: Dict[str, Tensor]) -> Tensor:
+        return self.score_candidates(self.encode_user(b), b)
+
+    def set_normalization(self, user_dense: Tensor, cand_dense: Tensor) -> None:
+        """Fix dense-feature normalization from training rows ``[R, Du]`` and ``[R, Dc]``."""
+        self.user_rep.norm.set_stats(user_dense.mean(0), user_dense.std(0))
+        self.cand_rep.norm.set_stats(cand_dense.mean(0), cand_dense.std(0))
+
+
+def build_model(spec: FeatureSpec, config: ModelConfig, seed: int = 0) -> RankingModel:
+    """A freshly initialized model; ``seed`` makes the initialization reproducible."""
+    torch.manual_seed(seed)
+    return RankingModel(spec, config)
+
+
+__all__ = ["ModelConfig", "RankingModel", "TASKS", "build_model"]

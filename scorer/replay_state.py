@@ -1,0 +1,109 @@
+"""In-memory replay of the stream state, for building training and evaluation data offline.
+
+Consumes the same ``Impression``/``Engagement`` events as the stream workers and
+exposes the same value types (``UserState``, ``FeedbackSnapshot``) that the
+``features.assembly`` function reads, so offline rows are assembled exactly as
+online requests are. Windows: the user's last ``seq_len`` actions, user counts
+over 3 h and 1 day (hour tiles), and 30-minute feedback-loop counts per segment
+(minute tiles). Engagements are released in event-time order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import defaultdict, deque
+from typing import Iterable
+
+import numpy as np
+
+from features.events import ACTIONS, Engagement, Impression
+from features.state import Counts, FeedbackSnapshot, SeqAction, UserState, segment_keys
+
+log = logging.getLogger(__name__)
+
+_A = {a: i + 1 for i, a in enumerate(ACTIONS)}  # column 0 = impressions
+_HOUR = 3_600_000
+_MINUTE = 60_000
+_FEEDBACK_MINUTES = 30
+
+
+def _counts(row: np.ndarray) -> Counts:
+    return Counts(int(row[0]), {a: int(row[i]) for a, i in _A.items() if row[i]})
+
+
+class ReplayState:
+    """User sequences, user windows and feedback-loop tiles built from an event stream."""
+
+    def __init__(self, seq_len: int = 100) -> None:
+        self.seq_len = seq_len
+        self._seq: dict[str, deque[SeqAction]] = defaultdict(lambda: deque(maxlen=seq_len))
+        self._user_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        self._fb_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        self._pending: list[tuple[int, int, Engagement, str, str]] = []
+        self._n = 0
+        self._fb_minute = -1
+        self._fb_cache: dict[str, Counts] = {}
+        self._imp_meta: dict[str, tuple[str, str, str]] = {}  # request:item -> (surface, item_type, seg)
+
+    def _bump(self, tiles: dict[int, np.ndarray], tile: int, col: int) -> None:
+        row = tiles.get(tile)
+        if row is None:
+            row = tiles[tile] = np.zeros(len(ACTIONS) + 1, dtype=np.int64)
+        row[col] += 1
+
+    def add_impression(self, imp: Impression) -> None:
+        self._bump(self._user_tiles[imp.user_id], imp.ts // _HOUR, 0)
+        for key in segment_keys(imp.country, imp.gender):
+            self._bump(self._fb_tiles[key], imp.ts // _MINUTE, 0)
+        self._imp_meta[f"{imp.request_id}:{imp.item_id}"] = (imp.surface, imp.item_type,
+                                                             f"{imp.gender}:{imp.country}")
+
+    def add_engagements(self, engagements: Iterable[Engagement]) -> None:
+        """Queue engagements; they take effect once the replay clock reaches their ts."""
+        for e in engagements:
+            self._n += 1
+            heapq.heappush(self._pending, (e.ts, self._n, e, "", ""))
+
+    def advance(self, now_ms: int) -> None:
+        """Apply every queued engagement with ``ts <= now_ms``."""
+        while self._pending and self._pending[0][0] <= now_ms:
+            _, _, e, _, _ = heapq.heappop(self._pending)
+            self._apply(e)
+
+    def _apply(self, e: Engagement) -> None:
+        surface, item_type, seg = self._imp_meta.get(f"{e.request_id}:{e.item_id}", ("home", "organic", "u:US"))
+        gender, country = seg.split(":")
+        self._seq[e.user_id].append(SeqAction(e.item_id, e.action, e.ts, surface, item_type, e.dwell_ms or 0))
+        self._bump(self._user_tiles[e.user_id], e.ts // _HOUR, _A[e.action])
+        for key in segment_keys(country, gender):
+            self._bump(self._fb_tiles[key], e.ts // _MINUTE, _A[e.action])
+
+    def user_state(self, user_id: str, now_ms: int) -> UserState:
+        tiles = self._user_tiles.get(user_id, {})
+        hour = now_ms // _HOUR
+        for old in [t for t in tiles if t <= hour - 24]:
+            del tiles[old]
+        zero = np.zeros(len(ACTIONS) + 1, dtype=np.int64)
+        c3 = sum((r for t, r in tiles.items() if t > hour - 3), zero)
+        c1d = sum(tiles.values(), zero)
+        return UserState(user_id, tuple(self._seq.get(user_id, ())), _counts(c3), _counts(c1d))
+
+    def feedback(self, now_ms: int, country: str, gender: str) -> FeedbackSnapshot:
+        """30-minute counts of the request's segments, refreshed once per event-time minute."""
+        minute = now_ms // _MINUTE
+        if minute != self._fb_minute:
+            self._fb_minute, self._fb_cache = minute, {}
+        segs: dict[str, Counts] = {}
+        for key in segment_keys(country, gender):
+            hit = self._fb_cache.get(key)
+            if hit is None:
+                tiles = self._fb_tiles.get(key, {})
+                for old in [t for t in tiles if t <= minute - _FEEDBACK_MINUTES]:
+                    del tiles[old]
+                hit = self._fb_cache[key] = _counts(sum(tiles.values(), np.zeros(len(ACTIONS) + 1, dtype=np.int64)))
+            segs[key] = hit
+        return FeedbackSnapshot(segs)
+
+
+__all__ = ["ReplayState"]

@@ -1,0 +1,101 @@
+"""The event-producer API for apps and feed servers (kafka-python).
+
+    from streams.producer import EventProducer
+    with EventProducer.connect() as p:
+        p.send(impression)          # key = user_id, JSON value
+        p.send(engagement)
+
+Against the embedded broker every record travels in its own batch (its end
+offsets are wrong for multi-record batches); against real Kafka it batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from features.events import Engagement, Event, Impression, encode_event
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def one_record_per_batch(settings: Settings, bootstrap: str) -> bool:
+    """Whether producers must send one record per batch (``auto`` asks the broker)."""
+    if settings.one_record_per_batch == "on":
+        return True
+    if settings.one_record_per_batch == "off":
+        return False
+    from .broker import is_embedded_broker
+
+    return is_embedded_broker(bootstrap)
+
+
+def kafka_python_batch_config(single: bool) -> dict[str, Any]:
+    """kafka-python producer settings for batching on or off."""
+    if single:
+        return {"batch_size": 0, "linger_ms": 0}
+    return {"batch_size": 64 * 1024, "linger_ms": 5, "compression_type": None}
+
+
+class EventProducer:
+    """Sends contract events to their topics, keyed by user_id."""
+
+    def __init__(self, bootstrap: str, settings: Settings | None = None, *,
+                 single_record_batches: bool | None = None, **producer_config: Any) -> None:
+        from kafka import KafkaProducer
+
+        self.settings = settings or get_settings()
+        if single_record_batches is None:
+            single_record_batches = one_record_per_batch(self.settings, bootstrap)
+        self.single_record_batches = single_record_batches
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": "all",
+            "retries": 10,
+            "retry_backoff_ms": 200,
+            "max_in_flight_requests_per_connection": 1,
+            "request_timeout_ms": 30_000,
+            **kafka_python_batch_config(single_record_batches),
+        }
+        config.update(producer_config)
+        self._producer = KafkaProducer(**config)
+        self.sent = 0
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, **kw: Any) -> "EventProducer":
+        """Connect to ``KAFKA_BOOTSTRAP_SERVERS`` (an explicit address is required)."""
+        settings = settings or get_settings()
+        if not settings.bootstrap_servers:
+            raise RuntimeError("set KAFKA_BOOTSTRAP_SERVERS (or start `feedrank broker` and use its address)")
+        return cls(settings.bootstrap_servers, settings, **kw)
+
+    def topic_for(self, event: Event) -> str:
+        if isinstance(event, Impression):
+            return self.settings.topic_impressions
+        if isinstance(event, Engagement):
+            return self.settings.topic_engagements
+        raise TypeError(f"not a contract event: {type(event).__name__}")
+
+    def send(self, event: Event) -> Any:
+        """Queue one event; returns the kafka-python future."""
+        self.sent += 1
+        return self._producer.send(self.topic_for(event), key=event.user_id.encode(), value=encode_event(event))
+
+    def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
+        """Send arbitrary bytes (tests and fuzzing of the consumer side)."""
+        return self._producer.send(topic, key=key, value=value)
+
+    def flush(self, timeout_s: float | None = 30.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.flush(timeout=30)
+        self._producer.close(timeout=10)
+
+    def __enter__(self) -> "EventProducer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
