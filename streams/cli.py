@@ -104,7 +104,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     try:
         ensure_topics(broker.bootstrap, topic_specs(settings), settings.replication_factor)
         with EventProducer(broker.bootstrap, settings) as producer:
-            counts = produce_steady(producer, synthetic_events(int(args.users), int(args.seed)),
+            counts = produce_steady(producer, synthetic_events(int(args.users), int(args.seed), float(args.rate)),
                                     float(args.rate), float(args.duration))
         print(f"sent {counts['impression']} impressions and {counts['engagement']} engagements")
     finally:

@@ -1,0 +1,33 @@
+"""feedrank's own state layer (Quix Streams / Kafka Streams shape).
+
+- ``backend``: byte-level key-value backends chosen by URL (``memory://``,
+  ``rocksdb://``); one DB per (app, partition).
+- ``partition``: one partition's stores (key prefixes in one DB, so a single
+  WriteBatch covers every store plus the metadata) and its metadata (source
+  offsets = the processing fence, changelog position, outbox).
+- ``transaction``: the per-checkpoint cache with read-your-own-writes that
+  coalesces updates per key (the record cache).
+- ``changelog``: the changelog record format, checkpoint markers and the
+  replay that applies only complete checkpoints.
+"""
+
+from .backend import Backend, MemoryBackend, RocksDBBackend, open_backend
+from .exceptions import BackendURLError, StateError, StoreClosedError, TransactionStateError
+from .partition import Meta, PartitionState, StoreSpec
+from .transaction import Transaction, TxKV
+
+__all__ = [
+    "Backend",
+    "BackendURLError",
+    "MemoryBackend",
+    "Meta",
+    "PartitionState",
+    "RocksDBBackend",
+    "StateError",
+    "StoreClosedError",
+    "StoreSpec",
+    "Transaction",
+    "TransactionStateError",
+    "TxKV",
+    "open_backend",
+]
