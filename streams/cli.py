@@ -19,7 +19,14 @@ from typing import Any, Sequence
 log = logging.getLogger("feedrank")
 
 #: Modules that add subcommands with ``register(subparsers)``.
-PLUGINS = ("scorer.cli", "scorer.calibration_cli", "streams.bench_ingest", "streams.bench_broker", "streams.demo")
+PLUGINS = (
+    "scorer.cli",
+    "scorer.calibration_cli",
+    "streams.bench_ingest",
+    "streams.bench_broker",
+    "streams.topics_cli",
+    "streams.demo",
+)
 
 
 class EnvDefault(argparse.Action):
