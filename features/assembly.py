@@ -64,9 +64,9 @@ class FeatureSpec:
     """Hash bucket counts and sequence length: part of a model artifact's card."""
 
     user_buckets: int = 20_011
-    item_buckets: int = 50_021
+    item_buckets: int = 20_011
     ctx_buckets: int = 1_009
-    seq_len: int = 50
+    seq_len: int = 32
     age_buckets: int = 20
     position_buckets: int = 32
 

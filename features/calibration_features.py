@@ -14,6 +14,11 @@ Layout of the matrix (``[N, len(CALIBRATION_FEATURE_NAMES)]``, float32):
   differ by item type);
 * columns ``2T ..``: shared features, the same for every task.
 
+Item rates (``item_1d:<action>``) are lifts over the overall 30-minute rate,
+smoothed with ``ITEM_PRIOR_WEIGHT`` pseudo-impressions, from the optional
+``Candidate.features`` keys ``item_impressions_1d`` and
+``item_actions_1d:<action>``; without them the lift is 0.
+
 The calibrator of task ``t`` reads ``task_columns(t)``: its own two logit columns
 followed by every shared column. Rates enter as logits of smoothed rates, so a
 doubled segment rate moves its feature by about ``log 2``, the same scale as the
@@ -194,15 +199,15 @@ def calibration_feature_matrix(
     bucket = np.searchsorted(_POS_EDGES, positions, side="right")
     out[np.arange(n), base + _IDX[f"pos_bucket:{POSITION_BUCKETS[0]}"] + bucket] = 1.0
 
-    default_item = np.asarray([_logit(r_all[a]) for a in ACTIONS], dtype=np.float32)
+    # item rates as lift over the overall 30-min rate: 0 = no item evidence
     item_cols = base + np.asarray([_IDX[f"item_1d:{a}"] for a in ACTIONS])
-    out[:, item_cols] = default_item[None, :]
     for i, c in enumerate(candidates):
         if c.features and ITEM_IMPRESSIONS_KEY in c.features:
             imps = float(c.features[ITEM_IMPRESSIONS_KEY])
             for j, a in enumerate(ACTIONS):
                 acts = float(c.features.get(ITEM_ACTION_KEY_FMT.format(action=a), 0.0))
-                out[i, item_cols[j]] = _logit((acts + r_all[a] * ITEM_PRIOR_WEIGHT) / (imps + ITEM_PRIOR_WEIGHT))
+                rate = (acts + r_all[a] * ITEM_PRIOR_WEIGHT) / (imps + ITEM_PRIOR_WEIGHT)
+                out[i, item_cols[j]] = _logit(rate) - _logit(r_all[a])
 
     if raw_logits is not None:
         set_logits(out, raw_logits)

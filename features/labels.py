@@ -13,12 +13,17 @@ engagements input, so each depends only on its own topic's order):
   that action's label to 1 (once; the feedback loop counts the action when its
   label flips). Non-contributing engagements are counted as
   ``unlabeled_engagements``: outside the window, or never matched.
-- Engagements that come before their impression wait as *orphans*; an orphan
-  expires (counted unlabeled) when ``eng.ts + 2L < W_i``: no impression that
-  could still arrive on time could use it.
+- A non-contributing engagement waits as an *orphan* (its impression may
+  still come) until ``eng.ts + 2L < W_i``: then no impression that could still
+  arrive on time could use it and it is counted unlabeled (at once, when that
+  already holds on arrival). Both rules are checked whatever the arrival order,
+  so which engagements contribute, and which orphans remain, depend only on
+  each input's own order: the final tables are the same for any interleaving.
 - An impression's window closes when ``W_e > imp.ts + A + L``; then exactly one
   labeled example is emitted: the impression, a 0/1 label per action, and the
   scorer's logged prediction for that request and item (or ``null``).
+- A contributing engagement is *attributed*: the ``attributed`` callback gets
+  its impression's surface and item type (the user's sequence stores them).
 
 Labels therefore depend only on the input, not on how the two topics
 interleave, which is what makes a crash-and-replay reproduce the same output.
@@ -148,6 +153,7 @@ class LabelJoin:
         lateness_ms: int,
         emit: Callable[[str, dict[str, Any]], None],
         feedback: Callable[[], FeedbackTiles],
+        attributed: Callable[[str, str, str, str], None] = lambda user, eid, surface, item_type: None,
         stats: JoinStats | None = None,
     ) -> None:
         self.pending = pending
@@ -157,6 +163,7 @@ class LabelJoin:
         self.lateness_ms = lateness_ms
         self.emit = emit
         self.feedback = feedback
+        self.attributed = attributed
         self.stats = stats or JoinStats()
         self.wm_imp = 0
         self.wm_eng = 0
@@ -186,6 +193,9 @@ class LabelJoin:
     # -- inputs ----------------------------------------------------------------
     def on_prediction(self, user_id: str, request_id: str, ts: int, raw: bytes) -> None:
         key = prediction_key(user_id, request_id)
+        if ts + 2 * self.window_ms + self.lateness_ms < self.wm_eng:
+            self.stats.inc("expired_predictions")  # every impression it could serve has closed
+            return
         if self.predictions.get(key) is not None:
             self.stats.inc("duplicate_predictions")
             return
@@ -211,15 +221,20 @@ class LabelJoin:
         bits = 0
         oblob = self.orphans.get(key)
         if oblob is not None:
-            self.orphans.delete(key)
-            for ets, ai, _eid in _decode_orphans(oblob):
+            keep = []
+            for ets, ai, eid in _decode_orphans(oblob):
                 if imp.ts - L <= ets <= imp.ts + A:
+                    self.attributed(imp.user_id, eid, imp.surface, imp.item_type)
                     bit = 1 << ai
                     if not bits & bit:
                         bits |= bit
                         fb.add(segs, ets, ACTIONS[ai])
                 else:
-                    self.stats.inc("unlabeled_engagements")
+                    keep.append((ets, ai, eid))  # not this impression's: expires like any orphan
+            if keep:
+                self.orphans.put(key, _encode_orphans(keep))
+            else:
+                self.orphans.delete(key)
         self.pending.put(key, encode_pending(bits, imp, raw))
         heapq.heappush(self._close_heap, (imp.ts + A + L, key))
         self._expire_orphans()
@@ -239,12 +254,17 @@ class LabelJoin:
         if blob is not None:
             bits, ts, country, gender, raw = decode_pending(blob)
             if ts - L <= eng.ts <= ts + A:
+                ctx = json.loads(raw)
+                self.attributed(eng.user_id, eng.event_id, ctx.get("surface", ""), ctx.get("item_type", ""))
                 bit = _BIT[eng.action]
                 if not bits & bit:
                     self.pending.put(key, bytes([bits | bit]) + blob[1:])
                     self.feedback().add(segment_keys(country, gender), eng.ts, eng.action)
-            else:
-                self.stats.inc("unlabeled_engagements")
+                self._close_due()
+                return True
+        # not contributing (yet): an orphan, unless no on-time impression could still use it
+        if eng.ts + 2 * L < self.wm_imp:
+            self.stats.inc("unlabeled_engagements")
         else:
             ai = ACTIONS.index(eng.action)
             old = self.orphans.get(key)

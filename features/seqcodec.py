@@ -29,6 +29,16 @@ VERSION: Final[int] = 1
 _HEADER = struct.Struct("<BI")
 _ACTION_IDX: Final[dict[str, int]] = {a: i for i, a in enumerate(ACTIONS)}
 _TYPE_IDX: Final[dict[str, int]] = {t: i for i, t in enumerate(ITEM_TYPES)}
+#: item type of an engagement whose impression was not (yet) joined
+UNKNOWN_ITEM_TYPE: Final[str] = "unknown"
+_UNKNOWN_IDX: Final[int] = 255
+_TYPE_NAME: Final[dict[int, str]] = {**{i: t for i, t in enumerate(ITEM_TYPES)}, _UNKNOWN_IDX: UNKNOWN_ITEM_TYPE}
+
+
+#: results of ``ActionSequence.add``
+ADDED: Final[int] = 1
+DUPLICATE: Final[int] = 0
+TOO_OLD: Final[int] = -1
 
 
 class SeqCodecError(ValueError):
@@ -71,8 +81,8 @@ class ActionSequence:
         surface: str,
         item_type: str,
         dwell_ms: int = 0,
-    ) -> bool:
-        """Insert one action in event-time order; False when it is a duplicate or too old."""
+    ) -> int:
+        """Insert one action in event-time order: ``ADDED``, ``DUPLICATE`` or ``TOO_OLD``."""
         eid = event_id_hash(event_id)
         tsl = self.ts
         n = len(tsl)
@@ -84,7 +94,7 @@ class ActionSequence:
                 lo -= 1
             for j in range(lo, pos):
                 if self.eid[j] == eid:
-                    return False
+                    return DUPLICATE
             while pos > lo and self.eid[pos - 1] > eid:
                 pos -= 1
         else:
@@ -93,21 +103,32 @@ class ActionSequence:
                 j = n - 1
                 while j >= 0 and tsl[j] == ts:
                     if self.eid[j] == eid:
-                        return False
+                        return DUPLICATE
                     j -= 1
         if n >= self.maxlen and pos == 0:
-            return False  # older than everything retained: evicted at once
+            return TOO_OLD  # older than everything retained: evicted at once
         tsl.insert(pos, ts)
         self.eid.insert(pos, eid)
         self.dwell.insert(pos, dwell_ms or 0)
         self.action.insert(pos, _ACTION_IDX[action])
-        self.item_type.insert(pos, _TYPE_IDX[item_type])
+        self.item_type.insert(pos, _TYPE_IDX.get(item_type, _UNKNOWN_IDX))
         self.item_id.insert(pos, item_id)
         self.surface.insert(pos, surface)
         extra = len(tsl) - self.maxlen
         if extra > 0:
             for col in (tsl, self.eid, self.dwell, self.action, self.item_type, self.item_id, self.surface):
                 del col[:extra]
+        return ADDED
+
+    def set_context(self, event_id: str, surface: str, item_type: str) -> bool:
+        """Fill in the impression context (surface, item type) of a retained entry."""
+        eid = event_id_hash(event_id)
+        try:
+            i = self.eid.index(eid)
+        except ValueError:
+            return False
+        self.surface[i] = surface
+        self.item_type[i] = _TYPE_IDX.get(item_type, _UNKNOWN_IDX)
         return True
 
     def actions(self) -> tuple[SeqAction, ...]:
@@ -121,7 +142,7 @@ class ActionSequence:
                 action=ACTIONS[self.action[i]],
                 ts=self.ts[i],
                 surface=self.surface[i],
-                item_type=ITEM_TYPES[self.item_type[i]],
+                item_type=_TYPE_NAME[self.item_type[i]],
                 dwell_ms=self.dwell[i],
             )
 
@@ -196,4 +217,4 @@ def decode(blob: bytes, maxlen: int = 256) -> ActionSequence:
     return seq
 
 
-__all__ = ["ActionSequence", "SeqCodecError", "decode", "encode", "event_id_hash"]
+__all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash"]

@@ -229,8 +229,52 @@ class FeedbackTiles:
         return f"FeedbackTiles(segments={len(self.tiles)})"
 
 
+class FeedbackView:
+    """The global feedback loop: every partition's shipped deltas summed per segment tile.
+
+    A delta is ``(origin partition, checkpoint number, segment, tiles)``. Each
+    (origin, segment) applies checkpoint numbers in increasing order only, so a
+    delta shipped twice (re-shipped after a crash) counts once. ``watermark`` is
+    the newest tile seen; tiles older than ``window + grace`` behind it expire.
+    """
+
+    def __init__(self, window_min: int = 30, grace_min: int = 5) -> None:
+        self.window_ms = window_min * MINUTE_MS
+        self.grace_ms = grace_min * MINUTE_MS
+        self.tiles = FeedbackTiles()
+        self.fences: dict[tuple[int, str], int] = {}
+        self.watermark = 0
+        self.applied = 0
+        self.duplicates = 0
+
+    def apply(self, origin: int, ckpt: int, segment: str, tiles: Mapping[int, list[int]]) -> bool:
+        key = (origin, segment)
+        if ckpt <= self.fences.get(key, 0):
+            self.duplicates += 1
+            return False
+        self.fences[key] = ckpt
+        self.tiles.merge(segment, tiles)
+        newest = max(tiles, default=0)
+        if newest > self.watermark:
+            self.watermark = newest
+        self.applied += 1
+        return True
+
+    def apply_json(self, obj: Mapping[str, object]) -> bool:
+        tiles = {int(k): list(v) for k, v in obj["tiles"].items()}  # type: ignore[union-attr]
+        return self.apply(int(obj["origin"]), int(obj["ckpt"]), str(obj["segment"]), tiles)  # type: ignore[arg-type]
+
+    def expire(self) -> int:
+        return self.tiles.expire(self.watermark - self.window_ms - self.grace_ms)
+
+    def snapshot(self, now_ms: int | None = None) -> FeedbackSnapshot:
+        """Counts per segment over the window ending at ``now_ms`` (default: the watermark)."""
+        return self.tiles.snapshot(self.watermark if now_ms is None else now_ms, self.window_ms)
+
+
 __all__ = [
     "ACTION_SLOT",
+    "FeedbackView",
     "FeedbackTiles",
     "MINUTE_MS",
     "TileCodecError",

@@ -73,9 +73,9 @@ class WorldParams:
     n_topics: int = 16
     video_share: float = 0.25
     #: weight of the drifting session intent against the stable interest, in [0, 1]
-    session_strength: float = 0.6
+    session_strength: float = 0.7
     #: the session intent moves from one topic to the next over this period
-    session_slot_ms: int = 30 * 60 * 1000
+    session_slot_ms: int = 60 * 60 * 1000
     #: base logits of the raw per-action models (see ``true_prob_matrix``)
     base_logit: Mapping[str, float] = field(default_factory=lambda: {
         "click": -2.6, "long_click": -0.6, "closeup": -3.0, "repin": -1.2,
@@ -98,8 +98,8 @@ class WorldParams:
     user_activity_sd: float = 0.3
     video_click_shift: float = -0.3
     #: mean requests per session and mean gap between a session's requests
-    requests_per_session: float = 5.0
-    request_gap_ms: int = 40_000
+    requests_per_session: float = 8.0
+    request_gap_ms: int = 30_000
 
 
 @dataclass(frozen=True)

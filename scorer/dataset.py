@@ -51,12 +51,27 @@ class RowSet:
     def __len__(self) -> int:
         return len(self.req_index)
 
-    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Model input arrays for rows ``idx`` (user part repeated per row)."""
+    def batch(self, idx: np.ndarray, dedupe: bool = True) -> dict[str, np.ndarray]:
+        """Model input arrays for rows ``idx``.
+
+        With ``dedupe`` the user part has one row per distinct request and
+        ``user_row`` ``[len(idx)]`` maps each candidate to it; otherwise the user
+        part is repeated per row.
+        """
         q = self.req_index[idx]
-        out = {k: v[q] for k, v in self.user.items()}
+        if dedupe:
+            uq, inv = np.unique(q, return_inverse=True)
+            out = {k: v[uq] for k, v in self.user.items()}
+            out["user_row"] = inv.astype(np.int64)
+        else:
+            out = {k: v[q] for k, v in self.user.items()}
         out.update({k: v[idx] for k, v in self.cand.items()})
         return out
+
+    def request_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Row indices in shuffled batches that keep a request's rows together (about ``batch_size`` each)."""
+        order = np.argsort(rng.permutation(int(self.req_index.max()) + 1)[self.req_index], kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
     def select(self, keep: np.ndarray) -> "RowSet":
         """Rows where ``keep`` (bool ``[R]``) holds; the user part is shared, not copied."""
@@ -140,4 +155,34 @@ def downsample(rows: RowSet, rates: Mapping[str, float] = DEFAULT_RATES, seed: i
     return out
 
 
-__all__ = ["CLASS_ORDER", "DEFAULT_RATES", "RowSet", "downsample", "row_class", "simulate"]
+
+
+@dataclass(frozen=True)
+class WorldSplit:
+    """Training rows (down-sampled) and held-out rows from a later period of the same world."""
+
+    train: RowSet
+    holdout: RowSet
+
+
+def make_split(world: World, spec: FeatureSpec, train_hours: float, holdout_hours: float, requests_per_s: float,
+               start_ms: int, rates: Mapping[str, float] = DEFAULT_RATES, seed: int = 0,
+               progress: bool = False) -> WorldSplit:
+    """Simulate ``train_hours`` then ``holdout_hours`` in one replay (state carries over); the
+    training part is stratified-down-sampled, the later hold-out is kept whole."""
+    rows = simulate(world, start_ms, train_hours + holdout_hours, requests_per_s, spec, progress=progress)
+    cut = start_ms + int(train_hours * HOUR_MS)
+    train = downsample(rows.select(rows.ts < cut), rates, seed)
+    holdout = rows.select(rows.ts >= cut)
+    for part in (train, holdout):
+        part.summary = {"simulated": {k: part.summary.pop(k) for k in ("requests", "impressions", "start_ms", "hours",
+                                                       "action_rates")},
+                        **part.summary}
+    holdout.summary.update(rows=len(holdout), period="hold-out (later)", hours=holdout_hours)
+    train.summary.update(period="train", hours=train_hours,
+                         world={"seed": world.seed, "n_users": world.n_users, "n_items": world.n_items,
+                                "requests_per_s": requests_per_s})
+    return WorldSplit(train, holdout)
+
+
+__all__ = ["CLASS_ORDER", "DEFAULT_RATES", "RowSet", "WorldSplit", "downsample", "make_split", "row_class", "simulate"]

@@ -14,6 +14,7 @@ import math
 from typing import List
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,8 @@ class TransformerBlock(nn.Module):
         b, s, d = x.shape
         h = self.heads
         q, k, v = self.qkv(x).reshape(b, s, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
-        att = att.masked_fill(~valid[:, None, None, :], -1e9).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(b, s, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        y = y.transpose(1, 2).reshape(b, s, d)
         x = self.ln1(x + self.proj(y))
         return self.ln2(x + self.ffn(x))
 
@@ -125,6 +125,26 @@ class NoSequence(nn.Module):
         return user.new_zeros((user.shape[0], 0))
 
 
+class DotInteraction(nn.Module):
+    """DLRM-style interaction: dot products of the candidate's item embedding with P user projections.
+
+    The user projections ``[B or 1, P, d]`` are computed once per request; the
+    output ``[N, P]`` joins the candidate representation, so experts see the
+    user-item affinity directly instead of having to learn a product with ReLUs.
+    """
+
+    def __init__(self, user_dim: int, item_dim: int, n_proj: int = 4) -> None:
+        super().__init__()
+        self.p, self.d = n_proj, item_dim
+        self.proj = nn.Linear(user_dim, n_proj * item_dim)
+        self.out_dim = n_proj
+
+    def forward(self, u: Tensor, item_vec: Tensor) -> Tensor:
+        """u ``[B or 1, Du]``, item_vec ``[N, d]`` -> ``[N, P]``."""
+        up = self.proj(u).reshape(u.shape[0], self.p, self.d)
+        return (up * item_vec.unsqueeze(1)).sum(-1) * (1.0 / math.sqrt(self.d))
+
+
 class CandidateRepresentation(nn.Module):
     """Item id (shared with the sequence), item type, position and normalized dense -> ``[N, out_dim]``."""
 
@@ -153,7 +173,7 @@ class SplitLinear(nn.Module):
 
     def forward(self, u: Tensor, c: Tensor) -> Tensor:
         """-> ``[N, out_dim]`` (``u`` broadcast when it has one row)."""
-        y = self.user(u) + self.cand(c)
+        y = torch.addmm(self.user(u), c, self.cand.weight.t())
         return torch.relu(y) if self.activation else y
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from features.assembly import FeatureSpec
 from features.events import ACTIONS
 
-from .layers import (CandidateRepresentation, Gates, NoSequence, SequenceMixer, SharedBottom, StackedExperts,
+from .layers import (CandidateRepresentation, DotInteraction, Gates, NoSequence, SequenceMixer, SharedBottom, StackedExperts,
                      Towers, UserRepresentation)
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class ModelConfig:
     n_experts: int = 6
     expert_dims: List[int] = field(default_factory=lambda: [256, 128])
     tower_hidden: int = 64
+    n_interactions: int = 4
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -94,10 +95,12 @@ class RankingModel(nn.Module):
         seq_dim = 2 * config.item_dim if config.use_sequence else 0
         self.summarize = Summarization(self.user_rep.out_dim + seq_dim, config.summary_dim)
         self.cand_rep = CandidateRepresentation(item_emb, spec.position_buckets, spec.n_cand_dense)
+        self.interact = DotInteraction(config.summary_dim, config.item_dim, config.n_interactions)
+        cand_dim = self.cand_rep.out_dim + self.interact.out_dim
         dims = list(config.expert_dims)
         self.mixture: nn.Module = (
-            MixtureOfExperts(config.summary_dim, self.cand_rep.out_dim, n_tasks, config.n_experts, dims)
-            if config.arch == "mmoe" else SharedBottom(config.summary_dim, self.cand_rep.out_dim, n_tasks, dims))
+            MixtureOfExperts(config.summary_dim, cand_dim, n_tasks, config.n_experts, dims)
+            if config.arch == "mmoe" else SharedBottom(config.summary_dim, cand_dim, n_tasks, dims))
         self.towers = Towers(n_tasks, dims[-1], config.tower_hidden)
 
     def encode_user(self, b: Dict[str, Tensor]) -> Tensor:
@@ -109,10 +112,16 @@ class RankingModel(nn.Module):
     def score_candidates(self, u: Tensor, b: Dict[str, Tensor]) -> Tensor:
         """Candidate side: user vector ``[B or 1, S]`` + candidate tensors ``[N, ...]`` -> logits ``[N, T]``."""
         c = self.cand_rep(b["cand_item"], b["cand_type"], b["cand_pos"], b["cand_dense"])
+        c = torch.cat([c, self.interact(u, self.cand_rep.item_emb(b["cand_item"]))], dim=1)
         return self.towers(self.mixture(u, c))
 
     def forward(self, b: Dict[str, Tensor]) -> Tensor:
-        return self.score_candidates(self.encode_user(b), b)
+        """Training/eval form. With ``user_row`` ``[N]`` in ``b``, the user part holds one row per
+        distinct request and is gathered per candidate (each user side is encoded once)."""
+        u = self.encode_user(b)
+        if "user_row" in b:
+            u = u.index_select(0, b["user_row"])
+        return self.score_candidates(u, b)
 
     def set_normalization(self, user_dense: Tensor, cand_dense: Tensor) -> None:
         """Fix dense-feature normalization from training rows ``[R, Du]`` and ``[R, Dc]``."""

@@ -3,7 +3,7 @@
 Loss per batch = sum over tasks of the masked mean binary cross-entropy (a task
 contributes only where it can happen: no video_view_10s on organic items) +
 ``distill_weight`` x the same masked cross-entropy against a teacher model's
-probabilities. The distillation term is the Closeup post's score regularization:
+probabilities (or their logits, see ``training_loss``). The distillation term is the Closeup post's score regularization:
 it keeps a retrained model's score distribution close to its predecessor's.
 """
 
@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 3e-3
     distill_weight: float = 0.0
+    distill: str = "logit_mse"  # or "bce"
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -61,12 +62,25 @@ def masked_bce(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     return (per.sum(0) / mask.sum(0).clamp_min(1.0)).sum()
 
 
+def masked_logit_mse(logits: Tensor, teacher_logits: Tensor, mask: Tensor) -> Tensor:
+    """Sum over tasks of the mean squared logit difference over valid rows. ``[B, T]`` -> scalar."""
+    per = (logits - teacher_logits).square() * mask
+    return (per.sum(0) / mask.sum(0).clamp_min(1.0)).sum()
+
+
 def training_loss(logits: Tensor, labels: Tensor, mask: Tensor, teacher_logits: Tensor | None = None,
-                  distill_weight: float = 0.0) -> Tensor:
-    """Summed per-task logistic loss + ``distill_weight`` x BCE toward the teacher's probabilities."""
+                  distill_weight: float = 0.0, distill: str = "logit_mse") -> Tensor:
+    """Summed per-task logistic loss + ``distill_weight`` x a distillation term toward the teacher.
+
+    ``distill``: ``logit_mse`` (squared logit difference: pulls the score scale itself,
+    strong even where probabilities are small) or ``bce`` (cross-entropy toward the
+    teacher's probabilities).
+    """
     loss = masked_bce(logits, labels, mask)
     if teacher_logits is not None and distill_weight > 0:
-        loss = loss + distill_weight * masked_bce(logits, torch.sigmoid(teacher_logits), mask)
+        term = (masked_logit_mse(logits, teacher_logits, mask) if distill == "logit_mse"
+                else masked_bce(logits, torch.sigmoid(teacher_logits), mask))
+        loss = loss + distill_weight * term
     return loss
 
 
@@ -85,31 +99,29 @@ def train_model(rows: RowSet, spec: FeatureSpec, model_config: ModelConfig, conf
     torch.set_num_threads(config.threads)
     model = build_model(spec, model_config, seed=config.seed)
     all_idx = np.arange(len(rows))
-    stats = rows.batch(all_idx[: min(len(rows), 50_000)])
+    stats = rows.batch(all_idx[: min(len(rows), 50_000)], dedupe=False)
     model.set_normalization(torch.from_numpy(stats["user_dense"]), torch.from_numpy(stats["cand_dense"]))
     teacher_logits = torch.from_numpy(predict_logits(teacher, rows)) if teacher is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     labels, mask = torch.from_numpy(rows.labels), torch.from_numpy(rows.mask)
     rng = np.random.default_rng(config.seed)
-    steps = (len(rows) + config.batch_size - 1) // config.batch_size
+    steps = len(rows.request_batches(config.batch_size, np.random.default_rng(0)))
     total = steps * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(total, 1), pct_start=0.1)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        order = rng.permutation(len(rows))
         run = 0.0
-        for s in range(steps):
-            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+        for s, idx in enumerate(rows.request_batches(config.batch_size, rng)):
             logits = model(to_tensors(rows.batch(idx)))
             tl = teacher_logits[idx] if teacher_logits is not None else None
-            loss = training_loss(logits, labels[idx], mask[idx], tl, config.distill_weight)
+            loss = training_loss(logits, labels[idx], mask[idx], tl, config.distill_weight, config.distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            run = 0.98 * run + 0.02 * float(loss) if s else float(loss)
+            run = 0.98 * run + 0.02 * float(loss.detach()) if s else float(loss.detach())
             if config.progress and (s % 20 == 0 or s == steps - 1):
                 done = epoch * steps + s + 1
                 rate = done * config.batch_size / (time.perf_counter() - t0)
@@ -124,4 +136,4 @@ def train_model(rows: RowSet, spec: FeatureSpec, model_config: ModelConfig, conf
     return model, history
 
 
-__all__ = ["TrainConfig", "masked_bce", "predict_logits", "to_tensors", "train_model", "training_loss"]
+__all__ = ["TrainConfig", "masked_bce", "masked_logit_mse", "predict_logits", "to_tensors", "train_model", "training_loss"]

@@ -1,6 +1,7 @@
 """Event ingestion: decode each message, dead-letter the bad, hand on the good.
 
-Bad messages are data: ``decode_message`` returns either a ``Decoded`` event or
+The table engine (``streams.agents_runtime``) calls ``decode_message`` for
+every record of the event topics. Bad messages are data: ``decode_message`` returns either a ``Decoded`` event or
 a ``DeadLetter`` carrying the original key and value bytes, the source
 topic/partition/offset and the reason. The dead-letter record keeps the
 original bytes as its value and puts the rest in headers (Kafka Connect's
@@ -73,44 +74,19 @@ def decode_message(topic: str, partition: int, offset: int, key: bytes | None, v
     return Decoded(event, topic, partition, offset, timestamp_ms)
 
 
-#: A stage that receives every decoded batch (tables, joins, metrics).
+#: A stage that receives every decoded batch (metrics, logging).
 Processor = Callable[[Sequence[Decoded]], Awaitable[None]]
 
 
-def install_ingest(app, settings, processors: list[Processor], *, batch_max: int = 2000,
-                   batch_within_s: float = 0.01):
-    """Register the ingest agent on ``app``: decode, dead-letter, process.
+def install_ingest(app, settings, processors: list[Processor], *, bootstrap: str | None = None, **_ignored):
+    """Install ingestion on ``app``: the table engine decodes, dead-letters and updates every table.
 
-    Returns the dead-letter topic (for tests). Offsets of bad messages are
-    committed like any other: a dead-lettered message is handled, not retried.
+    The hot path is ``streams.agents_runtime.TableEngine`` (an aiokafka consumer
+    run as a service of the Faust app, see its module doc for why not a Faust
+    agent); ``processors`` still receive every decoded batch. Offsets of bad
+    messages are committed with the batch: a dead-lettered message is handled,
+    not retried. Returns the ``streams.views.StreamViews`` read API.
     """
-    from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_VALID
+    from .agents import install_tables
 
-    expect = {settings.topic_impressions: Impression, settings.topic_engagements: Engagement}
-    source = app.topic(settings.topic_impressions, settings.topic_engagements,
-                       key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                       partitions=settings.partitions)
-    dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes, key_serializer="raw",
-                    value_serializer="raw", partitions=settings.partitions)
-
-    @app.agent(source, name="feedrank.ingest")
-    async def ingest(stream):  # pragma: no cover - exercised by broker tests
-        async for events in stream.take_events(batch_max, within=batch_within_s):
-            good: list[Decoded] = []
-            for ev in events:
-                msg = ev.message
-                EVENTS_CONSUMED.labels(msg.topic).inc()
-                ts_ms = int((msg.timestamp or 0) * 1000)
-                out = decode_message(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                                     expect.get(msg.topic), ts_ms)
-                if isinstance(out, DeadLetter):
-                    EVENTS_DEAD_LETTERED.labels(msg.topic, out.kind).inc()
-                    log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, out.reason)
-                    await dlq.send(key=out.key, value=out.value, headers=out.headers(), partition=msg.partition)
-                else:
-                    EVENTS_VALID.labels(out.event.kind).inc()
-                    good.append(out)
-            for process in processors:
-                await process(good)
-
-    return dlq
+    return install_tables(app, settings, bootstrap, processors)

@@ -30,3 +30,14 @@ FRESHNESS_SECONDS = Histogram(
 def render() -> bytes:
     """The registry in Prometheus text exposition format."""
     return generate_latest(REGISTRY)
+
+SCORE_LATENCY = Histogram(
+    "feedrank_score_latency_seconds", "POST /score latency inside the worker",
+    buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
+)
+SCORE_REQUESTS = Counter("feedrank_score_requests", "POST /score requests by HTTP status", ["status"],
+                         registry=REGISTRY)
+CALIBRATION_ERROR = Gauge("feedrank_calibration_error", "sum(p)/sum(y) over the short drift window",
+                          ["task"], registry=REGISTRY)
+CALIBRATION_ALERT = Gauge("feedrank_calibration_alert", "1 while a task's calibration is out of band",
+                          ["task"], registry=REGISTRY)

@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("events-dlq", description="Dead-letter topic for events that fail to decode or validate.")
     commit_interval_s: float = Field(1.0, gt=0, description="Source offset commit interval (seconds).")
     log_level: str = Field("INFO", description="Root log level.")
+    # -- stream tables (issue 3) --
+    topic_predictions: str = Field("predictions", description="Scorer prediction logs (key = user_id), joined into labeled examples.")
+    topic_labeled: str = Field("labeled-impressions", description="One labeled example per impression when its attribution window closes.")
+    topic_feedback_deltas: str = Field("feedback-deltas", description="Per-partition feedback-loop tile deltas (key = segment), read by every worker.")
+    state_backend: str = Field("rocksdb://", description="State backend URL: rocksdb:// (under data_dir) or memory://.")
+    sequence_len: int = Field(256, ge=1, le=4096, description="Actions kept per user in user_sequences.")
+    attribution_window_s: float = Field(600.0, gt=0, description="How long an impression waits for its engagements (event time).")
+    allowed_lateness_s: float = Field(60.0, ge=0, description="Event-time lateness tolerated per input partition before an event counts as late.")
+    feedback_window_min: int = Field(30, ge=1, le=24 * 60, description="Feedback-loop window in one-minute tiles.")
+    checkpoint_interval_s: float = Field(1.0, gt=0, description="State checkpoint (changelog + RocksDB + feedback delta shipping) interval.")
+    consume_max_records: int = Field(4000, ge=1, description="Records per consumer poll of the table engine.")
+    consume_partition_fetch_bytes: int = Field(262144, ge=1024, description="Max bytes fetched per partition per request (bounds how far one input runs ahead).")
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_impressions, p),
         TopicSpec(settings.topic_engagements, p),
         TopicSpec(settings.topic_dlq, p),
+        # stream tables (issue 3): co-partitioned with the event topics
+        TopicSpec(settings.topic_predictions, p),
+        TopicSpec(settings.topic_labeled, p),
+        TopicSpec(settings.topic_feedback_deltas, p, retention_ms=6 * 3600 * 1000),
+        TopicSpec(f"{settings.app_id}-state-changelog", p, compacted=True),
     ]
 
 

@@ -151,10 +151,16 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, interval_s: float = 0.2,
-               what: str = "condition") -> None:
+               what: str = "condition", detail: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    extra = ""
+    if detail is not None:
+        try:
+            extra = f"; state: {detail()}"
+        except Exception as exc:  # the detail is a diagnostic only
+            extra = f"; state unavailable: {exc}"
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{extra}")

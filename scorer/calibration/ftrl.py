@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 class FtrlConfig:
     """FTRL-Proximal hyper-parameters (see module docstring)."""
 
-    alpha: float = 0.05
+    alpha: float = 0.02
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 1.0
     warm_start_n: float = 100.0
-    n_max: float = 2000.0
+    n_max: float = 10_000.0
     batch_size: int = 128
 
     def to_dict(self) -> dict[str, float]:

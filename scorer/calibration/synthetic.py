@@ -33,24 +33,25 @@ APPS = ("ios", "android", "web")
 DEVICES = ("phone", "tablet", "desktop")
 MINUTE_MS = 60_000
 VIDEO_TASK = ACTIONS.index("video_view_10s")
+_ITEM_IDS = tuple(f"item{i}" for i in range(1000))
 
 
 @dataclass(frozen=True)
 class SimConfig:
     seed: int = 0
-    impressions_per_min: int = 2500
+    impressions_per_min: int = 4000
     slate: int = 25
     n_users: int = 4000
-    video_share: float = 0.25
+    video_share: float = 0.3
     start_ms: int = 1_700_000_000_000
     feedback_minutes: int = 30
     base_logit: Mapping[str, float] = field(default_factory=lambda: {
-        "click": -2.6, "long_click": -3.2, "closeup": -2.8, "repin": -3.2, "hide": -3.6, "video_view_10s": -1.6})
+        "click": -2.0, "long_click": -2.5, "closeup": -2.2, "repin": -2.6, "hide": -2.6, "video_view_10s": -1.0})
     #: fraction of negatives kept in the model's training data, per task
     negative_keep: Mapping[str, float] = field(default_factory=lambda: {
         "click": 0.1, "long_click": 0.1, "closeup": 0.1, "repin": 0.05, "hide": 0.02, "video_view_10s": 0.2})
-    country_share: tuple[float, ...] = (0.4, 0.3, 0.15, 0.15)
-    country_effect: tuple[float, ...] = (0.0, -0.4, 0.3, -0.6)
+    country_share: tuple[float, ...] = (0.3, 0.45, 0.1, 0.15)
+    country_effect: tuple[float, ...] = (0.0, -0.2, 0.3, -0.6)
     position_slope: float = 0.06
     model_noise: float = 0.25
 
@@ -158,7 +159,7 @@ class CalibrationSim:
                       + self.device_eff[self.u_device[u]])[None, :] - c.position_slope * pos[:, None]
             true_p = np.minimum(sigmoid(known + hidden) * self.mult[ci], 0.95)
             raw = known + self.shift_log + rng.normal(0, c.model_noise, (c.slate, T))
-            cands = [Candidate(f"i{rng.integers(1 << 30)}", "video" if v else "organic", int(p)) for v, p in zip(is_video, pos)]
+            cands = [Candidate(_ITEM_IDS[i], "video" if v else "organic", i) for i, v in enumerate(is_video.tolist())]
             xs.append(calibration_feature_matrix(raw, user, fb[(ci, gi)], ctx, cands))
             raws.append(raw)
             trues.append(true_p)

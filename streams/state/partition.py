@@ -27,13 +27,13 @@ class StoreSpec:
     """A named store of a partition (``user_sequences``, ``pending_impressions``...)."""
 
     name: str
+    prefix: bytes = field(init=False, repr=False, compare=False)
 
-    @property
-    def prefix(self) -> bytes:
-        return self.name.encode() + _SEP
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", self.name.encode() + _SEP)
 
     def full_key(self, key: str) -> bytes:
-        return self.name.encode() + _SEP + key.encode()
+        return self.prefix + key.encode()
 
 
 def split_key(full: bytes) -> tuple[str, str]:

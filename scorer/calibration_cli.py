@@ -1,0 +1,214 @@
+"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report}``, ``feedrank tune-blend``.
+
+``register(subparsers)`` adds them to the project CLI; ``python -m
+scorer.calibration_cli ...`` works on its own. Every flag defaults from a
+``FEEDRANK_*`` environment variable, named in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: Any, kind: Callable[[str], Any]) -> Any:
+    raw = os.environ.get(f"FEEDRANK_{name}")
+    return default if raw is None or raw == "" else kind(raw)
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: Callable[[str], Any], text: str) -> None:
+    p.add_argument(flag, type=kind, default=_env(env, default, kind),
+                   help=f"{text} (env FEEDRANK_{env}, default {default!s})")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``) and ``tune-blend``."""
+    r = subparsers.add_parser("replay", help="re-score logged calibration data with a new model and fit its calibrators")
+    _flag(r, "--model", "REPLAY_MODEL", Path("var/models"), Path, "NEW model artifact dir or root (root: its latest)")
+    _flag(r, "--log", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log (.npz with model inputs)")
+    _flag(r, "--out", "CALIBRATOR_DIR", Path("var/calibrators"), Path, "calibrator store root; writes <root>/<model>/calibrators.json")
+    _flag(r, "--holdout-frac", "REPLAY_HOLDOUT_FRAC", 0.25, float, "later fraction of the log held out for the check")
+    _flag(r, "--l2", "CALIBRATION_L2", 1e-3, float, "L2 on standardized calibrator weights")
+    _flag(r, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
+    r.set_defaults(func=cmd_replay)
+
+    c = subparsers.add_parser("calibration", help="offline calibration: fit calibrators, draw reliability diagrams")
+    cs = c.add_subparsers(dest="calibration_cmd", required=True)
+    f = cs.add_parser("fit", help="fit calibrators offline on labeled examples (.npz or labeled-impressions .jsonl)")
+    _flag(f, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path, "labeled examples")
+    _flag(f, "--model-version", "MODEL_VERSION", "", str, "model version the raw logits belong to (required)")
+    _flag(f, "--out", "CALIBRATOR_DIR", Path("var/calibrators"), Path, "calibrator store root")
+    _flag(f, "--l2", "CALIBRATION_L2", 1e-3, float, "L2 on standardized calibrator weights")
+    _flag(f, "--min-positives", "CALIBRATION_MIN_POSITIVES", 20, int, "fewer positives keep the identity calibrator")
+    f.set_defaults(func=cmd_fit)
+    lg = cs.add_parser("log", help="write a replay log from the synthetic world served by a model (demo stand-in for serving logs)")
+    _flag(lg, "--model", "MODEL_DIR", Path("var/models"), Path, "serving model artifact dir or root")
+    _flag(lg, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json of the serving model (default: identity)")
+    _flag(lg, "--out", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log to write (.npz)")
+    _flag(lg, "--hours", "REPLAY_LOG_HOURS", 1.0, float, "hours of simulated traffic")
+    _flag(lg, "--requests-per-s", "REQUESTS_PER_S", 1.0, float, "simulated feed requests per event-time second")
+    _flag(lg, "--seed", "SEED", 0, int, "world seed")
+    _flag(lg, "--users", "WORLD_USERS", 1000, int, "users in the synthetic world")
+    _flag(lg, "--items", "WORLD_ITEMS", 2000, int, "items in the synthetic world")
+    _flag(lg, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
+    lg.set_defaults(func=cmd_log)
+    p = cs.add_parser("report", help="reliability diagrams per task to .html (inline SVG) or .png")
+    _flag(p, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path,
+          "drift record(s) (.json / .jsonl of calibration-drift records) or labeled examples (.npz / .jsonl)")
+    _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .html or .png")
+    _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: the alert window)")
+    _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to score labeled examples with (default: served probabilities)")
+    p.set_defaults(func=cmd_report)
+
+    t = subparsers.add_parser("tune-blend", help="search blend weights on logged data: max repins+closeups s.t. a hide cap")
+    _flag(t, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path, "labeled examples (.npz / .jsonl)")
+    _flag(t, "--blend-config", "BLEND_CONFIG", "", str, "starting weights (.json/.yaml; default: built-in)")
+    _flag(t, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to compute probabilities (default: served ones)")
+    _flag(t, "--top-k", "TUNE_TOP_K", 10, int, "slots per request that count")
+    _flag(t, "--hide-cap", "TUNE_HIDE_CAP", 0.03, float, "max expected hides per shown slot")
+    _flag(t, "--samples", "TUNE_SAMPLES", 200, int, "weight sets to try")
+    _flag(t, "--out", "TUNE_OUT", Path("var/calibration/tune-blend.json"), Path, "report (.json); the best weights go to <out>.weights.json")
+    _flag(t, "--learn", "TUNE_LEARN", "", str, "also fit the learned blending model and write it to this .json")
+    t.set_defaults(func=cmd_tune)
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+def _load_set(path: str) -> Any:
+    from .calibration import CalibratorSet
+
+    return CalibratorSet.from_bytes(Path(path).read_bytes()) if path else None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .artifact import load_artifact
+    from .calibration import CalibratorStore
+    from .replay import ReplayLog, artifact_score_fn, format_replay_report, replay
+
+    _threads(args.threads)
+    artifact = load_artifact(args.model)
+    rlog = ReplayLog.load(args.log)
+    cs = replay(artifact_score_fn(artifact, rlog), rlog.batch, model_version=artifact.version,
+                holdout_frac=args.holdout_frac, l2=args.l2)
+    path = CalibratorStore(args.out).save(cs)
+    print(format_replay_report(cs))
+    print(f"calibrators for model {cs.model_version} v{cs.version} written to {path}")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from features.world import World
+
+    from .artifact import load_artifact
+    from .replay_world import world_replay_log
+
+    _threads(args.threads)
+    artifact = load_artifact(args.model)
+    world = World(seed=args.seed, n_users=args.users, n_items=args.items)
+    rlog = world_replay_log(world, artifact, _load_set(args.calibrators), hours=args.hours,
+                            requests_per_s=args.requests_per_s)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rlog.save(args.out)
+    print(f"replay log of model {artifact.version}: {len(rlog.batch)} shown items written to {args.out}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .calibration import CalibratorStore, fit_calibrator_set
+    from .calibration.records import load_labeled
+    from .replay import evaluate_set
+
+    if not args.model_version:
+        print("calibration fit: --model-version (or FEEDRANK_MODEL_VERSION) is required: "
+              "calibrators belong to the model that produced the raw logits", file=sys.stderr)
+        return 2
+    batch = load_labeled(args.input, args.model_version if str(args.input).endswith(".jsonl") else None)
+    cs = fit_calibrator_set(batch, args.model_version, l2=args.l2, min_positives=args.min_positives)
+    path = CalibratorStore(args.out).save(cs)
+    print(json.dumps({"rows": len(batch), "in_sample": evaluate_set(cs, batch), "path": str(path),
+                      "fallback_tasks": cs.meta.get("fallback_tasks", [])}, indent=2))
+    return 0
+
+
+def _read_drift(path: Path) -> dict[str, Any] | None:
+    text = path.read_text(encoding="utf-8").strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    try:
+        rec = json.loads(lines[-1]) if path.suffix == ".jsonl" else json.loads(text)
+    except (json.JSONDecodeError, IndexError):
+        return None
+    return rec if isinstance(rec, dict) and str(rec.get("schema", "")).startswith("feedrank.calibration-drift") else None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .calibration.records import load_labeled
+    from .report import report_for_batch, summaries_from_record, write_report
+
+    src: Path = args.input
+    rec = _read_drift(src) if src.suffix in (".json", ".jsonl") else None
+    if rec is not None:
+        out = write_report(args.out, summaries_from_record(rec, args.window or None),
+                           f"Reliability: model {rec.get('model_version')} at {rec.get('ts')} ({args.window or 'alert window'})")
+    else:
+        out = report_for_batch(args.out, load_labeled(src), _load_set(args.calibrators))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .blend_model import fit_blending_model
+    from .blend_tune import TuneObjective, tune
+    from .blender import DEFAULT_BLEND, load_blend_file
+    from .calibration.records import load_labeled
+
+    batch = load_labeled(args.input)
+    cs = _load_set(args.calibrators)
+    if cs is not None:
+        probs = cs.calibrate(batch.X)
+    elif "served" in batch.extras:
+        probs = np.nan_to_num(batch.extras["served"])
+    else:
+        print("tune-blend: the examples carry no served probabilities; pass --calibrators", file=sys.stderr)
+        return 2
+    probs = probs * batch.mask
+    video_task = len(batch.mask[0]) - 1  # video_view_10s applies to video items only
+    is_video = batch.extras["is_video"].astype(bool) if "is_video" in batch.extras else batch.mask[:, video_task]
+    requests = batch.extras.get("request", batch.ts)
+    base = load_blend_file(args.blend_config) if args.blend_config else DEFAULT_BLEND
+    rep = tune(probs, is_video, requests, base, TuneObjective(top_k=args.top_k, cap_per_slot=args.hide_cap),
+               n_samples=args.samples)
+    print(rep.table())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rep.to_dict(), indent=2))
+    if rep.best is not None:
+        Path(f"{args.out}.weights.json").write_text(json.dumps(rep.best.weights, indent=2))
+    if args.learn:
+        model = fit_blending_model(batch.X, probs, batch.y, batch.mask, is_video, base)
+        Path(args.learn).write_text(json.dumps(model.to_dict()))
+        print(f"learned blending model written to {args.learn}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="feedrank")
+    register(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FEEDRANK_LOG_LEVEL", "INFO"))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

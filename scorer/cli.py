@@ -1,0 +1,156 @@
+"""Command line: ``feedrank train``, ``feedrank eval``, ``feedrank bench-score``.
+
+``register(subparsers)`` adds the subcommands to the project CLI; ``python -m
+scorer.cli ...`` works on its own. Every flag defaults from a ``FEEDRANK_*``
+environment variable (named in ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    raw = os.environ.get(f"FEEDRANK_{name}")
+    return default if raw is None else kind(raw)
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: Callable[[str], Any], text: str) -> None:
+    p.add_argument(flag, type=kind, default=_env(env, default, kind),
+                   help=f"{text} (env FEEDRANK_{env}, default {default})")
+
+
+def _bool(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _world_flags(p: argparse.ArgumentParser, users: int, items: int, rps: float) -> None:
+    _flag(p, "--seed", "SEED", 0, int, "world and training seed")
+    _flag(p, "--users", "WORLD_USERS", users, int, "users in the synthetic world")
+    _flag(p, "--items", "WORLD_ITEMS", items, int, "items in the synthetic world")
+    _flag(p, "--requests-per-s", "REQUESTS_PER_S", rps, float, "simulated feed requests per event-time second")
+    _flag(p, "--threads", "THREADS", 2, int, "torch threads")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train``, ``eval`` and ``bench-score`` to an argparse subparsers object."""
+    t = subparsers.add_parser("train", help="train the ranking model on the synthetic world, write an artifact")
+    _world_flags(t, 1000, 1000, 0.3)
+    _flag(t, "--out", "MODEL_DIR", Path("var/models"), Path, "artifact root; writes <root>/<version>/ and <root>/latest")
+    _flag(t, "--train-hours", "TRAIN_HOURS", 24.0, float, "hours of simulated traffic to train on")
+    _flag(t, "--holdout-hours", "HOLDOUT_HOURS", 3.0, float, "later hours held out for the card's metrics")
+    _flag(t, "--epochs", "EPOCHS", 3, int, "training epochs")
+    _flag(t, "--arch", "ARCH", "mmoe", str, "mmoe or shared_bottom")
+    _flag(t, "--sequence", "USE_SEQUENCE", True, _bool, "use the real-time action sequence (true/false)")
+    _flag(t, "--distill-weight", "DISTILL_WEIGHT", 0.0, float, "score-regularization weight toward --teacher")
+    _flag(t, "--teacher", "TEACHER", "", str, "teacher artifact dir or root (empty = none)")
+    t.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser("eval", help="offline evaluation: AUC/log loss on a later day, ablations, stability")
+    _world_flags(e, 1000, 1000, 0.3)
+    _flag(e, "--train-hours", "TRAIN_HOURS", 24.0, float, "hours of training traffic (day 1)")
+    _flag(e, "--holdout-hours", "EVAL_HOLDOUT_HOURS", 24.0, float, "held-out later hours (day 2)")
+    _flag(e, "--epochs", "EPOCHS", 3, int, "training epochs per model")
+    _flag(e, "--distill-weight", "DISTILL_WEIGHT_EVAL", 1.0, float, "score-regularization weight in the stability run")
+    _flag(e, "--report", "EVAL_REPORT", Path("var/eval/report.json"), Path, "where to write the JSON report")
+    e.set_defaults(func=cmd_eval)
+
+    b = subparsers.add_parser("bench-score", help="candidates/s and p50/p99 latency of the serving module")
+    _flag(b, "--model", "MODEL_DIR", Path("var/models"), Path, "artifact dir or root (untrained default model if none)")
+    _flag(b, "--n", "BENCH_N", "100,500,1000", str, "comma-separated candidate counts")
+    _flag(b, "--threads", "BENCH_THREADS", 2, int, "torch threads")
+    _flag(b, "--seconds", "BENCH_SECONDS", 2.0, float, "timing seconds per N")
+    b.set_defaults(func=cmd_bench)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from features.assembly import FeatureSpec
+    from features.world import DEFAULT_START_MS, World
+
+    from .artifact import load_eager, save_artifact
+    from .dataset import make_split
+    from .evaluate import mean_auc, task_metrics
+    from .model import ModelConfig
+    from .train import TrainConfig, predict_logits, train_model
+
+    torch.set_num_threads(args.threads)
+    spec = FeatureSpec()
+    mc = ModelConfig(arch=args.arch, use_sequence=args.sequence)
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, distill_weight=args.distill_weight)
+    world = World(args.seed, args.users, args.items)
+    split = make_split(world, spec, args.train_hours, args.holdout_hours, args.requests_per_s, DEFAULT_START_MS,
+                       seed=args.seed, progress=True)
+    teacher = load_eager(Path(args.teacher)) if args.teacher else None
+    model, history = train_model(split.train, spec, mc, tc, teacher)
+    metrics = task_metrics(predict_logits(model, split.holdout), split.holdout)
+    card_metrics = {"holdout": metrics, "holdout_mean_auc": mean_auc(metrics), "history": history}
+    if teacher is not None:
+        card_metrics["teacher"] = str(args.teacher)
+    out = save_artifact(args.out, model, spec, mc, tc.to_dict(),
+                        {"train": split.train.summary, "holdout": split.holdout.summary}, card_metrics)
+    print(f"wrote {out} (hold-out mean AUC {mean_auc(metrics):.4f}); {args.out}/latest -> {out.name}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import EvalConfig, format_report, run_eval
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg = EvalConfig(seed=args.seed, n_users=args.users, n_items=args.items, requests_per_s=args.requests_per_s,
+                     train_hours=args.train_hours, holdout_hours=args.holdout_hours, epochs=args.epochs,
+                     distill_weight=args.distill_weight)
+    report = run_eval(cfg)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2, default=str))
+    print(format_report(report))
+    print(f"\nreport: {args.report} ({report['seconds']:.0f}s)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from features.assembly import FeatureSpec
+
+    from .artifact import ArtifactError, load_artifact
+    from .bench import bench_module, format_bench
+    from .export import export_serving, load_serving
+    from .model import ModelConfig, build_model
+
+    ns = [int(x) for x in str(args.n).split(",") if x.strip()]
+    try:
+        art = load_artifact(args.model)
+        module, spec, cfg, source = art.module, art.spec, ModelConfig.from_dict(art.card["model_config"]), art.version
+    except ArtifactError:
+        spec, cfg = FeatureSpec(), ModelConfig()
+        with tempfile.TemporaryDirectory() as d:
+            module, _ = load_serving(export_serving(build_model(spec, cfg), Path(d) / "m.pt"))
+        source = "untrained default model (no artifact found)"
+    results, peak = bench_module(module, spec, cfg, ns, args.threads, args.seconds)
+    print(format_bench(results, peak, args.threads, f"{source}: {cfg.arch}, {cfg.n_experts} experts "
+                       f"{cfg.expert_dims}, sequence={cfg.use_sequence} (L={spec.seq_len})"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("FEEDRANK_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="feedrank", description="feedrank scorer commands")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

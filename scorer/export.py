@@ -1,0 +1,82 @@
+"""The serving form: a scripted, frozen TorchScript module, dict of tensors in and out.
+
+``ServingModule`` scores ``N`` candidates for ONE user: the user and sequence
+part runs once (batch of 1) and is broadcast over the candidates. The saved file
+loads with ``torch.jit.load`` and needs no project code; its feature spec and
+task order travel inside it as extra files (``feature_spec.json``, ``tasks.json``).
+
+Inputs (``features.assembly.ModelInputs.arrays()`` as tensors, no batch dim):
+``user_id [1]``, ``ctx [C]``, ``user_dense [Du]`` (float32), ``seq_item/seq_action/
+seq_type/seq_age [L]`` (int64), ``seq_mask [L]`` (bool), ``cand_item/cand_type/cand_pos
+[N]`` (int64), ``cand_dense [N, Dc]`` (float32).
+Outputs: ``logits [N, T]`` raw (uncalibrated) task logits in ``tasks.json`` order
+and ``scores [N, T]`` = sigmoid(logits) (down-sampled training: not probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from features.assembly import CAND_KEYS, USER_KEYS
+
+from .model import TASKS, RankingModel
+
+log = logging.getLogger(__name__)
+
+
+class ServingModule(nn.Module):
+    """One request in, raw task logits for every candidate out."""
+
+    def __init__(self, model: RankingModel) -> None:
+        super().__init__()
+        self.model = model
+        self.user_keys: List[str] = list(USER_KEYS)
+        self.cand_keys: List[str] = list(CAND_KEYS)
+
+    def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        user: Dict[str, Tensor] = {}
+        for k in self.user_keys:
+            user[k] = inputs[k].unsqueeze(0)
+        for k in self.cand_keys:
+            user[k] = inputs[k]
+        u = self.model.encode_user(user)  # [1, S], once per request
+        logits = self.model.score_candidates(u, user)  # [N, T]
+        return {"logits": logits, "scores": torch.sigmoid(logits)}
+
+
+def script_serving(model: RankingModel) -> torch.jit.ScriptModule:
+    """Script and freeze the serving wrapper of ``model`` (eval mode)."""
+    model = model.eval()
+    scripted = torch.jit.script(ServingModule(model).eval())
+    frozen = torch.jit.freeze(scripted)
+    return torch.jit.optimize_for_inference(frozen) if _OPTIMIZE else frozen
+
+
+_OPTIMIZE = False  # optimize_for_inference measured no faster here; keep the plain frozen graph
+
+
+def export_serving(model: RankingModel, path: Path, extra: Dict[str, object] | None = None) -> Path:
+    """Write the frozen TorchScript file with ``feature_spec.json``, ``tasks.json`` (+ ``extra``) inside."""
+    files = {"feature_spec.json": json.dumps(model.spec_dict), "tasks.json": json.dumps(list(TASKS))}
+    for name, value in (extra or {}).items():
+        files[name] = json.dumps(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(script_serving(model), str(path), _extra_files=files)
+    log.info("exported serving module to %s", path)
+    return path
+
+
+def load_serving(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, object]]:
+    """Load a serving file; returns the module and its embedded JSON files (by name)."""
+    files = {"feature_spec.json": "", "tasks.json": ""}
+    module = torch.jit.load(str(path), _extra_files=files)
+    return module, {k: json.loads(v) for k, v in files.items() if v}
+
+
+__all__ = ["ServingModule", "export_serving", "load_serving", "script_serving"]

@@ -1,0 +1,251 @@
+"""``feedrank bench ingest``: table-engine throughput and freshness, beside raw aiokafka.
+
+1. Pre-produce N events (impressions, engagements, prediction logs) to fresh
+   topics, one record per batch on the embedded broker.
+2. Raw rate: a bare aiokafka consumer reads all N (no decoding): the ceiling.
+3. Max rate: one table engine (every table on, checkpoints, changelog, outputs)
+   consumes the same N from the beginning: events/s.
+4. Freshness: fresh topics, a producer process paced at ``--load`` of the max
+   rate (default 0.5) for ``--seconds``; the engine consumes live; p50/p99 of
+   (visible in the user's sequence) - (producer timestamp) over engagements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+T0 = 1_764_000_000_000
+
+
+def _events(n: int, users: int, seed: int, start_ms: int) -> list[tuple[str, bytes, bytes]]:
+    """(kind, key, value) records: requests of 5 impressions, ~20% engaged, one prediction log each."""
+    from features.events import Engagement, Impression, encode_event
+    from features.predictions import ItemPrediction, PredictionLog, encode_prediction
+
+    rng = random.Random(seed)
+    out: list[tuple[str, bytes, bytes]] = []
+    t = start_ms
+    r = 0
+    while len(out) < n:
+        r += 1
+        t += 1
+        u = f"u{rng.randrange(users)}"
+        req = f"r{seed}-{r}"
+        items = [f"i{rng.randrange(100_000)}" for _ in range(5)]
+        out.append(("prediction", u.encode(), encode_prediction(PredictionLog(
+            request_id=req, user_id=u, ts=t, model_version="m", calibrator_version="c",
+            items=[ItemPrediction(item_id=it, position=k, raw={"click": 0.1}) for k, it in enumerate(items)]))))
+        for k, it in enumerate(items):
+            out.append(("impression", u.encode(), encode_event(Impression(
+                event_id=f"m{seed}-{r}-{k}", user_id=u, item_id=it, request_id=req, ts=t, surface="home",
+                position=k, item_type="organic", country=rng.choice(["US", "DE", "BR", "IN"]),
+                gender=rng.choice("fmu"), app_type="ios", device_type="phone"))))
+            if rng.random() < 0.2:
+                out.append(("engagement", u.encode(), encode_event(Engagement(
+                    event_id=f"g{seed}-{r}-{k}", user_id=u, item_id=it, request_id=req, ts=t + 50,
+                    action=rng.choice(["click", "repin", "long_click", "hide"])))))
+    return out[:n]
+
+
+def _topic_of(settings: Any, kind: str) -> str:
+    return {"impression": settings.topic_impressions, "engagement": settings.topic_engagements,
+            "prediction": settings.topic_predictions}[kind]
+
+
+async def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, bytes]], single: bool,
+                   rate: float | None = None) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    kw: dict[str, Any] = {"max_batch_size": 1} if single else {"linger_ms": 5}
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, **kw)
+    await p.start()
+    t0 = time.perf_counter()
+    futs = []
+    try:
+        for i, (kind, key, value) in enumerate(records):
+            futs.append(await p.send(_topic_of(settings, kind), value=value, key=key))
+            if rate and i % 100 == 99:
+                ahead = (i + 1) / rate - (time.perf_counter() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            if len(futs) >= 5000:
+                await asyncio.gather(*futs)
+                futs.clear()
+        await asyncio.gather(*futs)
+    finally:
+        await p.stop()
+    return time.perf_counter() - t0
+
+
+def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: float, single: bool) -> None:
+    from .settings import Settings
+
+    settings = Settings(**json.loads(settings_json))
+    records = _events(n, users, seed=2, start_ms=int(time.time() * 1000))
+    asyncio.run(_produce(bootstrap, settings, records, single, rate))
+
+
+async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    got, t0 = 0, None
+    try:
+        while got < n:
+            data = await c.getmany(timeout_ms=500, max_records=10_000)
+            if data and t0 is None:
+                t0 = time.perf_counter()
+            got += sum(len(v) for v in data.values())
+    finally:
+        await c.stop()
+    return got / (time.perf_counter() - (t0 or time.perf_counter()))
+
+
+async def _engine_rate(settings: Any, bootstrap: str, n: int) -> tuple[float, dict[str, Any]]:
+    from .agents_runtime import TableEngine
+
+    engine = TableEngine(settings, bootstrap)
+    await engine.start()
+    t0 = None
+    try:
+        while engine.processed + engine.dead_lettered < n:
+            if t0 is None and engine.processed:
+                t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+        dt = time.perf_counter() - (t0 or time.perf_counter())
+        stats = engine.stats()
+    finally:
+        await engine.stop()
+    return n / dt if dt > 0 else float("nan"), stats
+
+
+async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: float, single: bool,
+                       warmup_s: float) -> tuple[float, float, int]:
+    from .agents_runtime import TableEngine
+
+    engine = TableEngine(settings, bootstrap)
+    await engine.start()
+    while not engine.tables:
+        await asyncio.sleep(0.05)
+    ctx = mp.get_context("spawn")
+    proc = ctx.Process(target=_produce_proc, args=(bootstrap, settings.model_dump_json(), n, users, rate, single))
+    proc.start()
+    try:
+        await asyncio.sleep(warmup_s)
+        engine.freshness.samples.clear()
+        while proc.is_alive():
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        p50, p99 = engine.freshness.percentiles(0.5, 0.99)
+        count = len(engine.freshness.samples)
+    finally:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+        await engine.stop()
+    return p50, p99, count
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from .broker import resolve_broker
+    from .producer import one_record_per_batch
+    from .settings import Settings
+    from .topics import ensure_topics, topic_specs
+
+    data_dir = Path(tempfile.mkdtemp(prefix="feedrank-bench-"))
+    broker = resolve_broker(log_dir=data_dir / "log")
+    result: dict[str, Any] = {"broker": broker.kind, "cpus": os.cpu_count(), "events": args.events,
+                              "partitions": args.partitions}
+    try:
+        def fresh(tag: str) -> Any:
+            t = f"{tag}{uuid.uuid4().hex[:6]}"
+            return Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, app_id=f"bench-{t}", partitions=args.partitions,
+                            data_dir=data_dir / t, topic_impressions=f"imp-{t}", topic_engagements=f"eng-{t}",
+                            topic_predictions=f"pred-{t}", topic_labeled=f"lab-{t}",
+                            topic_feedback_deltas=f"fb-{t}", topic_dlq=f"dlq-{t}",
+                            checkpoint_interval_s=args.checkpoint_interval)
+
+        single = one_record_per_batch(fresh("x"), broker.bootstrap)
+        result["one_record_per_batch"] = single
+        s = fresh("max")
+        ensure_topics(broker.bootstrap, topic_specs(s))
+        records = _events(args.events, args.users, seed=1, start_ms=T0)
+        dt = asyncio.run(_produce(broker.bootstrap, s, records, single))
+        result["produce_events_per_s"] = round(args.events / dt)
+        topics = [s.topic_impressions, s.topic_engagements, s.topic_predictions]
+        result["raw_aiokafka_consume_per_s"] = round(asyncio.run(_raw_consume(broker.bootstrap, topics, args.events)))
+        rate, stats = asyncio.run(_engine_rate(s, broker.bootstrap, args.events))
+        result["engine_events_per_s"] = round(rate)
+        result["engine_checkpoints"] = stats["checkpoints"]
+        load = args.load_rate or max(100.0, rate * args.load)
+        s2 = fresh("live")
+        ensure_topics(broker.bootstrap, topic_specs(s2))
+        n_live = int(load * args.seconds)
+        p50, p99, count = asyncio.run(_engine_live(s2, broker.bootstrap, n_live, args.users, load, single,
+                                                   warmup_s=min(2.0, args.seconds / 4)))
+        result.update({"freshness_load_events_per_s": round(load), "freshness_p50_ms": round(p50, 1),
+                       "freshness_p99_ms": round(p99, 1), "freshness_samples": count})
+    finally:
+        broker.stop()
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--events", type=int, default=100_000, help="events pre-produced for the max-rate run")
+    p.add_argument("--users", type=int, default=20_000, help="distinct users")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    p.add_argument("--load", type=float, default=0.5, help="freshness load as a fraction of the max rate")
+    p.add_argument("--load-rate", type=float, default=None, help="freshness load in events/s (overrides --load)")
+    p.add_argument("--seconds", type=float, default=15.0, help="duration of the freshness run")
+    p.add_argument("--checkpoint-interval", type=float, default=1.0, help="checkpoint interval (s)")
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    res = run(args)
+    width = max(len(k) for k in res)
+    for k, v in res.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``feedrank bench ingest`` (creates the ``bench`` group when missing)."""
+    bench = None
+    for action in getattr(subparsers, "_name_parser_map", {}).items():
+        if action[0] == "bench":
+            bench = action[1]
+    if bench is None:
+        bench = subparsers.add_parser("bench", help="benchmarks")
+        bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+        bench.set_defaults(_bench_sub=bench_sub)
+    bench_sub = bench.get_default("_bench_sub")
+    p = bench_sub.add_parser("ingest", help="table engine events/s and freshness beside raw aiokafka")
+    add_arguments(p)
+    p.set_defaults(func=_cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="feedrank bench ingest", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING)
+    return _cmd(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Windowed drift accumulators and the per-task alert state machine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from features.events import ACTIONS
+from scorer.drift import AlertConfig, AlertState, DriftMonitor, WindowSpec
+
+T0 = 1_700_000_000_000
+T = len(ACTIONS)
+WINDOWS = (WindowSpec("5m", 300_000, 60_000), WindowSpec("1h", 3_600_000, 300_000))
+
+
+def _rows(n: int, p: float, positives: int) -> tuple[np.ndarray, np.ndarray]:
+    pp = np.full((n, T), p)
+    y = np.zeros((n, T))
+    y[:positives] = 1
+    return pp, y
+
+
+def test_window_metrics_hand_case() -> None:
+    mon = DriftMonitor(WINDOWS, AlertConfig(min_positives=1))
+    # 4 rows at minute 0: p=[.1,.4,.35,.8], y=[0,0,1,1] for every task
+    p = np.repeat(np.array([[0.1], [0.4], [0.35], [0.8]]), T, axis=1)
+    y = np.repeat(np.array([[0], [0], [1], [1]]), T, axis=1)
+    mon.observe(np.full(4, T0), p, y)
+    rec = mon.record(T0)
+    s = rec["windows"]["5m"]["tasks"]["click"]
+    assert s["n"] == 4 and s["positives"] == 2
+    assert s["calibration_error"] == pytest.approx(0.825)
+    assert s["ece"] == pytest.approx(1.35 / 4)
+    assert s["log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6) + np.log(0.35) + np.log(0.8)) / 4)
+    assert s["bins"]["counts"] == [0, 1, 0, 1, 1, 0, 0, 0, 1, 0]
+    json.loads(json.dumps(rec))  # plain JSON (strict: no NaN)
+
+
+def test_windows_slide_over_event_time_and_mask() -> None:
+    mon = DriftMonitor(WINDOWS, AlertConfig(min_positives=1))
+    p, y = _rows(10, 0.1, 1)
+    mask = np.ones((10, T), dtype=bool)
+    mask[:, ACTIONS.index("video_view_10s")] = False
+    mon.observe(np.full(10, T0), p, y, mask)
+    mon.observe(np.full(10, T0 + 10 * 60_000), p, y, mask)
+    rec = mon.record(T0 + 10 * 60_000)
+    assert rec["windows"]["5m"]["tasks"]["click"]["n"] == 10  # the first batch slid out of 5 minutes
+    assert rec["windows"]["1h"]["tasks"]["click"]["n"] == 20
+    assert rec["windows"]["1h"]["tasks"]["video_view_10s"]["n"] == 0
+    assert rec["windows"]["1h"]["tasks"]["video_view_10s"]["calibration_error"] is None
+    # rows without a logged probability (NaN) are skipped
+    p_nan = p.copy()
+    p_nan[:4, 0] = np.nan
+    mon.observe(np.full(10, T0 + 10 * 60_000), p_nan, y, mask)
+    assert mon.record(T0 + 10 * 60_000)["windows"]["5m"]["tasks"]["click"]["n"] == 16
+    # a label older than the longest window is late
+    mon.observe(np.full(3, T0 - 3_600_000), *_rows(3, 0.1, 0))
+    assert mon.record()["late"] == 3
+
+
+def test_alert_fires_over_and_under_and_recovers() -> None:
+    cfg = AlertConfig(window="5m", low=0.9, high=1.1, min_positives=10)
+    mon = DriftMonitor(WINDOWS, cfg)
+    t = T0
+    mon.observe(np.full(100, t), *_rows(100, 0.1, 10))  # sum p = 10 = positives: calibrated
+    assert mon.record(t)["alerts"]["click"]["state"] == "ok"
+    t += 6 * 60_000
+    mon.observe(np.full(100, t), *_rows(100, 0.2, 10))  # over-predicts x2
+    rec = mon.record(t)
+    assert rec["alerts"]["click"]["state"] == "over"
+    assert rec["transitions"][0]["from"] == "ok" and rec["transitions"][0]["to"] == "over"
+    t += 6 * 60_000
+    mon.observe(np.full(100, t), *_rows(100, 0.05, 10))  # under-predicts x2
+    assert mon.record(t)["alerts"]["click"]["state"] == "under"
+    t += 6 * 60_000
+    mon.observe(np.full(100, t), *_rows(100, 0.1, 10))
+    rec = mon.record(t)
+    assert rec["alerts"]["click"]["state"] == "ok" and rec["alerts"]["click"]["since_ms"] == t
+    assert mon.state("click") is AlertState.OK
+
+
+def test_thin_windows_do_not_change_state() -> None:
+    mon = DriftMonitor(WINDOWS, AlertConfig(min_positives=50))
+    mon.observe(np.full(100, T0), *_rows(100, 0.5, 10))  # way off, but only 10 positives
+    assert mon.record(T0)["alerts"]["click"]["state"] == "ok"
+
+
+def test_hysteresis_band() -> None:
+    cfg = AlertConfig(low=0.9, high=1.1, recover_low=0.95, recover_high=1.05, min_positives=10)
+    mon = DriftMonitor(WINDOWS, cfg)
+    t = T0
+    for p, expect in ((0.12, "over"), (0.107, "over"), (0.103, "ok")):
+        mon.observe(np.full(100, t), *_rows(100, p, 10))
+        assert mon.record(t)["alerts"]["click"]["state"] == expect, p
+        t += 6 * 60_000
+
+
+def test_maybe_record_publishes_at_fixed_interval() -> None:
+    mon = DriftMonitor(WINDOWS, publish_interval_ms=60_000)
+    got = [mon.maybe_record(T0 + s * 1000) is not None for s in range(0, 200, 10)]
+    assert sum(got) == 3  # at each minute boundary crossed: T0 + 40 s, + 100 s, + 160 s (T0 is 20 s past a minute)
+
+
+def test_bad_shapes_are_errors() -> None:
+    mon = DriftMonitor(WINDOWS)
+    with pytest.raises(ValueError, match="must be"):
+        mon.observe(np.full(2, T0), np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="alert window"):
+        DriftMonitor(WINDOWS, AlertConfig(window="15m"))

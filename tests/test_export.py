@@ -1,0 +1,108 @@
+"""The serving form: frozen TorchScript that loads in a fresh process without project code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from features.assembly import FeatureSpec, assemble
+from features.state import FeedbackSnapshot, SeqAction, UserState
+from features.world import DEFAULT_START_MS, World
+from scorer.artifact import ArtifactError, load_artifact, load_eager, resolve, save_artifact
+from scorer.export import export_serving, load_serving
+from scorer.model import TASKS, ModelConfig, build_model
+
+SPEC = FeatureSpec(user_buckets=101, item_buckets=211, ctx_buckets=53, seq_len=6)
+CFG = ModelConfig(expert_dims=[16, 8], tower_hidden=8, summary_dim=16, item_dim=8, seq_ffn=16, n_experts=3)
+
+FRESH = textwrap.dedent("""
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("features", "scorer", "streams"):
+                raise ImportError("project code must not be needed: " + name)
+    sys.meta_path.insert(0, Block())
+    import torch
+    model_path, inputs_path, out_path = sys.argv[1:4]
+    files = {"feature_spec.json": "", "tasks.json": ""}
+    m = torch.jit.load(model_path, _extra_files=files)
+    x = torch.load(inputs_path)
+    with torch.inference_mode():
+        out = m(x)
+    torch.save({k: v.clone() for k, v in out.items()}, out_path)
+    t = files["tasks.json"]
+    print(t.decode() if isinstance(t, bytes) else t)
+""")
+
+
+def _request_inputs(n: int = 12) -> dict[str, np.ndarray]:
+    world = World(seed=2, n_users=30, n_items=300)
+    req = world.new_request(user=4, ts=DEFAULT_START_MS + 7_200_000, n_candidates=n)
+    acts = tuple(SeqAction(f"i{k}", "click", req.ts - 60_000 * k, "home", "organic") for k in range(4))
+    return assemble(UserState(req.user_id, acts), FeedbackSnapshot(), req.context, req.candidates, SPEC).arrays()
+
+
+def _eager_logits(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> torch.Tensor:
+    x = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    for k in x:
+        if not k.startswith("cand"):
+            x[k] = x[k].unsqueeze(0)
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "shared_bottom"])
+def test_fresh_process_loads_without_project_and_matches_eager(tmp_path: Path, arch: str) -> None:
+    model = build_model(SPEC, ModelConfig(**{**CFG.to_dict(), "arch": arch}), seed=1).eval()
+    path = export_serving(model, tmp_path / "model.pt")
+    arrays = _request_inputs()
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, tmp_path / "inputs.pt")
+    proc = subprocess.run([sys.executable, "-I", "-c", FRESH, str(path), str(tmp_path / "inputs.pt"),
+                           str(tmp_path / "out.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == list(TASKS)
+    out = torch.load(tmp_path / "out.pt")
+    want = _eager_logits(model, arrays)
+    assert out["logits"].shape == (len(arrays["cand_item"]), len(TASKS))
+    assert torch.allclose(out["logits"], want, atol=1e-5)
+    assert torch.allclose(out["scores"], torch.sigmoid(want), atol=1e-6)
+
+
+def test_serving_module_is_frozen_and_scores_any_n(tmp_path: Path) -> None:
+    module, files = load_serving(export_serving(build_model(SPEC, CFG), tmp_path / "m.pt"))
+    assert files["tasks.json"] == list(TASKS) and files["feature_spec.json"]["seq_len"] == 6
+    assert not list(module.named_parameters())  # frozen: weights folded into constants
+    x = {k: torch.from_numpy(v) for k, v in _request_inputs(30).items()}
+    with torch.inference_mode():
+        full = module(x)["logits"]
+        part = module({**x, **{k: x[k][:5] for k in ("cand_item", "cand_type", "cand_pos", "cand_dense")}})["logits"]
+    assert torch.allclose(full[:5], part, atol=1e-5)  # candidates are scored independently
+
+
+def test_artifact_round_trip(tmp_path: Path) -> None:
+    model = build_model(SPEC, CFG, seed=3).eval()
+    data = {"train": {"sampling": {"rates": {"none": 0.1}}}}
+    out = save_artifact(tmp_path, model, SPEC, CFG, {"seed": 3, "distill_weight": 0.0}, data, {"auc": 0.7},
+                        version="v-test")
+    assert out == tmp_path / "v-test" and resolve(tmp_path) == out
+    art = load_artifact(tmp_path)
+    card = json.loads((out / "card.json").read_text())
+    assert art.version == "v-test" and card["tasks"] == list(TASKS)
+    assert card["data"]["train"]["sampling"]["rates"] == {"none": 0.1}
+    assert card["feature_spec"]["seq_len"] == 6 and "cand_dense" in card["feature_spec"]
+    arrays = _request_inputs()
+    from features.assembly import ModelInputs
+
+    logits = art.score(ModelInputs(**arrays))
+    assert np.allclose(logits, _eager_logits(model, arrays).numpy(), atol=1e-5)
+    teacher = load_eager(out)
+    assert np.allclose(_eager_logits(teacher, arrays).numpy(), logits, atol=1e-5)
+    with pytest.raises(ArtifactError, match="feedrank train"):
+        load_artifact(tmp_path / "nothing")

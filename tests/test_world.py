@@ -1,0 +1,134 @@
+"""The synthetic world: reproducible, contract-valid events, statistics that match its parameters."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from features.events import ACTIONS, Engagement, Impression, decode_event, encode_event
+from features.world import COUNTRIES, DEFAULT_START_MS, HOUR_MS, TASK_INDEX, World, WorldParams
+
+T = TASK_INDEX
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World(seed=3, n_users=400, n_items=1500)
+
+
+def _sample(world: World, n: int, seed: int = 0, **fixed: object) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, world.n_users, n)
+    cols = dict(users=u, items=rng.integers(0, world.n_items, n), country=world.user_country[u],
+                gender=world.user_gender[u], app=world.user_app[u], device=world.user_device[u],
+                position=rng.integers(0, 20, n), ts=DEFAULT_START_MS + rng.integers(0, 24 * HOUR_MS, n))
+    for k, v in fixed.items():
+        cols[k] = np.full(n, v)
+    return cols
+
+
+def test_same_seed_same_events() -> None:
+    a = list(itertools.islice(World(seed=5, n_users=50, n_items=200).stream(), 200))
+    b = list(itertools.islice(World(seed=5, n_users=50, n_items=200).stream(), 200))
+    c = list(itertools.islice(World(seed=6, n_users=50, n_items=200).stream(), 200))
+    assert a == b
+    assert a != c
+
+
+def test_stream_events_follow_the_contract(world: World) -> None:
+    last_ts = 0
+    n_eng = 0
+    for imp, engs in itertools.islice(world.stream(impressions_per_s=50.0), 3000):
+        assert isinstance(imp, Impression)
+        assert decode_event(encode_event(imp)) == imp
+        assert imp.ts >= last_ts  # impressions arrive in event-time order
+        last_ts = imp.ts
+        actions = {e.action for e in engs}
+        for e in engs:
+            assert isinstance(e, Engagement) and decode_event(encode_event(e)) == e
+            assert (e.user_id, e.item_id, e.request_id) == (imp.user_id, imp.item_id, imp.request_id)
+            assert e.ts >= imp.ts
+        assert "long_click" not in actions or "click" in actions
+        assert "repin" not in actions or "closeup" in actions
+        assert "hide" not in actions or actions == {"hide"}
+        assert "video_view_10s" not in actions or imp.item_type == "video"
+        n_eng += len(engs)
+    assert n_eng > 0
+
+
+def test_empirical_rates_match_true_probabilities(world: World) -> None:
+    cols = _sample(world, 200_000)
+    labels, probs = world.sample_labels(*cols.values())
+    for a, i in T.items():
+        p = probs[:, i]
+        se = np.sqrt((p * (1 - p)).sum()) / len(p)
+        assert abs(labels[:, i].mean() - p.mean()) < 4 * se + 1e-4, a
+    video = world.item_video[cols["items"]]
+    assert labels[~video, T["video_view_10s"]].sum() == 0 and probs[~video, T["video_view_10s"]].max() == 0
+    assert np.all(labels[:, T["long_click"]] <= labels[:, T["click"]])
+    assert np.all(labels[:, T["repin"]] <= labels[:, T["closeup"]])
+    hidden = labels[:, T["hide"]] == 1
+    assert labels[hidden].sum() == hidden.sum()  # nothing else after a hide
+    assert abs(video.mean() - world.p.video_share) < 0.03
+
+
+def test_true_probs_follow_parameters(world: World) -> None:
+    n = 20_000
+    base = _sample(world, n, seed=1)
+    click = T["click"]
+
+    def mean_click(**over: object) -> float:
+        cols = dict(base)
+        cols.update({k: np.full(n, v) for k, v in over.items()})
+        return float(world.true_prob_matrix(*cols.values())[:, click].mean())
+
+    # country and gender base rates are ordered as their biases
+    by_country = [mean_click(country=c) for c in range(len(COUNTRIES))]
+    assert np.argsort(by_country).tolist() == np.argsort(world.p.country_bias).tolist()
+    by_gender = [mean_click(gender=g) for g in range(3)]
+    assert np.argsort(by_gender).tolist() == np.argsort(world.p.gender_bias).tolist()
+    # position bias: strictly decreasing with position
+    by_pos = [mean_click(position=p) for p in (0, 1, 3, 10)]
+    assert by_pos == sorted(by_pos, reverse=True)
+    # diurnal: local peak hour beats the local trough (US is UTC-5)
+    peak = DEFAULT_START_MS + int((world.p.diurnal_peak_h + 5) % 24) * HOUR_MS
+    trough = DEFAULT_START_MS + int((world.p.diurnal_peak_h + 5 + 12) % 24) * HOUR_MS
+    assert mean_click(country=0, ts=peak) > 1.2 * mean_click(country=0, ts=trough)
+
+
+def test_session_intent_drifts_smoothly(world: World) -> None:
+    users = np.arange(200)
+    t0 = np.full(200, DEFAULT_START_MS)
+    a = world.intent(users, t0)
+    b = world.intent(users, t0 + 60_000)
+    c = world.intent(users, t0 + 2 * world.p.session_slot_ms)
+    assert np.abs(a - b).sum(1).mean() < 0.2 * np.abs(a - c).sum(1).mean()
+    assert np.abs(a - c).sum(1).mean() > 0.3
+
+
+def test_hides_concentrate_on_unwanted_topic(world: World) -> None:
+    cols = _sample(world, 50_000, seed=2)
+    probs = world.true_prob_matrix(*cols.values())
+    unwanted = world.item_topic[cols["items"], world.user_unwanted[cols["users"]]] > 0.7
+    assert probs[unwanted, T["hide"]].mean() > 5 * probs[~unwanted, T["hide"]].mean()
+
+
+def test_show_and_true_probs_api(world: World) -> None:
+    req = world.new_request(user=7, ts=DEFAULT_START_MS + 3 * HOUR_MS, n_candidates=40)
+    assert req.candidates and all(c.features["item_ctr_prior"] > 0 for c in req.candidates)
+    shown = world.show(req, [c.item_id for c in req.candidates[:5]])
+    assert [i.position for i in shown.impressions] == list(range(5))
+    one = world.true_probs(req.user_id, req.candidates[2].item_id, req.context, 2, req.ts)
+    assert set(one) == set(ACTIONS)
+    assert np.allclose([one[a] for a in ACTIONS], shown.true_probs[2])
+
+
+def test_params_change_the_world() -> None:
+    loud = World(seed=1, n_users=100, n_items=300, params=WorldParams(position_decay=0.0))
+    n = 5000
+    cols = _sample(loud, n)
+    p0 = loud.true_prob_matrix(*{**cols, "position": np.zeros(n, dtype=np.int64)}.values())
+    p9 = loud.true_prob_matrix(*{**cols, "position": np.full(n, 9)}.values())
+    assert np.allclose(p0[:, T["click"]], p9[:, T["click"]])
