@@ -57,6 +57,9 @@ USER_DENSE_NAMES: tuple[str, ...] = tuple(
 )
 CAND_DENSE_NAMES: tuple[str, ...] = ("item_ctr_prior_logit", "has_item_ctr_prior", "log_seq_item_hits",
                                      "seq_same_type_share")
+#: Dense columns computed from the real-time action sequence (off in the no-sequence ablation).
+SEQUENCE_DERIVED: tuple[str, ...] = ("seq_fill", "log_minutes_since_last_action", "log_seq_item_hits",
+                                     "seq_same_type_share")
 
 
 @dataclass(frozen=True)
@@ -213,5 +216,5 @@ def calibration_features(raw_logits: np.ndarray | None, user: UserState, feedbac
     return calibration_feature_matrix(raw_logits, user, feedback, ctx, candidates)
 
 
-__all__ = ["CAND_DENSE_NAMES", "CAND_KEYS", "CTX_FIELDS", "DEFAULT_SPEC", "FeatureSpec", "ModelInputs",
+__all__ = ["CAND_DENSE_NAMES", "CAND_KEYS", "CTX_FIELDS", "DEFAULT_SPEC", "FeatureSpec", "ModelInputs", "SEQUENCE_DERIVED",
            "USER_DENSE_NAMES", "USER_KEYS", "assemble", "calibration_features"]

@@ -135,6 +135,25 @@ def decode_event(raw: bytes | None, expect: type[_Event] | None = None) -> Event
         raise EventDecodeError(_validation_reason(exc)) from None
 
 
+def decode_event_fast(raw: bytes | None, expect: type[_Event]) -> Event:
+    """``decode_event`` for a topic that carries one kind, with the same result and reasons.
+
+    The fast path is pydantic's JSON validation straight from the bytes (no
+    ``json.loads``, no intermediate dict), about 3x cheaper per event. Its
+    acceptance implies ``decode_event``'s: the same model validates the same
+    fields (a present ``kind`` must equal the model's literal, a missing one is
+    decided by ``expect`` in both). Anything it refuses goes through
+    ``decode_event`` so every bad input gets exactly the reason the contract
+    gives it. ``tests/test_events.py`` checks both agree on a corpus.
+    """
+    if raw is not None and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            return expect.model_validate_json(raw)  # type: ignore[return-value]
+        except ValueError:  # ValidationError (bad JSON included): let the contract say why
+            pass
+    return decode_event(raw, expect)
+
+
 def encode_event(event: Event) -> bytes:
     """Serialize an event to its wire form (compact JSON, UTF-8)."""
     return event.model_dump_json(exclude_none=True).encode("utf-8")

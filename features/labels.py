@@ -57,6 +57,7 @@ STAT_NAMES: Final[tuple[str, ...]] = (
     "labeled_with_prediction",
     "expired_predictions",
     "duplicate_predictions",
+    "invalid_predictions",
 )
 
 
@@ -171,6 +172,8 @@ class LabelJoin:
         self._close_heap: list[tuple[int, str]] = []
         self._orphan_heap: list[tuple[int, str]] = []
         self._pred_heap: list[tuple[int, str]] = []
+        # the last fully validated log (the impressions of one request close together)
+        self._pred_cache: tuple[bytes, Any] = (b"", None)
 
     # -- recovery --------------------------------------------------------------
     def rebuild_indexes(
@@ -295,10 +298,18 @@ class LabelJoin:
         pred = None
         pblob = self.predictions.get(prediction_key(imp["user_id"], imp["request_id"]))
         if pblob is not None:
-            try:
-                pred = prediction_fields(decode_prediction(pblob[8:]), imp["item_id"])
-            except PredictionDecodeError:
-                pred = None
+            # validated lazily, here, once per log: the engine checked only its header
+            cached_blob, log = self._pred_cache
+            if cached_blob is not pblob and cached_blob != pblob:
+                try:
+                    log = decode_prediction(pblob[8:])
+                except PredictionDecodeError:
+                    log = None
+                self._pred_cache = (pblob, log)
+            if log is None:
+                self.stats.inc("invalid_predictions")  # examples whose logged prediction failed validation
+            else:
+                pred = prediction_fields(log, imp["item_id"])
         self.stats.inc("labeled_examples")
         if pred is not None:
             self.stats.inc("labeled_with_prediction")

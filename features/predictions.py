@@ -83,6 +83,36 @@ def decode_prediction(raw: bytes | None) -> PredictionLog:
         ) from None
 
 
+class PredictionHeader(BaseModel):
+    """What the join needs of a log to key and age it; the rest is validated when joined.
+
+    Full validation (``decode_prediction``, items, scores, features) costs tens of
+    microseconds for a big log; the engine validates only this header per record
+    and the whole log lazily, once, when a window that uses it closes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    request_id: Id
+    user_id: Id
+    ts: Annotated[int, Field(ge=MIN_TS_MS, le=MAX_TS_MS, strict=True)]
+
+
+def decode_prediction_header(raw: bytes | None) -> PredictionHeader:
+    """Parse the key fields of one ``predictions`` message; raises ``PredictionDecodeError``."""
+    if raw is None:
+        raise PredictionDecodeError("empty message (null value)")
+    if len(raw) > MAX_PREDICTION_BYTES:
+        raise PredictionDecodeError(f"message too large: {len(raw)} bytes")
+    try:
+        return PredictionHeader.model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors()[:3]
+        raise PredictionDecodeError(
+            "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err)
+        ) from None
+
+
 def prediction_fields(log: PredictionLog | None, item_id: str) -> Mapping[str, object] | None:
     """What a labeled example carries about one item's prediction (None if not logged)."""
     if log is None:
@@ -104,6 +134,8 @@ def prediction_fields(log: PredictionLog | None, item_id: str) -> Mapping[str, o
 __all__ = [
     "ItemPrediction",
     "PredictionDecodeError",
+    "PredictionHeader",
+    "decode_prediction_header",
     "PredictionLog",
     "decode_prediction",
     "encode_prediction",

@@ -19,6 +19,7 @@ MAX_CANDIDATES: Final[int] = 1000
 MAX_BODY_BYTES: Final[int] = 1 << 20
 MAX_ITEM_FEATURES: Final[int] = 32
 
+FeatureName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 Weight = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 ActionWeights = dict[Annotated[str, StringConstraints(pattern="^(" + "|".join(ACTIONS) + ")$")], Weight]
 
@@ -42,7 +43,7 @@ class CandidateIn(_Strict):
     item_id: Id
     item_type: ItemType
     position: Annotated[int, Field(ge=0, le=10_000)] = 0
-    features: dict[Token, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+    features: dict[FeatureName, Annotated[float, Field(allow_inf_nan=False)]] = Field(
         default_factory=dict, max_length=MAX_ITEM_FEATURES)
 
 

@@ -120,6 +120,15 @@ class ActionSequence:
                 del col[:extra]
         return ADDED
 
+    def drop_before(self, ts: int) -> int:
+        """Remove the entries older than ``ts`` (retention); returns how many were removed."""
+        tsl = self.ts
+        cut = bisect_right(tsl, ts - 1)
+        if cut:
+            for col in (tsl, self.eid, self.dwell, self.action, self.item_type, self.item_id, self.surface):
+                del col[:cut]
+        return cut
+
     def set_context(self, event_id: str, surface: str, item_type: str) -> bool:
         """Fill in the impression context (surface, item type) of a retained entry."""
         eid = event_id_hash(event_id)
@@ -175,6 +184,16 @@ def encode(seq: ActionSequence) -> bytes:
     return b"".join(parts)
 
 
+def first_ts(blob: bytes) -> int:
+    """The oldest action's time of an encoded sequence, without decoding it (max int64 when empty)."""
+    version, n = _HEADER.unpack_from(blob, 0)
+    if version != VERSION:
+        raise SeqCodecError(f"unknown sequence codec version {version}; expected {VERSION}")
+    if not n:
+        return (1 << 63) - 1
+    return int(struct.unpack_from("<q", blob, _HEADER.size)[0])
+
+
 def decode(blob: bytes, maxlen: int = 256) -> ActionSequence:
     """Parse a blob from ``encode``; keeps at most the newest ``maxlen`` entries."""
     try:
@@ -217,4 +236,5 @@ def decode(blob: bytes, maxlen: int = 256) -> ActionSequence:
     return seq
 
 
-__all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash"]
+__all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",
+           "first_ts"]

@@ -121,6 +121,20 @@ class UserCounters:
         for k in [k for k in self.long if k <= lo_g]:
             del self.long[k]
 
+    def __len__(self) -> int:
+        """Live tiles (0 = nothing counted in the windows)."""
+        return len(self.short) + len(self.long)
+
+    def drop_before(self, ts: int) -> bool:
+        """Drop the tiles that start before ``ts`` (retention; ``ts`` hour-aligned); True if any."""
+        old_s = [k for k in self.short if k < ts]
+        old_g = [k for k in self.long if k < ts]
+        for k in old_s:
+            del self.short[k]
+        for k in old_g:
+            del self.long[k]
+        return bool(old_s or old_g)
+
     def counts_3h(self, now: int) -> Counts:
         return counts_of(_window_sum(self.short, SHORT_TILE_MS, SHORT_WINDOW_MS, now))
 
@@ -155,6 +169,14 @@ class UserCounters:
 
     def __repr__(self) -> str:
         return f"UserCounters(max_ts={self.max_ts}, short={len(self.short)}, long={len(self.long)})"
+
+
+def counters_max_ts(blob: bytes) -> int:
+    """The newest event time of an encoded ``UserCounters`` without decoding it."""
+    version, max_ts = struct.unpack_from("<Bq", blob, 0)
+    if version != _VERSION:
+        raise TileCodecError(f"unknown counters version {version}")
+    return int(max_ts)
 
 
 class FeedbackTiles:
@@ -280,6 +302,7 @@ __all__ = [
     "TileCodecError",
     "UserCounters",
     "WIDTH",
+    "counters_max_ts",
     "counts_of",
     "slot_of",
 ]

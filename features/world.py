@@ -1,7 +1,8 @@
 """A seeded synthetic engagement world: the workload for training, the demo and benchmarks.
 
-Users have a stable interest vector plus a session intent that drifts over time
-(a deterministic function of user and event time, so the truth is a pure
+Users have a stable interest vector plus a session intent that drifts over time,
+and a session "video mood" (wants videos / wants organic) that drifts too (both
+deterministic functions of user and event time, so the truth is a pure
 function); items are organic or video with sparse topic vectors. Engagement
 probabilities depend on user x item affinity, country and gender base rates,
 app/device, position bias, a diurnal cycle in the country's local time, item
@@ -97,6 +98,9 @@ class WorldParams:
     item_quality_sd: float = 0.5
     user_activity_sd: float = 0.3
     video_click_shift: float = -0.3
+    #: logit swing of the session's video mood: +w on videos (-w/2 on organic) in a video
+    #: session, the opposite in an organic one; the mood drifts like the session topic
+    video_mood_weight: float = 1.0
     #: mean requests per session and mean gap between a session's requests
     requests_per_session: float = 8.0
     request_gap_ms: int = 30_000
@@ -178,6 +182,17 @@ class World:
         b = _splitmix(key ^ _splitmix(slot + np.uint64(1))) % d
         return a.astype(np.int64), b.astype(np.int64), frac
 
+    def video_mood(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """[N] session mood in [-1, 1]: +1 = wants videos, -1 = wants organic; drifts between slots."""
+        slot_ms = self.p.session_slot_ms
+        t = ts.astype(np.int64) + self.user_phase[users]
+        slot = (t // slot_ms).astype(np.uint64)
+        frac = (t % slot_ms) / slot_ms
+        key = users.astype(np.uint64) * np.uint64(2_000_029) + np.uint64(self.seed) * np.uint64(104_729)
+        a = (_splitmix(key ^ _splitmix(slot)) >> np.uint64(40)) % np.uint64(2)
+        b = (_splitmix(key ^ _splitmix(slot + np.uint64(1))) >> np.uint64(40)) % np.uint64(2)
+        return (2.0 * a.astype(np.float64) - 1.0) * (1.0 - frac) + (2.0 * b.astype(np.float64) - 1.0) * frac
+
     def intent(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """[N, D] current interest: stable interest mixed with a drifting session topic."""
         a, b, frac = self.session_topics(users, ts)
@@ -206,12 +221,13 @@ class World:
         video = self.item_video[items]
         q, sq, act = self.item_quality[items], self.item_save_quality[items], self.user_activity[users]
         z = self._base[None, :] + aff[:, None] * self._aff_w[None, :]
-        z[:, _IDX["click"]] += ctx + diurnal + pos + q + act + p.video_click_shift * video
+        mood = p.video_mood_weight * self.video_mood(users, ts) * np.where(video, 1.0, -0.5)
+        z[:, _IDX["click"]] += ctx + diurnal + pos + q + act + p.video_click_shift * video + mood
         z[:, _IDX["long_click"]] += 0.5 * q
-        z[:, _IDX["closeup"]] += ctx + 0.7 * diurnal + 0.8 * pos + q + act + p.video_click_shift * video
+        z[:, _IDX["closeup"]] += ctx + 0.7 * diurnal + 0.8 * pos + q + act + p.video_click_shift * video + mood
         z[:, _IDX["repin"]] += sq
         z[:, _IDX["hide"]] += p.unwanted_weight * unwanted + 0.3 * pos - 0.5 * q
-        z[:, _IDX["video_view_10s"]] += diurnal + 0.5 * pos + q + act
+        z[:, _IDX["video_view_10s"]] += diurnal + 0.5 * pos + q + act + mood
         return z
 
     def true_prob_matrix(self, users: np.ndarray, items: np.ndarray, country: np.ndarray, gender: np.ndarray,

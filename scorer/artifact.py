@@ -113,7 +113,11 @@ def load_eager(path: Path) -> RankingModel:
     d = resolve(path)
     card = json.loads((d / CARD_FILE).read_text())
     model = RankingModel(FeatureSpec.from_dict(card["feature_spec"]), ModelConfig.from_dict(card["model_config"]))
-    model.load_state_dict(torch.load(d / STATE_FILE, weights_only=True))
+    missing, unexpected = model.load_state_dict(torch.load(d / STATE_FILE, weights_only=True), strict=False)
+    # artifacts from before feature ablation masks lack the ``keep`` buffers; their default (all on) is right
+    if unexpected or any(not k.endswith(".keep") for k in missing):
+        raise ArtifactError(f"{d}: weights do not match the model (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}); retrain with `feedrank train`")
     return model.eval()
 
 

@@ -91,7 +91,8 @@ class BenchResult:
 
 def bench_module(module: torch.jit.ScriptModule, spec: FeatureSpec, cfg: ModelConfig, ns: Sequence[int],
                  threads: int = 2, seconds: float = 2.0) -> tuple[list[BenchResult], float]:
-    """Time ``module`` for each N; returns results and the matmul GFLOP/s measured in the same run."""
+    """Time ``module`` for each N; returns results and the matmul GFLOP/s measured in the same run
+    (best of windows before and between the N runs, so a busy moment does not lower the peak)."""
     torch.set_num_threads(threads)
     peak = matmul_gflops(threads)
     results = []
@@ -109,10 +110,10 @@ def bench_module(module: torch.jit.ScriptModule, spec: FeatureSpec, cfg: ModelCo
                 lat.append(time.perf_counter() - t)
         arr = np.asarray(lat) * 1e3
         user_f, per_f = model_flops(spec, cfg, n)
+        peak = max(peak, matmul_gflops(threads))  # interleaved: the best window is the least disturbed
         p50 = float(np.percentile(arr, 50))
         results.append(BenchResult(n, p50, float(np.percentile(arr, 99)), n / (arr.mean() / 1e3),
                                    (user_f + n * per_f) / (p50 / 1e3) / 1e9, assemble_ms, per_f / 1e6))
-    peak = max(peak, matmul_gflops(threads))  # re-measure after: take the better of before/after
     return results, peak
 
 

@@ -1,7 +1,9 @@
 """Offline evaluation: per-task AUC and log loss on a held-out later period, and the ablations.
 
 ``run_eval`` trains on day 1 of a world and evaluates on day 2: MMoE vs shared
-bottom, with vs without the real-time sequence, and score stability = Spearman
+bottom, with vs without the real-time sequence (mixer and sequence-derived
+features), without any real-time user state (also no 3 h / 1 d user counters and
+no 30-minute feedback rates: what a batch-only system would have), and score stability = Spearman
 rank correlation between the scores of two models retrained with different
 seeds, without and with score regularization (distillation toward a teacher).
 The world's true probabilities give the ceiling (oracle AUC). Log loss is of the
@@ -23,7 +25,7 @@ from features.events import ACTIONS
 from features.world import DEFAULT_START_MS, World
 
 from .dataset import RowSet, make_split
-from .model import ModelConfig
+from .model import REALTIME_COUNTERS, ModelConfig
 from .train import TrainConfig, predict_logits, train_model
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,8 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
         return m, predict_logits(m, hold)
 
     variants = {"mmoe": ModelConfig(), "shared_bottom": ModelConfig(arch="shared_bottom"),
-                "mmoe_no_sequence": ModelConfig(use_sequence=False)}
+                "mmoe_no_sequence": ModelConfig(use_sequence=False),
+                "mmoe_no_realtime": ModelConfig(use_sequence=False, drop_features=list(REALTIME_COUNTERS))}
     report: dict[str, Any] = {"config": cfg.__dict__, "train": train.summary, "holdout": hold.summary, "models": {}}
     logits: dict[str, np.ndarray] = {}
     models: dict[str, Any] = {}

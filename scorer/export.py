@@ -33,20 +33,33 @@ log = logging.getLogger(__name__)
 class ServingModule(nn.Module):
     """One request in, raw task logits for every candidate out."""
 
-    def __init__(self, model: RankingModel) -> None:
+    def __init__(self, model: RankingModel, chunk: int = 512) -> None:
         super().__init__()
         self.model = model
         self.user_keys: List[str] = list(USER_KEYS)
         self.cand_keys: List[str] = list(CAND_KEYS)
+        #: candidates per block: keeps the [K, chunk, h] expert activations cache-sized
+        self.chunk = chunk
+        self.n_tasks = len(TASKS)
 
     def forward(self, inputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
         user: Dict[str, Tensor] = {}
         for k in self.user_keys:
             user[k] = inputs[k].unsqueeze(0)
-        for k in self.cand_keys:
-            user[k] = inputs[k]
         u = self.model.encode_user(user)  # [1, S], once per request
-        logits = self.model.score_candidates(u, user)  # [N, T]
+        n = inputs["cand_item"].shape[0]
+        parts: List[Tensor] = []
+        for start in range(0, n, self.chunk):
+            cand: Dict[str, Tensor] = {}
+            for k in self.cand_keys:
+                cand[k] = inputs[k][start:start + self.chunk]
+            parts.append(self.model.score_candidates(u, cand))  # [chunk, T]
+        if len(parts) == 0:
+            logits = torch.zeros((0, self.n_tasks), dtype=torch.float32)
+        elif len(parts) == 1:
+            logits = parts[0]
+        else:
+            logits = torch.cat(parts, dim=0)
         return {"logits": logits, "scores": torch.sigmoid(logits)}
 
 
@@ -54,11 +67,7 @@ def script_serving(model: RankingModel) -> torch.jit.ScriptModule:
     """Script and freeze the serving wrapper of ``model`` (eval mode)."""
     model = model.eval()
     scripted = torch.jit.script(ServingModule(model).eval())
-    frozen = torch.jit.freeze(scripted)
-    return torch.jit.optimize_for_inference(frozen) if _OPTIMIZE else frozen
-
-
-_OPTIMIZE = False  # optimize_for_inference measured no faster here; keep the plain frozen graph
+    return torch.jit.freeze(scripted)
 
 
 def export_serving(model: RankingModel, path: Path, extra: Dict[str, object] | None = None) -> Path:

@@ -21,12 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class DenseNorm(nn.Module):
-    """``(x - mean) / std`` with statistics fixed from training data, then clipped to [-5, 5]."""
+    """``(x - mean) / std`` with statistics fixed from training data, clipped to [-5, 5], times a
+    0/1 ``keep`` mask (ablations switch feature columns off without changing the inputs)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("keep", torch.ones(dim))
 
     def set_stats(self, mean: Tensor, std: Tensor) -> None:
         self.mean.copy_(mean)
@@ -34,7 +36,7 @@ class DenseNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: ``[..., dim]`` -> ``[..., dim]``."""
-        return ((x - self.mean) / self.std).clamp(-5.0, 5.0)
+        return ((x - self.mean) / self.std).clamp(-5.0, 5.0) * self.keep
 
 
 class UserRepresentation(nn.Module):

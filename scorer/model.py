@@ -17,7 +17,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from features.assembly import FeatureSpec
+from features.assembly import CAND_DENSE_NAMES, SEQUENCE_DERIVED, USER_DENSE_NAMES, FeatureSpec
 from features.events import ACTIONS
 
 from .layers import (CandidateRepresentation, DotInteraction, Gates, NoSequence, SequenceMixer, SharedBottom, StackedExperts,
@@ -42,6 +42,8 @@ class ModelConfig:
     expert_dims: List[int] = field(default_factory=lambda: [256, 128])
     tower_hidden: int = 64
     n_interactions: int = 4
+    #: dense feature names switched off (ablations); ``use_sequence=False`` adds ``SEQUENCE_DERIVED``
+    drop_features: List[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -102,6 +104,9 @@ class RankingModel(nn.Module):
             MixtureOfExperts(config.summary_dim, cand_dim, n_tasks, config.n_experts, dims)
             if config.arch == "mmoe" else SharedBottom(config.summary_dim, cand_dim, n_tasks, dims))
         self.towers = Towers(n_tasks, dims[-1], config.tower_hidden)
+        drop = set(config.drop_features) | (set() if config.use_sequence else set(SEQUENCE_DERIVED))
+        for norm, names in ((self.user_rep.norm, USER_DENSE_NAMES), (self.cand_rep.norm, CAND_DENSE_NAMES)):
+            norm.keep.copy_(torch.tensor([0.0 if n in drop else 1.0 for n in names]))
 
     def encode_user(self, b: Dict[str, Tensor]) -> Tensor:
         """User side, ``[B, summary_dim]``: computed once per request when serving."""
@@ -129,10 +134,15 @@ class RankingModel(nn.Module):
         self.cand_rep.norm.set_stats(cand_dense.mean(0), cand_dense.std(0))
 
 
+#: Dense features kept fresh by the streaming system (user windows and 30-minute feedback loop).
+REALTIME_COUNTERS: tuple[str, ...] = tuple(n for n in USER_DENSE_NAMES if n.startswith(("user_3h", "user_1d",
+                                                                                          "feedback_30m")))
+
+
 def build_model(spec: FeatureSpec, config: ModelConfig, seed: int = 0) -> RankingModel:
     """A freshly initialized model; ``seed`` makes the initialization reproducible."""
     torch.manual_seed(seed)
     return RankingModel(spec, config)
 
 
-__all__ = ["ModelConfig", "RankingModel", "TASKS", "build_model"]
+__all__ = ["REALTIME_COUNTERS", "ModelConfig", "RankingModel", "TASKS", "build_model"]

@@ -37,7 +37,8 @@ class Blending(Protocol):
     """What the scorer needs of a blender."""
 
     def utility(self, calibrated: np.ndarray, item_types: Sequence[str],
-                override: Mapping[str, Mapping[str, float]] | None = None) -> np.ndarray: ...
+                override: Mapping[str, Mapping[str, float]] | None = None,
+                X: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class Calibrating(Protocol):
@@ -103,7 +104,7 @@ class Scorer:
         calibrated = cal_set.calibrate(X)  # [N, T]
         item_types = [c.item_type for c in candidates]
         override = {k: dict(v) for k, v in req.weights.items()} if req.weights else None
-        utility = self.blender.utility(calibrated, item_types, override)
+        utility = self.blender.utility(calibrated, item_types, override, X=X)
         k = min(req.top_k or len(candidates), len(candidates))
         order = np.argsort(-utility, kind="stable")[:k]
 
@@ -139,8 +140,8 @@ class Scorer:
 
 
 def _named(row: np.ndarray) -> dict[str, float]:
-    """A calibration-feature row as a name -> value dict, zeros dropped (compact on the wire)."""
-    return {name: float(v) for name, v in zip(CALIBRATION_FEATURE_NAMES, row) if v != 0.0}
+    """A calibration-feature row as a name -> value dict (every name: replay and training need them all)."""
+    return {name: float(v) for name, v in zip(CALIBRATION_FEATURE_NAMES, row)}
 
 
 __all__ = ["Blending", "Candidate", "ScoredRequest", "Scorer"]

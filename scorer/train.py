@@ -2,9 +2,10 @@
 
 Loss per batch = sum over tasks of the masked mean binary cross-entropy (a task
 contributes only where it can happen: no video_view_10s on organic items) +
-``distill_weight`` x the same masked cross-entropy against a teacher model's
-probabilities (or their logits, see ``training_loss``). The distillation term is the Closeup post's score regularization:
-it keeps a retrained model's score distribution close to its predecessor's.
+``distill_weight`` x a distillation term toward a teacher model's scores (squared
+logit difference by default, or cross-entropy toward its probabilities; see
+``training_loss``). That term is the Closeup post's score regularization: it keeps
+a retrained model's scores close to its predecessor's.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ PLUGINS = (
     "streams.bench_ingest",
     "streams.bench_broker",
     "streams.topics_cli",
+    "streams.simulate",
+    "streams.inspect",
     "streams.demo",
 )
 

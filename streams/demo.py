@@ -1,14 +1,21 @@
-"""``feedrank demo``: the whole pipeline on the embedded broker, with a live summary.
+"""``feedrank demo``: the whole product on the embedded broker, in a closed loop.
 
-Starts the embedded broker, a worker and a synthetic producer as child
-processes, prints what flows every few seconds, and on Ctrl-C (or SIGTERM)
-stops every process it started, broker included. Children are also told to
-die with the demo (PR_SET_PDEATHSIG), so even a SIGKILL leaves no orphan.
+1. A model: trained on first run and cached under ``var/models`` (then its
+   calibrators are fit by replaying a logged hour of the synthetic world), so
+   later runs start in seconds.
+2. The embedded broker, a worker (tables, scorer, online calibration, web API)
+   and the closed-loop simulator: simulated users ask ``/score``, see the top
+   items and engage with the world's true probabilities; impressions join
+   their engagements, the calibrators learn online, drift is published.
+3. A live summary every few seconds and a final report; Ctrl-C (or SIGTERM)
+   stops every process it started, broker included. Children also die with
+   the demo (PR_SET_PDEATHSIG), so even a SIGKILL leaves no orphan.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -17,6 +24,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .broker import EmbeddedBroker, _pdeathsig, free_port
 from .settings import Settings
@@ -24,28 +32,36 @@ from .topics import ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
+WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
+
+
+def _get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read()
+
 
 def _metrics(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
-        text = resp.read().decode()
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_get(url + "/metrics").decode()):
         for s in family.samples:
-            out[s.name] = out.get(s.name, 0.0) + s.value
+            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+            out[key] = out.get(key, 0.0) + s.value
+            out[s.name] = out.get(s.name, 0.0) + s.value if s.labels else out[key]
     return out
 
 
 class Demo:
     """Supervises the demo's processes."""
 
-    def __init__(self, settings: Settings, rate: float, users: int, duration_s: float | None) -> None:
+    def __init__(self, settings: Settings, requests_per_s: float, background_rate: float,
+                 duration_s: float | None, run_dir: Path = Path("var/demo")) -> None:
         self.settings = settings
-        self.rate = rate
-        self.users = users
+        self.requests_per_s = requests_per_s
+        self.background_rate = background_rate
         self.duration_s = duration_s
-        self.run_dir = Path("var/demo")
+        self.run_dir = run_dir
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: EmbeddedBroker | None = None
         self._stop = False
@@ -57,6 +73,18 @@ class Demo:
         logf.close()
         self.children.append((name, proc))
         return proc
+
+    def _step(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        """Run a set-up step to completion (interruptible), showing its progress line."""
+        print(f"  {name}: feedrank {' '.join(args)}   (log {self.run_dir / (name + '.log')})", flush=True)
+        proc = self._spawn(name, args, env)
+        while proc.poll() is None:
+            if self._stop:
+                return
+            time.sleep(0.5)
+        self.children.remove((name, proc))
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {self.run_dir / (name + '.log')}")
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -70,50 +98,133 @@ class Demo:
     def _on_signal(self, *_: object) -> None:
         self._stop = True
 
+    def ensure_model(self, env: dict[str, str]) -> None:
+        s = self.settings
+        if (s.model_dir / "latest").exists():
+            print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
+        else:
+            print("model: first run, training one on the synthetic world (a few minutes on 2 cores) ...", flush=True)
+            world = [x for kv in WORLD.items() for x in kv]
+            self._step("train", ["train", "--out", str(s.model_dir), *world, "--train-hours", "12",
+                                 "--epochs", "2"], env)
+        version = (s.model_dir / "latest").read_text().strip() if (s.model_dir / "latest").exists() else None
+        if version and not (s.calibrator_dir / version).exists() and not self._stop:
+            print("calibrators: fitting them by replaying an hour of logged traffic ...", flush=True)
+            log_path = self.run_dir / "replay-log.npz"
+            world = [x for kv in WORLD.items() for x in kv]
+            self._step("calibration-log", ["calibration", "log", "--model", str(s.model_dir), "--out",
+                                           str(log_path), "--hours", "1", *world], env)
+            if not self._stop:
+                self._step("replay", ["replay", "--model", str(s.model_dir), "--log", str(log_path), "--out",
+                                      str(s.calibrator_dir)], env)
+
     def _run(self) -> int:
         s = self.settings
+        env = {**os.environ}
+        self.ensure_model(env)
+        if self._stop:
+            return 0
         self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log").start()
-        print(f"embedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
+        print(f"\nembedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
         ensure_topics(self.broker.bootstrap, topic_specs(s), s.replication_factor)
         web_port = s.web_port or free_port()
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "FEEDRANK_WEB_PORT": str(web_port),
-               "FEEDRANK_DATA_DIR": str(self.run_dir / "data")}
         url = f"http://{s.web_host}:{web_port}"
+        env.update(KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap, FEEDRANK_WEB_PORT=str(web_port),
+                   FEEDRANK_DATA_DIR=str(self.run_dir / "data"),
+                   # short event-time windows so the demo shows labels and drift within minutes
+                   FEEDRANK_ATTRIBUTION_WINDOW_S=os.environ.get("FEEDRANK_ATTRIBUTION_WINDOW_S", "60"),
+                   FEEDRANK_ALLOWED_LATENESS_S=os.environ.get("FEEDRANK_ALLOWED_LATENESS_S", "5"),
+                   FEEDRANK_DRIFT_INTERVAL_S=os.environ.get("FEEDRANK_DRIFT_INTERVAL_S", "10"),
+                   FEEDRANK_CALIBRATION_SNAPSHOT_S=os.environ.get("FEEDRANK_CALIBRATION_SNAPSHOT_S", "20"))
         self._spawn("worker", ["worker"], env)
-        print(f"worker            {url}/metrics   (log {self.run_dir / 'worker.log'})", flush=True)
-        self._spawn("producer", ["produce", "--rate", str(self.rate), "--users", str(self.users),
-                                 "--duration", str(self.duration_s or 10 ** 9)], env)
-        print(f"producer          {self.rate:.0f} events/s over {self.users} users   "
-              f"(log {self.run_dir / 'producer.log'})", flush=True)
-        print("Ctrl-C stops everything.\n", flush=True)
+        print(f"worker            {url}   (log {self.run_dir / 'worker.log'})", flush=True)
+        stats_path = self.run_dir / "simulate.json"
+        world = [x for kv in WORLD.items() for x in kv]
+        self._spawn("simulate", ["simulate", "--url", url, "--requests-per-s", str(self.requests_per_s),
+                                 "--stats", str(stats_path), *world], env)
+        print(f"simulated users   {self.requests_per_s:g} feed requests/s in a closed loop "
+              f"(log {self.run_dir / 'simulate.log'})", flush=True)
+        if self.background_rate > 0:
+            self._spawn("producer", ["produce", "--rate", str(self.background_rate), "--users", "20000",
+                                     "--duration", str(10 ** 9), "--seed", "1"], env)
+            print(f"background events {self.background_rate:g}/s from other users", flush=True)
+        print(f"\ninspect:  {url}/status   {url}/feedback-loop   {url}/calibration   {url}/metrics\n"
+              f"          {url}/users/u1/sequence   feedrank inspect user u1 --url {url}\n"
+              "Ctrl-C stops everything.\n", flush=True)
+        return self._loop(url, stats_path)
+
+    def _loop(self, url: str, stats_path: Path) -> int:
         start = time.monotonic()
         last: dict[str, float] = {}
         last_t = start
         while not self._stop:
             time.sleep(0.5)
             for name, proc in self.children:
-                if proc.poll() is not None and not (name == "producer" and proc.returncode == 0):
+                if proc.poll() is not None and proc.returncode != 0:
                     print(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
                     return 1
             now = time.monotonic()
-            if self.duration_s is not None and now - start > self.duration_s + 5:
+            if self.duration_s is not None and now - start > self.duration_s:
                 break
-            if now - last_t < 3.0:
+            if now - last_t < 5.0:
                 continue
             try:
                 m = _metrics(url)
+                cal = json.loads(_get(url + "/calibration"))
+                tables = json.loads(_get(url + "/tables/stats"))
             except OSError:
                 print(f"[{now - start:5.0f}s] waiting for the worker to start ...", flush=True)
                 last_t = now
                 continue
-            dt = now - last_t
-            consumed = m.get("feedrank_events_consumed_total", 0.0)
-            rate = (consumed - last.get("feedrank_events_consumed_total", 0.0)) / dt
-            print(f"[{now - start:5.0f}s] consumed {consumed:>9,.0f} events ({rate:>7,.0f}/s)   valid "
-                  f"{m.get('feedrank_events_valid_total', 0):>9,.0f}   dead-lettered "
-                  f"{m.get('feedrank_events_dead_lettered_total', 0):,.0f}", flush=True)
+            sim = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            consumed = m.get("feedrank_events_valid_total", 0.0)
+            rate = (consumed - last.get("feedrank_events_valid_total", 0.0)) / (now - last_t)
+            print(self.summary_line(now - start, consumed, rate, tables, sim, cal), flush=True)
             last, last_t = m, now
+        self.final_report(url, stats_path)
         return 0
+
+    @staticmethod
+    def summary_line(t: float, consumed: float, rate: float, tables: dict[str, Any], sim: dict[str, Any],
+                     cal: dict[str, Any]) -> str:
+        fresh = (tables.get("freshness_ms") or {}).get("p99")
+        drift = cal.get("drift") or {}
+        ce = ""
+        if drift:
+            window = drift["alert_config"]["window"]
+            tasks = drift["windows"][window]["tasks"]
+            ce = " ".join(f"{a[:6]}={tasks[a]['calibration_error']:.2f}" for a in tasks
+                          if tasks[a].get("calibration_error") is not None)
+            alerts = [a for a, st in drift.get("alerts", {}).items() if st["state"] != "ok"]
+            ce += f" alerts={','.join(alerts) or 'none'}"
+        gain = sim.get("gain_captured")
+        return (f"[{t:5.0f}s] events {consumed:>8,.0f} ({rate:>6,.0f}/s) fresh p99 "
+                f"{fresh if fresh is not None else float('nan'):6.0f}ms | score p50 {sim.get('score_p50_ms', float('nan')):5.1f}"
+                f" p99 {sim.get('score_p99_ms', float('nan')):5.1f}ms req {sim.get('scored', 0):,} "
+                f"gain {gain if gain is not None else float('nan'):.2f} | calib {ce or 'waiting for labels'}")
+
+    def final_report(self, url: str, stats_path: Path) -> None:
+        print("\nfinal report", flush=True)
+        try:
+            sim = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            cal = json.loads(_get(url + "/calibration"))
+            tables = json.loads(_get(url + "/tables/stats"))
+        except (OSError, ValueError) as exc:
+            print(f"  (worker not reachable for the report: {exc})")
+            return
+        print(f"  feed requests scored {sim.get('scored', 0):,} (failed {sim.get('failed', 0)}), "
+              f"/score p50 {sim.get('score_p50_ms', float('nan')):.1f} ms p99 {sim.get('score_p99_ms', float('nan')):.1f} ms")
+        print(f"  ranking quality: {sim.get('gain_captured') or float('nan'):.2f} of the achievable true-utility gain "
+              "over a random pick (0 = random, 1 = perfect)")
+        print(f"  events applied {tables.get('processed', 0):,}, dead-lettered {tables.get('dead_lettered', 0)}, "
+              f"freshness p50/p99 {tables.get('freshness_ms', {})}")
+        print(f"  calibrators {cal.get('calibrators')}")
+        drift = cal.get("drift")
+        if drift:
+            window = drift["alert_config"]["window"]
+            for a, s in drift["windows"][window]["tasks"].items():
+                print(f"  {a:>15}: calibration error {s.get('calibration_error')}, ECE {s.get('ece')}, "
+                      f"n {s.get('n')}, positives {s.get('positives')}, alert {drift['alerts'][a]['state']}")
 
     def shutdown(self) -> None:
         for _name, proc in reversed(self.children):
@@ -128,20 +239,21 @@ class Demo:
                 proc.wait()
         if self.broker is not None:
             self.broker.stop()
-        print("demo stopped: worker, producer and broker are down.", flush=True)
+        print("demo stopped: every process it started is down.", flush=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings()
     duration = float(args.duration) if args.duration else None
-    return Demo(settings, float(args.rate), int(args.users), duration).run()
+    return Demo(settings, float(args.requests_per_s), float(args.background_rate), duration).run()
 
 
 def register(sub) -> None:
     from .cli import env_flag
 
-    p = sub.add_parser("demo", help="run broker, worker and producer together with a live summary")
-    env_flag(p, "--rate", envvar="FEEDRANK_DEMO_RATE", default=500, help="events per second")
-    env_flag(p, "--users", envvar="FEEDRANK_DEMO_USERS", default=2000, help="simulated users")
+    p = sub.add_parser("demo", help="the whole pipeline in a closed loop on the embedded broker, with a live summary")
+    env_flag(p, "--requests-per-s", envvar="FEEDRANK_DEMO_RPS", default=10, help="simulated feed requests per second")
+    env_flag(p, "--background-rate", envvar="FEEDRANK_DEMO_RATE", default=300,
+             help="extra synthetic events per second from other users (0 = none)")
     env_flag(p, "--duration", envvar="FEEDRANK_DEMO_DURATION", default=None, help="stop after N seconds")
     p.set_defaults(func=_cmd_demo)

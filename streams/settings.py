@@ -53,6 +53,23 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(1.0, gt=0, description="State checkpoint (changelog + RocksDB + feedback delta shipping) interval.")
     consume_max_records: int = Field(4000, ge=1, description="Records per consumer poll of the table engine.")
     consume_partition_fetch_bytes: int = Field(262144, ge=1024, description="Max bytes fetched per partition per request (bounds how far one input runs ahead).")
+    user_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Event-time retention of user state: actions and counter tiles older than the engagements' watermark minus this (hour-aligned) are dropped by a sweep, and a user silent that long is evicted.")
+    # -- serving, calibration, routing (issues 5 and 6) --
+    model_dir: Path = Field(Path("var/models"), description="Model artifacts root; serving loads `<model_dir>/latest`.")
+    calibrator_dir: Path = Field(Path("var/calibrators"), description="Offline-fit calibrator sets (`feedrank replay --out`), by model version.")
+    blend_config: Path | None = Field(None, description="Utility weights file (JSON/YAML), reloaded on change; unset = built-in weights.")
+    topic_calibrators: str = Field("calibrators", description="Compacted topic of calibrator snapshots (key = model version), read by every worker.")
+    topic_drift: str = Field("calibration-drift", description="Calibration drift records, published at a fixed event-time interval.")
+    drift_interval_s: float = Field(30.0, gt=0, description="Event-time interval between calibration-drift records.")
+    calibration_snapshot_s: float = Field(60.0, gt=0, description="Event-time interval between online calibrator snapshots (hot-swapped everywhere).")
+    score_threads: int = Field(1, ge=1, le=64, description="Torch threads per scoring call (measured fastest at 1 on 2 cores with ingestion running).")
+    max_candidates: int = Field(1000, ge=1, le=1000, description="Most candidates accepted per /score request.")
+    advertised_url: str | None = Field(None, description="URL other workers use to reach this one (default http://web_host:web_port).")
+
+    @property
+    def url(self) -> str:
+        """This worker's advertised web address."""
+        return self.advertised_url or f"http://{self.web_host}:{self.web_port}"
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,19 @@ becomes the checkpoint's outbox. ``PartitionTables`` knows no Kafka: it takes
 decoded records with their offsets, fences on the committed offsets, and hands
 labeled examples to a callback, so it runs the same under the engine, in the
 brokerless tests and in the from-scratch recomputation.
+
+State is bounded: sequences keep their last N; counters prune tiles against
+the user's newest event; the join deletes closed impressions, expired orphans
+and predictions; and user state has a retention driven by event time
+(``retention_ms``): the *retention threshold* is ``W_e - retention`` rounded
+down to the hour (``W_e`` = the engagements' watermark, which depends only on
+that input's order). Actions and counter tiles older than the threshold are
+dropped, by a sweep over every user each time the threshold moves and by a
+check on insertion; a user left with nothing (silent for longer than the
+retention) is deleted from both stores. Sweep-on-move plus the insertion
+check give the same final tables for any interleaving of the inputs (the
+threshold is hour-aligned like the counters' tiles), so recomputation
+equality holds with eviction on.
 """
 
 from __future__ import annotations
@@ -22,13 +35,12 @@ from typing import Any, Callable, Iterable
 
 from features.events import Engagement, Impression
 from features.labels import STAT_NAMES, JoinStats, LabelJoin
-from features.predictions import PredictionLog
-from features.seqcodec import ADDED, DUPLICATE, UNKNOWN_ITEM_TYPE, ActionSequence
+from features.seqcodec import ADDED, DUPLICATE, UNKNOWN_ITEM_TYPE, ActionSequence, first_ts
 from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
-from features.tiles import FeedbackTiles, UserCounters
+from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS, FeedbackTiles, UserCounters, counters_max_ts
 
-from .state import Meta, PartitionState, StoreSpec, Transaction, TxKV
+from .state import Meta, PartitionState, RecordCache, Snapshot, StoreSpec, TxKV
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,16 @@ ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEM
 
 #: what a processed record is: (kind, offset, event-or-log, raw value bytes)
 Item = tuple[str, int, Any, bytes]
+
+#: default user retention (event time): a week
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def retention_threshold(wm_eng: int, retention_ms: int | None) -> int:
+    """Event time below which user state is dropped: ``wm_eng - retention``, down to the hour."""
+    if not retention_ms or wm_eng - retention_ms <= 0:
+        return 0
+    return (wm_eng - retention_ms) // LONG_TILE_MS * LONG_TILE_MS
 
 
 def _codecs(seq_len: int) -> dict[str, Any]:
@@ -61,18 +83,27 @@ class PartitionTables:
         window_ms: int = 600_000,
         lateness_ms: int = 60_000,
         emit: Callable[[str, dict[str, Any]], None] = lambda user, ex: None,
+        retention_ms: int | None = DEFAULT_RETENTION_MS,
+        cache_entries: int = 200_000,
     ) -> None:
         self.state = state
         self.partition = state.partition
         self.seq_len = seq_len
         self._codecs = _codecs(seq_len)
-        self.tx = Transaction(state, self._codecs)
+        self.tx = RecordCache(state, self._codecs, max_entries=cache_entries)
         self.feedback = FeedbackTiles()
         self.offsets: dict[str, int] = dict(state.meta.offsets)
+        self._last_meta = state.meta  # the newest checkpoint taken (in flight or committed)
         extra = state.meta.extra
         stats = JoinStats({**dict.fromkeys(STAT_NAMES, 0), **extra.get("stats", {})})
         self.skipped = 0
         self.duplicates = 0
+        self.expired_events = 0  # older than the retention threshold on arrival: not stored
+        self.swept_users = 0
+        self.sweeps = 0
+        self.retention_ms = retention_ms
+        #: newest prediction-log event time applied (the engine keeps engagements behind it)
+        self.wm_pred = int(extra.get("wm_pred", 0))
         self.join = LabelJoin(
             TxKV(self._tx, PENDING_IMPRESSIONS),
             TxKV(self._tx, ORPHAN_ENGAGEMENTS),
@@ -86,11 +117,12 @@ class PartitionTables:
         )
         self.join.wm_imp = int(extra.get("wm_imp", 0))
         self.join.wm_eng = int(extra.get("wm_eng", 0))
+        self.ttl = retention_threshold(self.join.wm_eng, retention_ms)
         self.join.rebuild_indexes(
             state.items(PENDING_IMPRESSIONS), state.items(ORPHAN_ENGAGEMENTS), state.items(PREDICTION_LOGS)
         )
 
-    def _tx(self) -> Transaction:
+    def _tx(self) -> RecordCache:
         return self.tx
 
     def _attributed(self, user_id: str, event_id: str, surface: str, item_type: str) -> None:
@@ -118,6 +150,10 @@ class PartitionTables:
             if kind == "engagement":
                 assert isinstance(ev, Engagement)
                 uid = ev.user_id
+                if ev.ts < self.ttl:  # older than the retention: the join counts it (late), no user state
+                    self.expired_events += 1
+                    join.on_engagement(ev)
+                    continue
                 seq = tx.get(seqs, uid)
                 if seq is None:
                     seq = ActionSequence(seq_len)
@@ -133,15 +169,22 @@ class PartitionTables:
                 c.add(ev.ts, ev.action)
                 tx.set(ctrs, uid, c)
                 join.on_engagement(ev)
+                if self.retention_ms and join.wm_eng - self.retention_ms >= self.ttl + LONG_TILE_MS:
+                    self._advance_retention()
             elif kind == "impression":
                 assert isinstance(ev, Impression)
                 uid = ev.user_id
-                c = tx.get(ctrs, uid) or UserCounters()
-                c.add(ev.ts, None)
-                tx.set(ctrs, uid, c)
+                if ev.ts >= self.ttl:
+                    c = tx.get(ctrs, uid) or UserCounters()
+                    c.add(ev.ts, None)
+                    tx.set(ctrs, uid, c)
+                else:
+                    self.expired_events += 1
                 join.on_impression(ev, raw)
             elif kind == "prediction":
-                assert isinstance(ev, PredictionLog)
+                # a PredictionLog or a PredictionHeader (the engine validates the rest lazily)
+                if ev.ts > self.wm_pred:
+                    self.wm_pred = ev.ts
                 join.on_prediction(ev.user_id, ev.request_id, ev.ts, raw)
             else:  # pragma: no cover - the engine only passes the three kinds
                 raise ValueError(f"unknown record kind {kind!r}")
@@ -149,37 +192,91 @@ class PartitionTables:
             self.offsets[topic] = last
         return applied
 
+    # -- retention -------------------------------------------------------------
+    def _advance_retention(self) -> None:
+        new = retention_threshold(self.join.wm_eng, self.retention_ms)
+        if new > self.ttl:
+            self.ttl = new
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Drop actions and counter tiles older than the retention threshold; delete emptied users.
+
+        Runs over every user of the partition (cached and stored). Cheap checks
+        on the stored bytes (oldest action, newest counter event) skip users
+        with nothing to drop; only the others are decoded. Returns the number
+        of users deleted.
+        """
+        ttl = self.ttl
+        if ttl <= 0:
+            return 0
+        tx = self.tx
+        removed = 0
+        touched: list[tuple[StoreSpec, str]] = []
+        for key, v in tx.cached_items(USER_SEQUENCES):
+            if v is not None and v.ts and v.ts[0] < ttl:
+                touched.append((USER_SEQUENCES, key))
+        for key, raw in self.state.items(USER_SEQUENCES):
+            if not tx.is_cached(USER_SEQUENCES, key) and first_ts(raw) < ttl:
+                touched.append((USER_SEQUENCES, key))
+        horizon = ttl + LONG_WINDOW_MS + 2 * LONG_TILE_MS  # newer users have no tile below ttl left
+        for key, v in tx.cached_items(USER_COUNTERS):
+            if v is not None and v.max_ts < horizon:
+                touched.append((USER_COUNTERS, key))
+        for key, raw in self.state.items(USER_COUNTERS):
+            if not tx.is_cached(USER_COUNTERS, key) and counters_max_ts(raw) < horizon:
+                touched.append((USER_COUNTERS, key))
+        for store, key in touched:
+            obj = tx.get(store, key)  # freezes it for an in-flight checkpoint before the change
+            if obj is None or not obj.drop_before(ttl):
+                continue
+            if len(obj) == 0:
+                tx.delete(store, key)
+                removed += store is USER_COUNTERS
+            else:
+                tx.set(store, key, obj)
+        self.swept_users += removed
+        self.sweeps += 1
+        if removed:
+            log.info("partition %d: retention sweep at %d removed %d users", self.partition, ttl, removed)
+        return removed
+
     # -- checkpoint --------------------------------------------------------------
     @property
     def dirty(self) -> bool:
-        return self.tx.changed > 0 or self.offsets != self.state.meta.offsets or bool(self.feedback)
+        return self.tx.changed > 0 or self.offsets != self._last_meta.offsets or bool(self.feedback)
 
-    def prepare(self) -> tuple[list[tuple[bytes, bytes | None]], Meta]:
-        """Changes and metadata of the next checkpoint (the feedback delta becomes its outbox)."""
-        changes = self.tx.prepare()
-        ckpt = self.state.meta.ckpt + 1
+    def prepare(self) -> tuple[Snapshot, Meta]:
+        """Take the next checkpoint: its changes (serialized lazily) and metadata.
+
+        Processing may go on at once: later updates belong to the next
+        checkpoint. The feedback delta becomes this checkpoint's outbox.
+        """
+        snap = self.tx.snapshot()
+        ckpt = self._last_meta.ckpt + 1
         outbox: dict[str, Any] = {}
         if self.feedback:
             outbox = {"ckpt": ckpt, "origin": self.partition, "delta": self.feedback.to_json()}
+            self.feedback = FeedbackTiles()
         meta = Meta(
             offsets=dict(self.offsets),
             ckpt=ckpt,
             outbox=outbox,
-            extra={"wm_imp": self.join.wm_imp, "wm_eng": self.join.wm_eng, "stats": dict(self.join.stats.counts)},
+            extra={"wm_imp": self.join.wm_imp, "wm_eng": self.join.wm_eng, "wm_pred": self.wm_pred,
+                   "stats": dict(self.join.stats.counts)},
         )
-        return changes, meta
+        self._last_meta = meta
+        return snap, meta
 
     def committed(self, changes: list[tuple[bytes, bytes | None]], meta: Meta) -> None:
-        """The checkpoint is durable in the changelog: write it locally, start a new transaction."""
+        """The checkpoint is durable in the changelog: write it locally (one batch)."""
         self.state.commit(changes, meta)
-        self.tx.mark_committed()
-        self.tx = Transaction(self.state, self._codecs)
-        self.feedback = FeedbackTiles()
+        self.tx.committed()
 
     def checkpoint_local(self) -> Meta:
         """Commit to the local store only (no changelog): pure tests and recomputation."""
-        changes, meta = self.prepare()
-        self.committed(changes, meta)
+        snap, meta = self.prepare()
+        self.committed(snap.all_changes(), meta)
         return meta
 
     # -- reads -----------------------------------------------------------------
@@ -200,7 +297,8 @@ class PartitionTables:
         )
 
     def stats(self) -> dict[str, int]:
-        return {**self.join.stats.counts, "skipped_replayed": self.skipped, "duplicate_engagements": self.duplicates}
+        return {**self.join.stats.counts, "skipped_replayed": self.skipped, "duplicate_engagements": self.duplicates,
+                "expired_events": self.expired_events, "swept_users": self.swept_users, "sweeps": self.sweeps}
 
 
 __all__ = [
@@ -209,6 +307,7 @@ __all__ = [
     "PENDING_IMPRESSIONS",
     "PREDICTION_LOGS",
     "PartitionTables",
+    "retention_threshold",
     "USER_COUNTERS",
     "USER_SEQUENCES",
 ]

@@ -37,6 +37,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_labeled, p),
         TopicSpec(settings.topic_feedback_deltas, p, retention_ms=6 * 3600 * 1000),
         TopicSpec(f"{settings.app_id}-state-changelog", p, compacted=True),
+        # serving side (issues 5 and 6): one partition each, read whole by every worker
+        TopicSpec(settings.topic_calibrators, 1, compacted=True),
+        TopicSpec(settings.topic_drift, 1, retention_ms=7 * 24 * 3600 * 1000),
+        TopicSpec(f"{settings.app_id}-owners", 1, compacted=True),
     ]
 
 

@@ -1,12 +1,10 @@
-"""Build and run a feedrank worker: broker, topics, Faust app, agents, web."""
+"""Build and run a feedrank worker: broker, topics, Faust app, engine, serving, web."""
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
 
 from .broker import ResolvedBroker, resolve_broker
-from .ingest import Decoded, install_ingest
 from .producer import one_record_per_batch
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
@@ -14,39 +12,31 @@ from .topics import ensure_topics, topic_specs
 log = logging.getLogger(__name__)
 
 
-class ConsumedLog:
-    """The foundation's processor: counts good events per kind and logs progress."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {"impression": 0, "engagement": 0}
-        self._last_logged = 0
-
-    async def __call__(self, batch: Sequence[Decoded]) -> None:
-        for d in batch:
-            self.counts[d.event.kind] += 1
-        total = sum(self.counts.values())
-        if total - self._last_logged >= 1000:
-            self._last_logged = total
-            log.info("consumed %d impressions, %d engagements", self.counts["impression"],
-                     self.counts["engagement"])
-
-
 def build_worker_app(settings: Settings, bootstrap: str):
-    """The worker's Faust app with every agent and web route installed."""
+    """The worker's Faust app with the table engine, serving, calibration loop and web API."""
     from .app import create_app
-    from .metrics import render
+    from .calibration_loop import CalibrationLoop
+    from .ingest import install_ingest
+    from .routing import OwnerDirectory
+    from .serving import Serving
+    from .web import install_web
 
     ensure_topics(bootstrap, topic_specs(settings), settings.replication_factor)
     single = one_record_per_batch(settings, bootstrap)
     app = create_app(settings, bootstrap, single_record_batches=single)
-    consumed = ConsumedLog()
-    install_ingest(app, settings, [consumed])
+    views = install_ingest(app, settings, [], bootstrap=bootstrap)
+    serving = Serving.load(settings)
+    serving.app = app
+    directory = OwnerDirectory(settings.app_id, bootstrap, settings.url, lambda: set(views.engine.tables))
+    calibration = CalibrationLoop(settings, bootstrap, serving, is_leader=lambda: 0 in views.engine.tables)
 
-    @app.page("/metrics")
-    async def metrics(web, request):  # pragma: no cover - exercised by broker tests
-        return web.bytes(render(), content_type="text/plain; version=0.0.4")
+    @app.task
+    async def _start_services() -> None:  # pragma: no cover - exercised by broker tests
+        await app.add_runtime_dependency(directory)
+        await app.add_runtime_dependency(calibration)
 
-    app.feedrank_consumed = consumed  # type: ignore[attr-defined]
+    api = install_web(app, settings, views, serving, directory)
+    app.feedrank = api  # type: ignore[attr-defined]
     return app
 
 

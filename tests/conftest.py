@@ -35,27 +35,33 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+def make_settings(tmp_dir: Path, bootstrap: str, **overrides: Any) -> Settings:
+    """Settings with a unique app id, unique topic names and a state dir under ``tmp_dir``."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = dict(
+        app_id=f"t{tag}",
+        partitions=2,
+        data_dir=tmp_dir / f"data-{tag}",
+        log_dir=tmp_dir / "log",
+        web_port=free_port(),
+        topic_impressions=f"impressions-{tag}",
+        topic_engagements=f"engagements-{tag}",
+        topic_dlq=f"events-dlq-{tag}",
+        topic_predictions=f"predictions-{tag}",
+        topic_labeled=f"labeled-{tag}",
+        topic_feedback_deltas=f"feedback-deltas-{tag}",
+        topic_calibrators=f"calibrators-{tag}",
+        topic_drift=f"calibration-drift-{tag}",
+        log_level="INFO",
+    )
+    values.update(overrides)
+    return Settings(KAFKA_BOOTSTRAP_SERVERS=bootstrap, **values)
+
+
 @pytest.fixture
 def settings_factory(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., Settings]:
     """Settings with a unique app id, unique topic names and a tmp state dir."""
-
-    def make(**overrides: Any) -> Settings:
-        tag = uuid.uuid4().hex[:8]
-        values: dict[str, Any] = dict(
-            app_id=f"t{tag}",
-            partitions=2,
-            data_dir=tmp_path / f"data-{tag}",
-            log_dir=tmp_path / "log",
-            web_port=free_port(),
-            topic_impressions=f"impressions-{tag}",
-            topic_engagements=f"engagements-{tag}",
-            topic_dlq=f"events-dlq-{tag}",
-            log_level="INFO",
-        )
-        values.update(overrides)
-        return Settings(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, **values)
-
-    return make
+    return lambda **overrides: make_settings(tmp_path, kafka_bootstrap, **overrides)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -164,3 +170,32 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, interval_
         except Exception as exc:  # the detail is a diagnostic only
             extra = f"; state unavailable: {exc}"
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{extra}")
+
+
+#: The synthetic world the tiny test model is trained on (and the e2e tests query).
+TINY_WORLD = {"seed": 0, "users": 300, "items": 400}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model artifact trained once per session with the real CLI, with replay-fit calibrators.
+
+    ``<dir>/models`` is the artifact root (``latest``), ``<dir>/calibrators`` the calibrator store.
+    """
+    root = tmp_path_factory.mktemp("tiny-model")
+    world = ["--seed", str(TINY_WORLD["seed"]), "--users", str(TINY_WORLD["users"]),
+             "--items", str(TINY_WORLD["items"])]
+    steps = [
+        ["train", "--out", str(root / "models"), *world, "--train-hours", "3", "--holdout-hours", "1",
+         "--epochs", "2", "--requests-per-s", "0.5"],
+        ["calibration", "log", "--model", str(root / "models"), "--out", str(root / "log.npz"), "--hours", "1",
+         *world],
+        ["replay", "--model", str(root / "models"), "--log", str(root / "log.npz"), "--out",
+         str(root / "calibrators")],
+    ]
+    for args in steps:
+        proc = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, f"feedrank {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    assert (root / "models" / "latest").exists()
+    return root

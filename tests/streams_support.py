@@ -148,7 +148,8 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
         tables = PartitionTables(state, seq_len=settings.sequence_len,
                                  window_ms=int(settings.attribution_window_s * 1000),
                                  lateness_ms=int(settings.allowed_lateness_s * 1000),
-                                 emit=lambda u, ex: examples.__setitem__(ex["example_id"], ex))
+                                 emit=lambda u, ex: examples.__setitem__(ex["example_id"], ex),
+                                 retention_ms=int(settings.user_retention_s * 1000))
         for topic, kind in kinds:
             recs = sorted((r for r in inputs[topic] if r.partition == p), key=lambda r: r.offset)
             items = []
@@ -191,20 +192,14 @@ def dump_worker_state(settings: Settings) -> dict[int, dict[str, Any]]:
 
 
 def labeled_examples(bootstrap: str, settings: Settings, expect: int) -> dict[str, dict[str, Any]]:
-    """Distinct labeled examples by id; duplicates (only after a crash) must be identical.
-
-    (Except the ``prediction`` field: a replayed window may close before the
-    predictions input is read again; see docs/streams.md.)"""
+    """Distinct labeled examples by id; duplicates (only after a crash) must be identical."""
     recs = read_topic(bootstrap, settings.topic_labeled, settings.partitions, expect, timeout_s=60,
                       count=lambda rs: len({dict(r.headers)["feedrank.example_id"] for r in rs}))
     out: dict[str, dict[str, Any]] = {}
     for r in recs:
         ex = json.loads(r.value)
         prev = out.setdefault(ex["example_id"], ex)
-        if prev is not ex and prev["prediction"] is None:
-            out[ex["example_id"]] = ex  # keep the one with the prediction
-        same = {k: v for k, v in prev.items() if k != "prediction"} == {k: v for k, v in ex.items() if k != "prediction"}
-        assert same, f"two different examples for impression {ex['example_id']}"
+        assert prev == ex, f"two different examples for impression {ex['example_id']}"
     return out
 
 

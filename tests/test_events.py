@@ -73,3 +73,73 @@ def test_expected_kind_is_enforced() -> None:
     # without a kind the topic decides: an engagement body is an incomplete impression
     with pytest.raises(EventDecodeError, match="surface: Field required"):
         decode_event(raw(ENGAGEMENT), Impression)
+
+
+# -- the fast decoder (features.events.decode_event_fast) agrees with decode_event ------------------
+
+def _corpus() -> list[bytes | None]:
+    import random
+
+    good = [raw(IMPRESSION), raw(ENGAGEMENT), raw({**ENGAGEMENT, "dwell_ms": None}),
+            raw({k: v for k, v in ENGAGEMENT.items() if k != "dwell_ms"}),
+            encode_event(Impression(**IMPRESSION)), encode_event(Engagement(**ENGAGEMENT)),
+            raw({**IMPRESSION, "kind": "impression"}), raw({**ENGAGEMENT, "kind": "engagement"}),
+            b" \n\t" + raw(IMPRESSION) + b"\r\n "]
+    out: list[bytes | None] = [p for _n, p, _r in BAD] + good
+    out += [
+        raw({**IMPRESSION, "kind": "engagement"}), raw({**ENGAGEMENT, "kind": "impression"}),
+        raw({**IMPRESSION, "kind": None}), raw({**ENGAGEMENT, "kind": 3}),
+        raw({**IMPRESSION, "ts": float(TS)}), raw({**IMPRESSION, "position": 3.0}),
+        raw({**IMPRESSION, "ts": str(TS)}), raw({**ENGAGEMENT, "dwell_ms": -1}),
+        raw({**ENGAGEMENT, "dwell_ms": True}), raw({**IMPRESSION, "country": "us"}),
+        raw({**IMPRESSION, "country": "US\n"}), raw({**IMPRESSION, "gender": "x"}),
+        raw({**IMPRESSION, "ts": 10**30}), raw({**IMPRESSION, "user_id": None}),
+        raw(IMPRESSION).replace(b'"position": 3', b'"position": -0'),
+        raw(IMPRESSION).replace(b'"position": 3', b'"position": 3e0'),
+        raw(IMPRESSION).replace(b'"position": 3', b'"position": NaN'),
+        raw(IMPRESSION).replace(b'"position": 3', b'"position": Infinity'),
+        raw(IMPRESSION).replace(b'"home"', b'"ho\\u006de"'),
+        raw(IMPRESSION).replace(b'"home"', b'"ho\tme"'),
+        raw(IMPRESSION).replace(b'"home"', b'"ho\\ud800me"'),
+        raw(IMPRESSION).replace(b'"home"', b'"ho\xffme"'),
+        raw(IMPRESSION).replace(b'"home"', b'"h\xc3\xa9me"'),
+        raw(IMPRESSION)[:-1] + b', "surface": "feed"}',  # duplicate key: the last one wins in both
+        b"\xef\xbb\xbf" + raw(IMPRESSION), b"\x0c" + raw(IMPRESSION), raw(IMPRESSION) + b" x",
+        raw(IMPRESSION) + raw(IMPRESSION), b"", b"null", b"{}", b'"x"', b"1",
+    ]
+    rng = random.Random(7)
+    base = [raw(IMPRESSION), raw(ENGAGEMENT)]
+    for _ in range(400):  # byte-level mutations of good events
+        b = bytearray(rng.choice(base))
+        for _k in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            op = rng.random()
+            if op < 0.4:
+                b[i] = rng.randrange(256)
+            elif op < 0.7:
+                del b[i]
+            else:
+                b.insert(i, rng.choice(b'{}[]",:0123456789 aeZ\\'))
+        out.append(bytes(b))
+    return out
+
+
+@pytest.mark.parametrize("expect", [Impression, Engagement], ids=["impression", "engagement"])
+def test_fast_decoder_agrees_with_decode_event(expect: type) -> None:
+    from features.events import decode_event_fast
+
+    corpus = _corpus()
+    n_ok = 0
+    for payload in corpus:
+        try:
+            want: object = decode_event(payload, expect)
+        except EventDecodeError as exc:
+            want = ("error", exc.reason)
+        try:
+            got: object = decode_event_fast(payload, expect)
+        except EventDecodeError as exc:
+            got = ("error", exc.reason)
+        assert got == want, payload
+        assert type(got) is type(want), payload
+        n_ok += not isinstance(want, tuple)
+    assert n_ok >= 5  # the corpus holds good events of both kinds too

@@ -83,7 +83,20 @@ def test_serving_module_is_frozen_and_scores_any_n(tmp_path: Path) -> None:
     with torch.inference_mode():
         full = module(x)["logits"]
         part = module({**x, **{k: x[k][:5] for k in ("cand_item", "cand_type", "cand_pos", "cand_dense")}})["logits"]
+        none = module({**x, **{k: x[k][:0] for k in ("cand_item", "cand_type", "cand_pos", "cand_dense")}})
     assert torch.allclose(full[:5], part, atol=1e-5)  # candidates are scored independently
+    assert none["logits"].shape == (0, len(TASKS))
+
+
+def test_chunked_scoring_matches_one_block(tmp_path: Path) -> None:
+    from scorer.export import ServingModule
+
+    model = build_model(SPEC, CFG, seed=4).eval()
+    x = {k: torch.from_numpy(v) for k, v in _request_inputs(40).items()}
+    one = torch.jit.freeze(torch.jit.script(ServingModule(model, chunk=4096).eval()))
+    small = torch.jit.freeze(torch.jit.script(ServingModule(model, chunk=7).eval()))
+    with torch.inference_mode():
+        assert torch.allclose(one(x)["logits"], small(x)["logits"], atol=1e-5)
 
 
 def test_artifact_round_trip(tmp_path: Path) -> None:

@@ -63,6 +63,21 @@ def test_sequence_changes_scores_only_with_sequence_model() -> None:
         noseq = build_model(SPEC, ModelConfig(use_sequence=False, **SMALL)).eval()
         assert not torch.allclose(seq(x), seq(y))
         assert torch.equal(noseq(x), noseq(y))
+        # the ablation also ignores dense features computed from the sequence
+        from features.assembly import CAND_DENSE_NAMES, USER_DENSE_NAMES
+
+        z = dict(x)
+        z["user_dense"] = x["user_dense"].clone()
+        z["user_dense"][:, USER_DENSE_NAMES.index("seq_fill")] += 3.0
+        z["cand_dense"] = x["cand_dense"].clone()
+        z["cand_dense"][:, CAND_DENSE_NAMES.index("seq_same_type_share")] += 3.0
+        assert torch.equal(noseq(x), noseq(z))
+        assert not torch.allclose(seq(x), seq(z))
+        from scorer.model import REALTIME_COUNTERS
+
+        batch = build_model(SPEC, ModelConfig(use_sequence=False, drop_features=list(REALTIME_COUNTERS), **SMALL)).eval()
+        z["user_dense"][:, USER_DENSE_NAMES.index("user_3h:rate:click")] += 3.0
+        assert torch.equal(batch(x), batch(z))
 
 
 def test_masked_tasks_get_no_gradient_and_labels_are_ignored() -> None:

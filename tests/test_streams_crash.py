@@ -72,15 +72,16 @@ def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_facto
             assert got[p][store] == content, f"partition {p} store {store} differs after SIGKILL + restart"
         g_meta, w_meta = got[p]["meta"], want["dumps"][p]["meta"]
         assert g_meta["offsets"] == w_meta["offsets"]
-        assert g_meta["extra"]["wm_imp"] == w_meta["extra"]["wm_imp"]
-        assert g_meta["extra"]["wm_eng"] == w_meta["extra"]["wm_eng"]
-        # which prediction logs were already there when a window closed depends on how far the
-        # predictions input ran behind during the catch-up (see docs/streams.md): not compared
-        strip = lambda d: {k: v for k, v in d.items() if k != "labeled_with_prediction"}  # noqa: E731
-        assert strip(g_meta["extra"]["stats"]) == strip(w_meta["extra"]["stats"])
+        # watermarks and every join counter, labeled_with_prediction included
+        g_flat = {**{k: v for k, v in g_meta["extra"].items() if k != "stats"}, **g_meta["extra"]["stats"]}
+        w_flat = {**{k: v for k, v in w_meta["extra"].items() if k != "stats"}, **w_meta["extra"]["stats"]}
+        diff = {k: (g_flat.get(k), w_flat.get(k)) for k in set(g_flat) | set(w_flat) if g_flat.get(k) != w_flat.get(k)}
+        assert not diff, f"partition {p}: (worker, recomputation) differ: {diff}"
     examples = labeled_examples(kafka_bootstrap, settings, expect=len(want["examples"]))
     assert set(examples) == set(want["examples"])  # every impression exactly once (by id), none lost
+    # the engine keeps engagements behind the prediction logs in event time, so which log an
+    # example carries is deterministic, catch-up after the kill included
+    assert sum(ex["prediction"] is not None for ex in want["examples"].values()) > 0
     for k, ex in examples.items():
-        assert ex["labels"] == want["examples"][k]["labels"], k
-        assert ex["impression"] == want["examples"][k]["impression"], k
+        assert ex == want["examples"][k], k
     assert stats["processed"] > 0

@@ -14,7 +14,7 @@
 from .backend import Backend, MemoryBackend, RocksDBBackend, open_backend
 from .exceptions import BackendURLError, StateError, StoreClosedError, TransactionStateError
 from .partition import Meta, PartitionState, StoreSpec
-from .transaction import Transaction, TxKV
+from .transaction import RecordCache, Snapshot, Transaction, TxKV
 
 __all__ = [
     "Backend",
@@ -22,7 +22,9 @@ __all__ = [
     "MemoryBackend",
     "Meta",
     "PartitionState",
+    "RecordCache",
     "RocksDBBackend",
+    "Snapshot",
     "StateError",
     "StoreClosedError",
     "StoreSpec",

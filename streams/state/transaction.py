@@ -16,6 +16,7 @@ from .exceptions import TransactionStateError
 from .partition import PartitionState, StoreSpec
 
 _DELETED = object()
+_MISSING = object()
 
 
 class TxState(enum.Enum):
@@ -109,3 +110,150 @@ class TxKV:
 
     def delete(self, key: str) -> None:
         self.tx().delete(self.store, key)
+
+
+class Snapshot:
+    """The changes of one checkpoint, frozen at ``RecordCache.snapshot`` time.
+
+    Values of raw stores (bytes) and deletes are final at once; decoded objects
+    (sequences, counters) are serialized later, in chunks, while processing goes
+    on: the cache serializes an object first if processing asks for it before
+    it was (every in-place mutation starts with a ``get``), so the checkpoint
+    holds exactly the values of the moment it was taken.
+    """
+
+    __slots__ = ("changes", "_pending", "_codecs")
+
+    def __init__(self, changes: list[tuple[bytes, bytes | None]], pending: dict[bytes, tuple[str, Any]],
+                 codecs: dict[str, Codec]) -> None:
+        self.changes = changes
+        self._pending = pending
+        self._codecs = codecs
+
+    def __len__(self) -> int:
+        return len(self.changes) + len(self._pending)
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    def _take(self, fk: bytes) -> None:
+        item = self._pending.pop(fk, None)
+        if item is not None:
+            self.changes.append((fk, self._codecs[item[0]][1](item[1])))
+
+    def serialize(self, limit: int | None = None) -> bool:
+        """Serialize up to ``limit`` pending values (all when None); True when none is left."""
+        pending, codecs, out = self._pending, self._codecs, self.changes
+        n = 0
+        while pending and (limit is None or n < limit):
+            fk, (store, obj) = pending.popitem()
+            out.append((fk, codecs[store][1](obj)))
+            n += 1
+        return not pending
+
+    def all_changes(self) -> list[tuple[bytes, bytes | None]]:
+        self.serialize()
+        return self.changes
+
+
+class RecordCache:
+    """A partition's record cache: read-your-own-writes across checkpoints (Kafka Streams' shape).
+
+    Unlike ``Transaction`` it lives as long as the partition: decoded values
+    stay cached after a checkpoint (a hot user's sequence is decoded once, not
+    once per checkpoint), ``snapshot`` hands the changed keys to a checkpoint
+    without stopping writes, and ``committed`` (after the checkpoint is in the
+    local store) evicts clean entries when the cache holds more than
+    ``max_entries``. One snapshot may be in flight at a time: entries of an
+    unfinished checkpoint are never evicted, so a cache miss always reads the
+    store's latest committed value.
+    """
+
+    def __init__(self, state: PartitionState, codecs: dict[str, Codec] | None = None,
+                 max_entries: int = 200_000) -> None:
+        self.state = state
+        self.codecs = codecs or {}
+        self.max_entries = max_entries
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: dict[bytes, str] = {}
+        self._snap: Snapshot | None = None
+
+    def get(self, store: StoreSpec, key: str, default: Any = None) -> Any:
+        fk = store.prefix + key.encode()
+        cache = self._cache
+        v = cache.get(fk, _MISSING)
+        if v is not _MISSING:
+            snap = self._snap
+            if snap is not None and fk in snap._pending:
+                snap._take(fk)  # about to be mutated in place: freeze the checkpoint's bytes first
+            return default if v is _DELETED else v
+        raw = self.state.get(fk)
+        if raw is None:
+            return default
+        codec = self.codecs.get(store.name)
+        v = codec[0](raw) if codec is not None else raw
+        cache[fk] = v
+        return v
+
+    def set(self, store: StoreSpec, key: str, value: Any) -> None:
+        fk = store.prefix + key.encode()
+        self._cache[fk] = value
+        self._dirty[fk] = store.name
+
+    def delete(self, store: StoreSpec, key: str) -> None:
+        fk = store.prefix + key.encode()
+        self._cache[fk] = _DELETED
+        self._dirty[fk] = store.name
+
+    def cached_items(self, store: StoreSpec) -> list[tuple[str, Any]]:
+        """(key, value or None if deleted) of the cached entries of ``store``."""
+        p = store.prefix
+        n = len(p)
+        return [(fk[n:].decode(), None if v is _DELETED else v) for fk, v in self._cache.items() if fk.startswith(p)]
+
+    def is_cached(self, store: StoreSpec, key: str) -> bool:
+        return store.prefix + key.encode() in self._cache
+
+    @property
+    def changed(self) -> int:
+        return len(self._dirty)
+
+    @property
+    def in_flight(self) -> bool:
+        return self._snap is not None
+
+    def snapshot(self) -> Snapshot:
+        """Take the changed keys for a checkpoint; writes go on into the next one."""
+        if self._snap is not None:
+            raise TransactionStateError("a checkpoint is still in flight; commit it before taking another")
+        changes: list[tuple[bytes, bytes | None]] = []
+        pending: dict[bytes, tuple[str, Any]] = {}
+        cache, codecs = self._cache, self.codecs
+        for fk, store in self._dirty.items():
+            v = cache[fk]
+            if v is _DELETED:
+                changes.append((fk, None))
+            elif store in codecs:
+                pending[fk] = (store, v)
+            else:
+                changes.append((fk, v))
+        self._dirty = {}
+        self._snap = Snapshot(changes, pending, codecs)
+        return self._snap
+
+    def committed(self) -> None:
+        """The in-flight snapshot is in the local store: forget it; evict clean entries if too many."""
+        self._snap = None
+        if len(self._cache) > self.max_entries:
+            dirty = self._dirty
+            self._cache = {fk: v for fk, v in self._cache.items() if fk in dirty}
+
+    def failed(self) -> None:
+        """The in-flight checkpoint did not make it: its keys are dirty again (written next time)."""
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            for fk, _v in snap.changes:
+                self._dirty.setdefault(fk, fk.partition(b"\x01")[0].decode())
+            for fk, (store, _obj) in snap._pending.items():
+                self._dirty.setdefault(fk, store)

@@ -1,0 +1,124 @@
+"""The worker's serving state: the loaded scorer, its calibrators and what it logs.
+
+``Serving.load(settings)`` loads the model artifact (``<model_dir>/latest``),
+the offline-fit calibrators for that model version when there are some
+(``<calibrator_dir>``; else raw scores pass through until the online
+calibrators publish), and the blender. ``score`` runs the score function in a
+one-thread executor (torch releases the GIL, the event loop keeps consuming)
+and logs the returned items' raw predictions and calibration features to the
+``predictions`` topic for the label join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from features.predictions import encode_prediction
+
+log = logging.getLogger(__name__)
+
+
+class Serving:
+    """Scorer + calibrator holder + drift view of one worker."""
+
+    def __init__(self, settings, scorer=None, holder=None) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.holder = holder
+        self.app = None  # set by install; used to produce prediction logs
+        self._drift: dict[str, Any] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+        self.load_error: str | None = None
+
+    @classmethod
+    def load(cls, settings) -> "Serving":
+        """Load model, calibrators and blender; a missing model leaves /score answering 503."""
+        import torch
+
+        from scorer.artifact import ArtifactError, load_artifact
+        from scorer.blender import BlendConfigSource, Blender
+        from scorer.calibration.calset import CalibratorHolder, CalibratorSet
+        from scorer.calibration.store import CalibratorStore
+        from scorer.service import Scorer
+
+        torch.set_num_threads(settings.score_threads)
+        try:
+            artifact = load_artifact(settings.model_dir)
+        except (ArtifactError, OSError) as exc:
+            serving = cls(settings)
+            serving.load_error = str(exc)
+            log.error("no model loaded, /score will answer 503: %s", exc)
+            return serving
+        initial = None
+        try:
+            initial = CalibratorStore(settings.calibrator_dir).load(artifact.version)
+        except Exception as exc:  # a broken file must not stop serving: fall back and say so
+            log.error("offline calibrators for %s unusable (%s); serving raw scores until online ones arrive",
+                      artifact.version, exc)
+        if initial is None:
+            log.warning("no offline calibrators for model %s under %s: raw scores pass through until the online "
+                        "calibrators publish (run `feedrank replay` to fit them before serving)",
+                        artifact.version, settings.calibrator_dir)
+            initial = CalibratorSet.identity(artifact.version)
+        holder = CalibratorHolder(initial)
+        blender = Blender(BlendConfigSource(settings.blend_config) if settings.blend_config else None)
+        scorer = Scorer(artifact, holder, blender)
+        log.info("serving model %s with calibrators %s#%d (%s)", artifact.version, initial.model_version,
+                 initial.version, initial.source)
+        return cls(settings, scorer, holder)
+
+    @property
+    def model_version(self) -> str | None:
+        return self.scorer.model.version if self.scorer else None
+
+    async def score(self, req, user, feedback):
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(self._executor, self.scorer.score, req, user, feedback)
+        if self.app is not None:
+            await self.app.producer.send(self.settings.topic_predictions, key=req.user_id.encode(),
+                                         value=encode_prediction(scored.prediction_log), partition=None,
+                                         timestamp=None, headers=None)
+        return scored
+
+    # -- calibrators and drift (fed by streams.calibration_loop) -------------------------
+    def install_calibrators(self, cs) -> bool:
+        """Hot-swap ``cs`` in if it is newer and for the serving model; returns whether it was."""
+        if self.holder is None or cs.model_version != self.model_version:
+            return False
+        current = self.holder.current
+        if cs.version <= current.version and current.source != "identity":
+            return False
+        try:
+            self.holder.swap(cs)
+        except Exception as exc:  # refused (other model, rollback): keep serving the current set
+            log.warning("calibrator swap to %s#%d refused: %s", cs.model_version, cs.version, exc)
+            return False
+        log.info("calibrators hot-swapped to %s#%d (%s, %d examples)", cs.model_version, cs.version, cs.source,
+                 cs.trained_examples)
+        return True
+
+    def set_drift(self, record: dict[str, Any]) -> None:
+        from .metrics import CALIBRATION_ALERT, CALIBRATION_ERROR
+
+        self._drift = record
+        window = (record.get("alert_config") or {}).get("window")
+        tasks = ((record.get("windows") or {}).get(window) or {}).get("tasks") or {}
+        for task, summary in tasks.items():
+            ce = summary.get("calibration_error")
+            if ce is not None:
+                CALIBRATION_ERROR.labels(task).set(float(ce))
+        for task, alert in (record.get("alerts") or {}).items():
+            CALIBRATION_ALERT.labels(task).set(0.0 if alert.get("state") == "ok" else 1.0)
+
+    def latest_drift(self) -> dict[str, Any] | None:
+        return self._drift
+
+    def calibrator_info(self) -> dict[str, Any] | None:
+        if self.holder is None:
+            return {"model": None, "error": self.load_error}
+        cs = self.holder.current
+        return {"model_version": cs.model_version, "version": cs.version, "source": cs.source,
+                "trained_examples": cs.trained_examples, "watermark_ms": cs.watermark_ms}
