@@ -1,4 +1,4 @@
-"""Command line: ``feedrank train``, ``feedrank eval``, ``feedrank bench-score``.
+"""Command line: ``feedrank train``, ``feedrank eval``, ``feedrank bench score``.
 
 ``register(subparsers)`` adds the subcommands to the project CLI; ``python -m
 scorer.cli ...`` works on its own. Every flag defaults from a ``FEEDRANK_*``
@@ -42,7 +42,7 @@ def _world_flags(p: argparse.ArgumentParser, users: int, items: int, rps: float)
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``eval`` and ``bench-score`` to an argparse subparsers object."""
+    """Add ``train`` and ``eval`` to an argparse subparsers object."""
     t = subparsers.add_parser("train", help="train the ranking model on the synthetic world, write an artifact")
     _world_flags(t, 1000, 1000, 0.3)
     _flag(t, "--out", "MODEL_DIR", Path("var/models"), Path, "artifact root; writes <root>/<version>/ and <root>/latest")
@@ -64,7 +64,11 @@ def register(subparsers: Any) -> None:
     _flag(e, "--report", "EVAL_REPORT", Path("var/eval/report.json"), Path, "where to write the JSON report")
     e.set_defaults(func=cmd_eval)
 
-    b = subparsers.add_parser("bench-score", help="candidates/s and p50/p99 latency of the serving module")
+
+
+def register_bench(bench: Any) -> None:
+    """Add ``feedrank bench score``."""
+    b = bench.add_parser("score", help="candidates/s and p50/p99 latency of the serving module")
     _flag(b, "--model", "MODEL_DIR", Path("var/models"), Path, "artifact dir or root (untrained default model if none)")
     _flag(b, "--n", "BENCH_N", "100,500,1000", str, "comma-separated candidate counts")
     _flag(b, "--threads", "BENCH_THREADS", 2, int, "torch threads")
@@ -147,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("FEEDRANK_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="feedrank", description="feedrank scorer commands")
-    register(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    register_bench(sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
 

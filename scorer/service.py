@@ -51,6 +51,16 @@ class ModelLike(Protocol):
     def score(self, inputs) -> np.ndarray: ...
 
 
+_VIDEO_TASK = ACTIONS.index("video_view_10s")
+
+
+def _mask_impossible(p: np.ndarray, item_types: Sequence[str]) -> np.ndarray:
+    """Zero the probability of actions that cannot happen (a 10-second view of an organic item)."""
+    organic = np.fromiter((t != "video" for t in item_types), dtype=bool, count=len(item_types))
+    p[organic, _VIDEO_TASK] = 0.0
+    return p
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
 
@@ -101,8 +111,8 @@ class Scorer:
         candidates = req.to_candidates()
         logits = model.score(assemble(user, feedback, ctx, candidates, model.spec))  # [N, T]
         X = calibration_features(logits, user, feedback, ctx, candidates)  # [N, F]
-        calibrated = cal_set.calibrate(X)  # [N, T]
         item_types = [c.item_type for c in candidates]
+        calibrated = _mask_impossible(cal_set.calibrate(X), item_types)  # [N, T]
         override = {k: dict(v) for k, v in req.weights.items()} if req.weights else None
         utility = self.blender.utility(calibrated, item_types, override, X=X)
         k = min(req.top_k or len(candidates), len(candidates))
@@ -111,8 +121,9 @@ class Scorer:
         # the returned items' probabilities at the rank they are returned at
         ranked = [replace(candidates[i], position=r) for r, i in enumerate(order)]
         X_top = calibration_features(logits[order], user, feedback, ctx, ranked)
-        cal_top = cal_set.calibrate(X_top)
-        raw_top = _sigmoid(logits[order])
+        top_types = [item_types[i] for i in order]
+        cal_top = _mask_impossible(cal_set.calibrate(X_top), top_types)
+        raw_top = _mask_impossible(_sigmoid(logits[order]), top_types)
 
         request_id = req.request_id or uuid.uuid4().hex[:16]
         items = [

@@ -1,4 +1,4 @@
-"""``feedrank bench-broker``: the broker's produce and consume rates, one record per batch vs batched.
+"""``feedrank bench broker``: the broker's produce and consume rates, one record per batch vs batched.
 
 Numbers for the README: the price of the embedded broker's end-offset
 workaround, measured with aiokafka (Faust's client) on this machine.
@@ -79,7 +79,7 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("bench-broker", help="produce/consume rates of the broker, one record per batch vs batched")
+def register_bench(bench) -> None:
+    p = bench.add_parser("broker", help="produce/consume rates of the broker, one record per batch vs batched")
     p.add_argument("--records", default=50_000, help="records per run")
     p.set_defaults(func=_cmd)

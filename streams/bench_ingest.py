@@ -300,18 +300,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    """Adds ``feedrank bench ingest`` (creates the ``bench`` group when missing)."""
-    bench = None
-    for action in getattr(subparsers, "_name_parser_map", {}).items():
-        if action[0] == "bench":
-            bench = action[1]
-    if bench is None:
-        bench = subparsers.add_parser("bench", help="benchmarks")
-        bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-        bench.set_defaults(_bench_sub=bench_sub)
-    bench_sub = bench.get_default("_bench_sub")
-    p = bench_sub.add_parser("ingest", help="table engine events/s and freshness beside raw aiokafka")
+def register_bench(bench: Any) -> None:
+    """Adds ``feedrank bench ingest``."""
+    p = bench.add_parser("ingest", help="table engine events/s and freshness beside raw aiokafka")
     add_arguments(p)
     p.set_defaults(func=_cmd)
 

@@ -1,8 +1,9 @@
 """The ``feedrank`` command. Flags default from environment variables and say so.
 
 Subcommands of other packages register themselves through a ``register(sub)``
-function (``scorer.cli``, ``scorer.calibration_cli``, ``streams.bench_ingest``);
-missing ones are skipped so a partial install still runs.
+function, and benchmarks through ``register_bench(bench_sub)`` under
+``feedrank bench <what>``; missing plugins are skipped so a partial install
+still runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PLUGINS = (
     "streams.topics_cli",
     "streams.simulate",
     "streams.inspect",
+    "streams.bench_rpc",
     "streams.demo",
 )
 
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(p, "--seed", envvar="FEEDRANK_PRODUCE_SEED", default=0, help="world seed")
     p.set_defaults(func=_cmd_produce)
 
+    bench = sub.add_parser("bench", help="benchmarks: ingest, score, rpc, broker (each prints numbers)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     for name in PLUGINS:
         try:
             module = importlib.import_module(name)
@@ -149,9 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and name.startswith(exc.name):
                 continue  # plugin not present in this install
             raise
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
+        for hook, target in (("register", sub), ("register_bench", bench_sub)):
+            fn = getattr(module, hook, None)
+            if fn is not None:
+                fn(target)
     return parser
 
 

@@ -53,7 +53,6 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(1.0, gt=0, description="State checkpoint (changelog + RocksDB + feedback delta shipping) interval.")
     consume_max_records: int = Field(4000, ge=1, description="Records per consumer poll of the table engine.")
     consume_partition_fetch_bytes: int = Field(262144, ge=1024, description="Max bytes fetched per partition per request (bounds how far one input runs ahead).")
-    user_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Event-time retention of user state: actions and counter tiles older than the engagements' watermark minus this (hour-aligned) are dropped by a sweep, and a user silent that long is evicted.")
     # -- serving, calibration, routing (issues 5 and 6) --
     model_dir: Path = Field(Path("var/models"), description="Model artifacts root; serving loads `<model_dir>/latest`.")
     calibrator_dir: Path = Field(Path("var/calibrators"), description="Offline-fit calibrator sets (`feedrank replay --out`), by model version.")
@@ -65,6 +64,7 @@ class Settings(BaseSettings):
     score_threads: int = Field(1, ge=1, le=64, description="Torch threads per scoring call (measured fastest at 1 on 2 cores with ingestion running).")
     max_candidates: int = Field(1000, ge=1, le=1000, description="Most candidates accepted per /score request.")
     advertised_url: str | None = Field(None, description="URL other workers use to reach this one (default http://web_host:web_port).")
+    user_retention_s: float = Field(7 * 24 * 3600.0, gt=0, description="Event-time retention of user state: actions and counter tiles older than the engagements' watermark minus this (hour-aligned) are dropped by a sweep, and a user silent that long is evicted.")
 
     @property
     def url(self) -> str:

@@ -50,9 +50,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")), reason="the demo runs its own broker")
-def test_demo_flows_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None:
+def test_demo_flows_and_ctrl_c_leaves_no_orphan(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Events flow and /score answers within the loop; Ctrl-C then stops broker, worker and simulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDRANK_")}
-    env.update(FEEDRANK_WEB_PORT=str(free_port()), FEEDRANK_DEMO_RATE="300")
+    env.update(FEEDRANK_WEB_PORT=str(free_port()), FEEDRANK_DEMO_RATE="200",
+               FEEDRANK_MODEL_DIR=str(tiny_model_dir / "models"),
+               FEEDRANK_CALIBRATOR_DIR=str(tiny_model_dir / "calibrators"))
     log = tmp_path / "demo.out"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo"], cwd=tmp_path, env={
@@ -61,20 +64,23 @@ def test_demo_flows_and_ctrl_c_leaves_no_orphan(tmp_path: Path) -> None:
         deadline = time.monotonic() + 120
         flowing = False
         while time.monotonic() < deadline and proc.poll() is None:
-            counts = [int(c.replace(",", "")) for c in re.findall(r"consumed\s+([\d,]+) events", log.read_text())]
-            if counts and counts[-1] > 0:
+            text = log.read_text()
+            events = [int(c.replace(",", "")) for c in re.findall(r"events\s+([\d,]+) \(", text)]
+            scored = [int(c.replace(",", "")) for c in re.findall(r" req ([\d,]+) ", text)]
+            if events and events[-1] > 0 and scored and scored[-1] > 0:
                 flowing = True
                 break
             time.sleep(1)
         assert flowing, log.read_text()[-3000:]
         started = _children(proc.pid)
-        assert len(started) >= 3, "broker, worker and producer should be running"
+        assert len(started) >= 4, "broker, worker, simulator and producer should be running"
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         time.sleep(0.5)
         survivors = [p for p in started if _alive(p)]
         assert not survivors, f"orphans left behind: {survivors}"
-        assert "demo stopped" in log.read_text()
+        text = log.read_text()
+        assert "demo stopped" in text and "final report" in text
     finally:
         if proc.poll() is None:
             proc.kill()

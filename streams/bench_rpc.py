@@ -1,0 +1,154 @@
+"""``feedrank bench rpc``: /score latency and throughput for N candidates while events stream in.
+
+Starts the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS is set), one worker
+with the model under ``FEEDRANK_MODEL_DIR`` and a background event producer,
+then measures ``POST /score`` from client threads: a paced run at a fixed
+request rate (the goal: p99 under 25 ms at 20 requests/s with ingestion
+running) and closed-loop runs at a few concurrency levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .broker import _pdeathsig, free_port, resolve_broker
+from .settings import Settings
+from .topics import ensure_topics, topic_specs
+
+
+def _request(world, rng_user: int, ts: int, n: int) -> dict:
+    req = world.new_request(user=rng_user, ts=ts, n_candidates=n)
+    c = req.context
+    return {"user_id": req.user_id, "top_k": 25,
+            "context": {"surface": c.surface, "country": c.country, "gender": c.gender, "app_type": c.app_type,
+                        "device_type": c.device_type},
+            "candidates": [{"item_id": x.item_id, "item_type": x.item_type, "features": dict(x.features)}
+                           for x in req.candidates]}
+
+
+def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float | None) -> dict[str, float]:
+    from .client import ScorerClient, ScorerError
+
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    interval = threads / rate if rate else 0.0
+
+    def worker(k: int) -> None:
+        client = ScorerClient(url, timeout_s=5.0, retries=0)
+        i = k
+        next_t = time.perf_counter() + (k * interval / threads if rate else 0.0)
+        while True:
+            now = time.perf_counter()
+            if now >= stop_at:
+                break
+            if rate:
+                if next_t > now:
+                    time.sleep(next_t - now)
+                next_t += interval
+            t0 = time.perf_counter()
+            try:
+                client.score(bodies[i % len(bodies)])
+                with lock:
+                    lat.append((time.perf_counter() - t0) * 1000)
+            except ScorerError:
+                with lock:
+                    errors[0] += 1
+            i += threads
+        client.close()
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    a = np.array(lat) if lat else np.array([np.nan])
+    return {"requests": len(lat), "errors": errors[0], "rps": len(lat) / wall,
+            "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99))}
+
+
+def main(args: argparse.Namespace) -> int:
+    from features.world import World
+
+    settings = Settings()
+    if not (Path(settings.model_dir) / "latest").exists():
+        print(f"no model under {settings.model_dir}: run `feedrank train` (or `make demo` once) first")
+        return 2
+    broker = resolve_broker(log_dir=settings.log_dir)
+    procs: list[subprocess.Popen[bytes]] = []
+    run_dir = Path("var/bench-rpc")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        port = free_port()
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FEEDRANK_WEB_PORT": str(port),
+               "FEEDRANK_DATA_DIR": str(run_dir / f"data-{port}"), "FEEDRANK_APP_ID": f"bench{port}"}
+        ensure_topics(broker.bootstrap, topic_specs(Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+                                                             app_id=f"bench{port}")))
+        url = f"http://127.0.0.1:{port}"
+        for name, cmd in (("worker", ["worker"]),
+                          ("producer", ["produce", "--rate", str(args.event_rate), "--users", "20000",
+                                        "--duration", str(10 ** 6)])):
+            logf = open(run_dir / f"{name}.log", "wb")
+            procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", *cmd], env=env, stdout=logf,
+                                          stderr=subprocess.STDOUT, preexec_fn=_pdeathsig))
+        from .client import ScorerClient
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with ScorerClient(url, timeout_s=1.0, retries=0) as c:
+                    c.request("GET", "/ready")
+                    if c.request("GET", "/ready")[0] == 200:
+                        break
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                print("worker never became ready; see var/bench-rpc/worker.log")
+                return 1
+            time.sleep(0.5)
+        world = World(seed=0, n_users=1000, n_items=1000)
+        now = int(time.time() * 1000)
+        n = int(args.candidates)
+        bodies = [_request(world, u, now, n) for u in range(200)]
+        _run(url, bodies, 1, 3.0, None)  # warm-up
+        print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
+              f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores")
+        print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
+            (f"closed loop, {c} client(s)", c, None) for c in (1, 2, 4)]
+        for label, threads, rate in runs:
+            r = _run(url, bodies, threads, float(args.seconds), rate)
+            print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+                  f"{r['errors']:>7}", flush=True)
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+
+
+def register_bench(bench) -> None:
+    from .cli import env_flag
+
+    p = bench.add_parser("rpc", help="/score p50/p99 and requests/s while events stream in")
+    env_flag(p, "--candidates", envvar="FEEDRANK_BENCH_CANDIDATES", default=500, help="candidates per request")
+    env_flag(p, "--rate", envvar="FEEDRANK_BENCH_RPS", default=20, help="paced request rate")
+    env_flag(p, "--seconds", envvar="FEEDRANK_BENCH_SECONDS", default=20, help="seconds per run")
+    env_flag(p, "--event-rate", envvar="FEEDRANK_BENCH_EVENT_RATE", default=2000, help="background events/s")
+    p.set_defaults(func=main)

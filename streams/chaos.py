@@ -1,0 +1,1180 @@
+"""``feedrank chaos``: crashes, rebalances, a broker outage, bad input and sustained load.
+
+Each scenario runs real ``feedrank worker`` subprocesses against a broker,
+prints what it did and what it found, and returns a result dict whose
+``problems`` list is empty when every property held:
+
+- ``crash``: SIGKILL a worker at random points while events stream, several
+  times; after the last restart every table equals the from-scratch
+  recomputation (``streams.recompute``) and ``labeled-impressions`` holds each
+  impression exactly once after dedup by ``example_id`` (raw re-emits counted).
+- ``rebalance``: two workers; SIGKILL one; the survivor takes its partitions,
+  restores their state and serves ``/score`` for every user; the dead one
+  comes back and partitions move again without loss.
+- ``outage``: a private embedded broker stopped for ``--outage-s`` and
+  restarted on the same port (memory storage: every topic is gone); records
+  what producers and the worker do. See docs/reliability.md.
+- ``fuzz``: bad events on both event topics and bad requests on ``/score``,
+  interleaved with good ones: every bad event dead-lettered with a reason,
+  every bad request answered 4xx, every good one processed.
+- ``load``: steady events at 80% of ``--max-rate`` plus ``/score`` traffic for
+  ``--minutes``; prints RSS, RocksDB size and lag over time.
+
+The tests (``tests/test_reliability_*.py``) call the same functions with
+small streams. Run: ``feedrank chaos`` or ``python -m streams.chaos``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("crash", "rebalance", "fuzz", "outage", "load")
+
+
+class ChaosError(AssertionError):
+    """A wait ran out or a property the scenario relies on did not hold."""
+
+
+# -- workers as processes ----------------------------------------------------------
+
+def make_settings(work: Path, bootstrap: str, **overrides: Any) -> Settings:
+    """Settings with a unique app id, topic names and state dir under ``work``."""
+    from .broker import free_port
+
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = dict(
+        app_id=f"chaos{tag}", partitions=2, data_dir=work / f"data-{tag}", log_dir=work / "log",
+        web_port=free_port(), topic_impressions=f"impressions-{tag}", topic_engagements=f"engagements-{tag}",
+        topic_dlq=f"events-dlq-{tag}", topic_predictions=f"predictions-{tag}", topic_labeled=f"labeled-{tag}",
+        topic_feedback_deltas=f"feedback-deltas-{tag}", topic_calibrators=f"calibrators-{tag}",
+        topic_drift=f"calibration-drift-{tag}", log_level="INFO", model_dir=work / "no-model",
+        calibrator_dir=work / "no-calibrators",
+    )
+    values.update(overrides)
+    return Settings(KAFKA_BOOTSTRAP_SERVERS=bootstrap, **values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces ``settings`` in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDRANK_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if name == "bootstrap_servers":
+            env["KAFKA_BOOTSTRAP_SERVERS"] = str(value)
+        else:
+            env[f"FEEDRANK_{name.upper()}"] = str(value)
+    return env
+
+
+class Worker:
+    """A ``feedrank worker`` subprocess (own process group) with its web port."""
+
+    def __init__(self, settings: Settings, log_path: Path, name: str = "worker") -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout_s: float = 90.0) -> "Worker":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
+                                     env=settings_env(self.settings), stdout=logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ChaosError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/metrics", timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise ChaosError(f"{self.name}: web port never answered:\n{self.log_tail()}")
+
+    def get(self, path: str, timeout: float = 5.0) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return resp.read()
+
+    def get_json(self, path: str, timeout: float = 5.0) -> Any:
+        return json.loads(self.get(path, timeout))
+
+    def post(self, path: str, body: bytes, timeout: float = 10.0) -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                return exc.code, json.loads(raw or b"null")
+            except ValueError:
+                return exc.code, raw[:200]
+
+    def stats(self) -> dict[str, Any]:
+        return self.get_json("/tables/stats")
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def rss_mb(self) -> float:
+        """Resident set size of the worker process (MiB), 0 when it is gone."""
+        if not self.alive:
+            return 0.0
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return 0.0
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM: final checkpoint, stores closed)."""
+        self.kill(signal.SIGTERM)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
+               detail: Callable[[], Any] | None = None, interval_s: float = 0.2) -> float:
+    """Wait for ``predicate`` (exceptions count as not yet); returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            if predicate():
+                return time.monotonic() - t0
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(interval_s)
+    extra = ""
+    if detail is not None:
+        try:
+            extra = f"; state: {detail()}"
+        except Exception as exc:  # diagnostic only
+            extra = f"; state unavailable: {exc}"
+    raise ChaosError(f"timed out after {timeout_s:.0f}s waiting for {what}{extra}")
+
+
+def _dir_mb(path: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total / (1 << 20)
+
+
+def machine_load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} cores)"
+    except OSError:
+        return "unknown"
+
+
+class _Out:
+    def __init__(self, echo: Callable[[str], None] | None) -> None:
+        self.echo = echo or (lambda line: print(line, flush=True))
+
+    def __call__(self, line: str) -> None:
+        self.echo(line)
+
+
+# -- producing ---------------------------------------------------------------------
+
+class PacedProducer(threading.Thread):
+    """Sends predictions then events at about ``rate`` records/s; counts acked records per topic/partition."""
+
+    def __init__(self, bootstrap: str, settings: Settings, events: list[Any], preds: list[Any],
+                 rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.settings, self.events, self.preds, self.rate = bootstrap, settings, events, preds, rate
+        self.counts: dict[str, dict[int, int]] = {}
+        self.error: BaseException | None = None
+        self.sent = 0
+
+    def run(self) -> None:
+        from features.predictions import encode_prediction
+
+        from .producer import EventProducer
+
+        try:
+            with EventProducer(self.bootstrap, self.settings) as producer:
+                futs = [producer.send_raw(self.settings.topic_predictions, encode_prediction(p), p.user_id.encode())
+                        for p in self.preds]
+                t0 = time.monotonic()
+                for i, e in enumerate(self.events):
+                    futs.append(producer.send(e))
+                    self.sent = i + 1
+                    if i % 100 == 99:
+                        due = t0 + (i + 1) / self.rate
+                        if due > time.monotonic():
+                            time.sleep(due - time.monotonic())
+                producer.flush()
+                for f in futs:
+                    md = f.get(timeout=60)
+                    self.counts.setdefault(md.topic, {}).setdefault(md.partition, 0)
+                    self.counts[md.topic][md.partition] += 1
+        except BaseException as exc:  # reported by the scenario
+            self.error = exc
+
+
+def _caught_up(stats: dict[str, Any], counts: dict[str, dict[int, int]], partitions: Iterable[int]) -> bool:
+    offs = stats["offsets"]
+    return all(offs.get(str(p), {}).get(t, -1) >= n - 1
+               for t, per in counts.items() for p, n in per.items() if p in set(partitions))
+
+
+def _compare_partition(p: int, got: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    problems = []
+    for store, content in want.items():
+        if store == "meta":
+            continue
+        if got.get(store) != content:
+            missing = len(set(content) - set(got.get(store, {})))
+            problems.append(f"partition {p} store {store} differs from the recomputation "
+                            f"({len(got.get(store, {}))} keys vs {len(content)}, {missing} missing)")
+    g, w = got["meta"], want["meta"]
+    if g["offsets"] != w["offsets"]:
+        problems.append(f"partition {p}: stored offsets {g['offsets']} != {w['offsets']}")
+    g_flat = {**{k: v for k, v in g["extra"].items() if k != "stats"}, **g["extra"].get("stats", {})}
+    w_flat = {**{k: v for k, v in w["extra"].items() if k != "stats"}, **w["extra"].get("stats", {})}
+    diff = {k: (g_flat.get(k), w_flat.get(k)) for k in set(g_flat) | set(w_flat) if g_flat.get(k) != w_flat.get(k)}
+    if diff:
+        problems.append(f"partition {p}: watermarks/counters (worker, recomputation) differ: {diff}")
+    return problems
+
+
+def _dump_partition(data_dir: Path, app_id: str, p: int) -> dict[str, Any]:
+    from .recompute import dump_state
+    from .state import PartitionState, open_backend
+
+    state = PartitionState(open_backend("rocksdb://", Path(data_dir) / "tables" / app_id, f"p{p}"), p)
+    try:
+        return dump_state(state)
+    finally:
+        state.close()
+
+
+def _check_labeled(bootstrap: str, settings: Settings, want: dict[str, Any], out: _Out) -> tuple[dict[str, Any], list[str]]:
+    from .recompute import labeled_records
+
+    lab = labeled_records(bootstrap, settings, expect_ids=len(want["examples"]))
+    got = lab["examples"]
+    missing = set(want["examples"]) - set(got)
+    extra = set(got) - set(want["examples"])
+    differ = [k for k in set(got) & set(want["examples"]) if got[k] != want["examples"][k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} impressions have no labeled example (e.g. {sorted(missing)[:3]})")
+    if extra:
+        problems.append(f"{len(extra)} labeled examples for impressions the recomputation does not label")
+    if lab["conflicts"]:
+        problems.append(f"{len(lab['conflicts'])} example ids emitted with different content")
+    if differ:
+        problems.append(f"{len(differ)} labeled examples differ from the recomputation")
+    figures = {"labeled_expected": len(want["examples"]), "labeled_distinct": len(got),
+               "labeled_raw_records": lab["raw"], "labeled_raw_re_emits": lab["re_emits"],
+               "labeled_duplicates_after_dedup": len(lab["conflicts"]) + len(extra),
+               "labeled_missing": len(missing)}
+    out(f"  labeled-impressions: {lab['raw']} records, {len(got)} distinct example ids "
+        f"(expected {len(want['examples'])}), raw re-emits {lab['re_emits']} (at-least-once replay), "
+        f"duplicates after dedup {figures['labeled_duplicates_after_dedup']}, missing {len(missing)}")
+    return figures, problems
+
+
+# -- (a) crash ---------------------------------------------------------------------
+
+def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, requests: int = 3000,
+              seed: int = 0, stream_s: float | None = None, echo: Callable[[str], None] | None = None,
+              ) -> dict[str, Any]:
+    """SIGKILL a worker ``kills`` times at random points while events stream; check recomputation equality."""
+    from .recompute import read_inputs, recompute, scenario
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    rng = random.Random(seed)
+    settings = make_settings(work, bootstrap, sequence_len=16, checkpoint_interval_s=0.1,
+                             attribution_window_s=60.0, allowed_lateness_s=5.0)
+    ensure_topics(bootstrap, topic_specs(settings))
+    events, preds = scenario(n_users=users, n_requests=requests, seed=seed)
+    total = len(events) + len(preds)
+    stream_s = stream_s or 12.0 * kills
+    rate = len(events) / stream_s
+    out(f"[crash] {len(events)} events + {len(preds)} prediction logs over ~{stream_s:.0f}s ({rate:,.0f}/s), "
+        f"{kills} SIGKILLs at random points; app {settings.app_id}")
+    producer = PacedProducer(bootstrap, settings, events, preds, rate)
+    producer.start()
+    kill_log = []
+    for k in range(kills):
+        w = Worker(settings, work / "log" / f"{settings.app_id}-crash.log", f"worker#{k}").start()
+        wait_until(lambda: w.stats()["processed"] > 0, 120, "the worker to process events",
+                   detail=w.log_tail)
+        delay = rng.uniform(0.2, 3.0)
+        time.sleep(delay)
+        try:
+            processed = int(w.stats()["processed"])
+        except OSError:
+            processed = -1
+        streaming = producer.is_alive()
+        w.kill()
+        kill_log.append({"after_s": round(delay, 2), "processed_by_this_process": processed,
+                         "producer_running": streaming, "exit": w.proc.returncode if w.proc else None})
+        out(f"  kill {k + 1}: SIGKILL {delay:.2f}s into processing, this process had processed {processed} "
+            f"records, producer {'still streaming' if streaming else 'done'}, exit code {kill_log[-1]['exit']}")
+    producer.join(timeout=300)
+    problems: list[str] = []
+    if producer.error is not None or producer.is_alive():
+        raise ChaosError(f"producer failed: {producer.error!r}")
+    produced = sum(sum(v.values()) for v in producer.counts.values())
+    if produced != total:
+        problems.append(f"producer acked {produced} of {total} records")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-crash.log", "worker#final").start()
+    try:
+        waited = wait_until(lambda: _caught_up(w.stats(), producer.counts, range(settings.partitions)), 240,
+                            "the restarted worker to catch up", detail=w.log_tail)
+        out(f"  restarted after kill {kills}: caught up in {waited:.1f}s")
+    finally:
+        w.stop()
+    if w.proc is not None and w.proc.returncode not in (0, -signal.SIGTERM):
+        problems.append(f"graceful stop exited with {w.proc.returncode}")
+    want = recompute(settings, read_inputs(bootstrap, settings, producer.counts))
+    accounted = 0
+    for p in range(settings.partitions):
+        got = _dump_partition(settings.data_dir, settings.app_id, p)
+        problems += _compare_partition(p, got, want["dumps"][p])
+        accounted += sum(o + 1 for o in got["meta"]["offsets"].values())
+    figures, lab_problems = _check_labeled(bootstrap, settings, want, out)
+    problems += lab_problems
+    result = {"scenario": "crash", "kills_survived": kills, "records_in": total, "records_accounted": accounted,
+              "events_in": len(events), "kills": kill_log, **figures,
+              "tables_equal_recomputation": not any("store" in p or "offsets" in p for p in problems),
+              "problems": problems}
+    if accounted != total:
+        problems.append(f"stored offsets account for {accounted} of {total} input records")
+    out(f"  records in {total} (events {len(events)}), accounted for by the stored offsets {accounted}; "
+        f"tables equal the recomputation: {result['tables_equal_recomputation']}")
+    _verdict(out, "crash", problems)
+    return result
+
+
+def _verdict(out: _Out, name: str, problems: list[str]) -> None:
+    if problems:
+        out(f"  [{name}] FAILED:")
+        for p in problems:
+            out(f"    - {p}")
+    else:
+        out(f"  [{name}] ok")
+
+
+# -- (b) rebalance -------------------------------------------------------------------
+
+def score_body(user_id: str, n: int = 10, ts: int | None = None) -> dict[str, Any]:
+    """A valid ``/score`` request for ``user_id`` (items need not be known to the model)."""
+    ctx: dict[str, Any] = {"surface": "home", "country": "US", "gender": "f", "app_type": "ios",
+                           "device_type": "phone"}
+    if ts is not None:
+        ctx["ts"] = ts
+    return {"user_id": user_id, "context": ctx,
+            "candidates": [{"item_id": f"i{k}", "item_type": "video" if k % 3 else "organic"} for k in range(n)]}
+
+
+def _owned(w: Worker) -> set[int]:
+    return set(w.stats()["partitions"])
+
+
+def _read_all_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, int]]) -> dict[str, list[Any]]:
+    """Every record of the three inputs (the producer's plus the prediction logs ``/score`` wrote)."""
+    from .recompute import read_topic
+
+    out = {}
+    for topic in (settings.topic_predictions, settings.topic_impressions, settings.topic_engagements):
+        total = sum(counts.get(topic, {}).values())
+        out[topic] = read_topic(bootstrap, topic, settings.partitions, total, drain=True)
+    return out
+
+
+def _input_ends(inputs: dict[str, list[Any]]) -> dict[str, dict[int, int]]:
+    ends: dict[str, dict[int, int]] = {}
+    for topic, recs in inputs.items():
+        for r in recs:
+            ends.setdefault(topic, {})[r.partition] = max(ends.get(topic, {}).get(r.partition, 0), r.offset + 1)
+    return ends
+
+
+def run_rebalance(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, users: int = 60,
+                  requests: int = 600, partitions: int = 4, seed: int = 1,
+                  echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Two workers; SIGKILL one; the survivor takes over and serves every user; the other returns."""
+    from .broker import free_port
+    from .client import ScorerClient
+    from .recompute import recompute, scenario
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    base = make_settings(work, bootstrap, partitions=partitions, model_dir=Path(model_dir).resolve(),
+                         calibrator_dir=Path(calibrator_dir).resolve(), attribution_window_s=60.0,
+                         allowed_lateness_s=5.0, checkpoint_interval_s=0.2)
+    sa = base.model_copy(update={"data_dir": work / f"{base.app_id}-a", "web_port": free_port()})
+    sb = base.model_copy(update={"data_dir": work / f"{base.app_id}-b", "web_port": free_port()})
+    ensure_topics(bootstrap, topic_specs(base))
+    events, preds = scenario(n_users=users, n_requests=requests, seed=seed)
+    user_ids = sorted({e.user_id for e in events})
+    half = len(events) // 2
+    problems: list[str] = []
+    out(f"[rebalance] {partitions} partitions, {len(user_ids)} users, {len(events)} events in two phases; "
+        f"app {base.app_id}")
+    phase1 = PacedProducer(bootstrap, base, events[:half], preds, rate=1e9)
+    phase1.run()
+    if phase1.error:
+        raise ChaosError(f"producer failed: {phase1.error!r}")
+    a = Worker(sa, work / "log" / f"{base.app_id}-a.log", "worker-a").start()
+    b = Worker(sb, work / "log" / f"{base.app_id}-b.log", "worker-b").start()
+    everything = set(range(partitions))
+    try:
+        def split_ok() -> bool:
+            pa, pb = _owned(a), _owned(b)
+            return bool(pa) and bool(pb) and pa | pb == everything and not pa & pb
+
+        wait_until(split_ok, 120, "both workers to own partitions", detail=lambda: (_owned(a), _owned(b)))
+        pa0, pb0 = _owned(a), _owned(b)
+        wait_until(lambda: _caught_up(a.stats(), phase1.counts, pa0) and _caught_up(b.stats(), phase1.counts, pb0),
+                   120, "phase 1 processed")
+        out(f"  worker-a owns {sorted(pa0)}, worker-b owns {sorted(pb0)}; phase 1 ({half} events) processed")
+        before = {u: a.get_json(f"/users/{u}/sequence") for u in user_ids}  # routed to b for b's users
+        b_users = [u for u in user_ids if before[u]["partition"] in pb0]
+        b.kill()
+        t_kill = time.monotonic()
+        waited = wait_until(lambda: _owned(a) == everything, 120, "worker-a to take over every partition",
+                            detail=lambda: _owned(a))
+        out(f"  SIGKILLed worker-b; worker-a owned all {partitions} partitions {waited:.1f}s later "
+            f"(consumer session timeout 10 s)")
+        client = ScorerClient(a.url, timeout_s=10.0, retries=5, backoff_s=0.2)
+        served = restored = 0
+        for u in user_ids:
+            after = a.get_json(f"/users/{u}/sequence")
+            if after == before[u]:
+                restored += 1
+            else:
+                problems.append(f"{u}: sequence after takeover differs ({after['length']} vs {before[u]['length']})")
+            resp = client.score(score_body(u))
+            if resp.served_by.rstrip("/") == a.url.rstrip("/") and resp.history_len == before[u]["length"]:
+                served += 1
+            else:
+                problems.append(f"{u}: /score served_by={resp.served_by} history_len={resp.history_len} "
+                                f"(want {a.url}, {before[u]['length']})")
+        client.close()
+        out(f"  after the takeover worker-a served /score for {served}/{len(user_ids)} users "
+            f"({len(b_users)} of them on worker-b's partitions); state equal to before the kill for "
+            f"{restored}/{len(user_ids)}; takeover+checks {time.monotonic() - t_kill:.1f}s")
+        phase2 = PacedProducer(bootstrap, base, events[half:], [], rate=1e9)
+        phase2.run()
+        if phase2.error:
+            raise ChaosError(f"producer failed: {phase2.error!r}")
+        b = Worker(sb, work / "log" / f"{base.app_id}-b.log", "worker-b").start()
+        wait_until(split_ok, 120, "partitions to move back to worker-b", detail=lambda: (_owned(a), _owned(b)))
+        pa1, pb1 = _owned(a), _owned(b)
+        out(f"  phase 2 ({len(events) - half} events) produced while worker-b was down; worker-b back: "
+            f"worker-a owns {sorted(pa1)}, worker-b owns {sorted(pb1)}")
+        client_b = ScorerClient(b.url, timeout_s=10.0, retries=8, backoff_s=0.25)
+        ok_b = sum(1 for u in user_ids if client_b.score(score_body(u)).items)
+        client_b.close()
+        out(f"  via worker-b (forwarding to worker-a where needed): {ok_b}/{len(user_ids)} users served")
+        if ok_b != len(user_ids):
+            problems.append(f"only {ok_b}/{len(user_ids)} users served via worker-b")
+        time.sleep(1.0)  # the last prediction logs of /score reach the topic
+        counts = {t: {p: phase1.counts.get(t, {}).get(p, 0) + phase2.counts.get(t, {}).get(p, 0)
+                      for p in range(partitions)} for t in set(phase1.counts) | set(phase2.counts)}
+        inputs = _read_all_inputs(bootstrap, base, counts)
+        ends = _input_ends(inputs)
+        wait_until(lambda: _caught_up(a.stats(), ends, pa1) and _caught_up(b.stats(), ends, pb1), 120,
+                   "both workers to catch up", detail=lambda: (a.stats()["offsets"], b.stats()["offsets"]))
+    finally:
+        a.stop()
+        b.stop()
+    want = recompute(base, inputs)
+    for p in range(partitions):
+        owner = sa if p in pa1 else sb
+        problems += _compare_partition(p, _dump_partition(owner.data_dir, base.app_id, p), want["dumps"][p])
+    figures, lab_problems = _check_labeled(bootstrap, base, want, out)
+    problems += lab_problems
+    n_in = sum(len(v) for v in inputs.values())
+    out(f"  {n_in} input records (events + prediction logs, /score's included); every partition equals the "
+        f"recomputation on its final owner: {not any('partition' in p for p in problems)}")
+    _verdict(out, "rebalance", problems)
+    return {"scenario": "rebalance", "users": len(user_ids), "users_on_killed_worker": len(b_users),
+            "served_after_takeover": served, "restored_after_takeover": restored, "served_after_return": ok_b,
+            "takeover_s": round(waited, 1), "records_in": n_in, **figures, "problems": problems}
+
+
+# -- (d) fuzz ------------------------------------------------------------------------
+
+_T_FUZZ = 1_764_000_000_000
+_IMP = dict(kind="impression", event_id="e", user_id="u1", item_id="i1", request_id="r1", ts=_T_FUZZ,
+            surface="home", position=3, item_type="video", country="US", gender="f", app_type="ios",
+            device_type="phone")
+_ENG = dict(kind="engagement", event_id="g", user_id="u1", item_id="i1", request_id="r1", ts=_T_FUZZ + 5,
+            action="repin", dwell_ms=1200)
+_UNICODE = ["😀", "\u202e", "\u0000", "\u200b", "é", "\ufeff", "Ω" * 40, "a\nb", "\U0010ffff"]
+
+
+def _j(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def fuzz_events(n_bad: int, n_good: int, seed: int = 0) -> list[tuple[str, str, bytes | None, bytes | None, bool]]:
+    """``(category, kind, key, value, meant_bad)`` rows: bad events of every category interleaved with good ones."""
+    from features.events import MAX_MESSAGE_BYTES, MAX_TS_MS, MIN_TS_MS
+
+    rng = random.Random(seed)
+
+    def base(kind: str, i: int) -> dict[str, Any]:
+        d = dict(_IMP if kind == "imp" else _ENG)
+        d.update(event_id=f"fz{i}", user_id=f"fu{i % 97}", item_id=f"i{i % 13}", request_id=f"r{i % 31}")
+        return d
+
+    def random_bytes(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        return f"fu{i % 97}".encode(), bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+
+    def truncated(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        raw = _j(base(kind, i))
+        return f"fu{i % 97}".encode(), raw[:rng.randrange(1, len(raw) - 1)]
+
+    def nested(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        depth = rng.choice([50, 500, 1000, 1500, 5000])
+        if rng.random() < 0.5:
+            raw = ("[" * depth + "]" * depth).encode()
+        else:
+            raw = ('{"a":' * depth + "1" + "}" * depth).encode()
+        return f"fu{i % 97}".encode(), raw
+
+    def wrong_types(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        d = base(kind, i)
+        field, value = rng.choice([("ts", str(_T_FUZZ)), ("ts", 1.5e12), ("user_id", 42), ("event_id", None),
+                                   ("position" if kind == "imp" else "dwell_ms", "3"), ("item_id", ["x"]),
+                                   ("ts", True), ("request_id", {"a": 1}),
+                                   ("country" if kind == "imp" else "action", 7)])
+        d[field] = value
+        if rng.random() < 0.2:
+            return f"fu{i % 97}".encode(), _j([d])  # an array, not an object
+        return str(d["user_id"]).encode(), _j(d)
+
+    def unicode(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        d = base(kind, i)
+        s = rng.choice(_UNICODE)
+        field = rng.choice(["user_id", "item_id", "event_id", "request_id"])
+        d[field] = f"x{s}y"
+        raw = json.dumps(d, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        if rng.random() < 0.3:  # lone surrogate / overlong UTF-8 inside otherwise valid JSON
+            raw = raw.replace(b'"fz', rng.choice([b'"\\ud800fz', b'"\xc0\xaffz', b'"\xed\xa0\x80fz']), 1)
+        key = d["user_id"].encode("utf-8", "surrogatepass")
+        return key, raw
+
+    def huge(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        d = base(kind, i)
+        d[rng.choice(["surface" if kind == "imp" else "action", "item_id", "event_id"])] = "s" * rng.choice(
+            [MAX_MESSAGE_BYTES, 20_000, 200_000])
+        return d["user_id"].encode(), _j(d)
+
+    def bad_ts(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        d = base(kind, i)
+        d["ts"] = rng.choice([-1, 0, MIN_TS_MS - 1, MAX_TS_MS + 1, 10 ** 19, -(10 ** 19), 2 ** 63, 10 ** 400])
+        return d["user_id"].encode(), _j(d)
+
+    def null_or_wrong_kind(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        d = base("eng" if kind == "imp" else "imp", i)
+        return d["user_id"].encode(), rng.choice([None, b"", _j(d), b"null", b"{}"])
+
+    bad_makers = [("random bytes", random_bytes), ("truncated JSON", truncated), ("nested JSON", nested),
+                  ("wrong types", wrong_types), ("unicode", unicode), ("huge strings", huge),
+                  ("timestamps out of range", bad_ts), ("null/empty/wrong kind", null_or_wrong_kind)]
+    rows: list[tuple[str, str, bytes | None, bytes | None, bool]] = []
+    for i in range(n_bad):
+        cat, make = bad_makers[i % len(bad_makers)]
+        kind = rng.choice(["imp", "eng"])
+        key, value = make(kind, 10_000 + i)
+        rows.append((cat, kind, key, value, True))
+    for i in range(n_good):
+        kind = "imp" if i % 2 == 0 else "eng"
+        d = base(kind, i)
+        r = rng.random()
+        if r < 0.1:
+            d["ts"] = MIN_TS_MS + rng.randrange(1000)  # far in the past, inside the contract
+            cat = "good: ts far past"
+        elif r < 0.2:
+            d["ts"] = MAX_TS_MS - rng.randrange(1000)  # far in the future, inside the contract
+            cat = "good: ts far future"
+        elif r < 0.3:
+            d["item_id"] = "I" * 64
+            cat = "good: longest ids"
+        else:
+            cat = "good"
+        rows.append((cat, kind, d["user_id"].encode(), _j(d), False))
+    goods = [r for r in rows if not r[4]]
+    bads = [r for r in rows if r[4]]
+    rng.shuffle(bads)
+    mixed: list[tuple[str, str, bytes | None, bytes | None, bool]] = []
+    while goods or bads:  # interleave, keeping the good ones in order
+        pick = bads if bads and (not goods or rng.random() < len(bads) / (len(bads) + len(goods))) else goods
+        mixed.append(pick.pop(0))
+    return mixed
+
+
+def fuzz_requests(n_bad: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``(category, body)`` of bad ``/score`` bodies (each must get a 4xx)."""
+    from features.events import MAX_TS_MS, MIN_TS_MS
+    from features.rpc import MAX_BODY_BYTES
+
+    rng = random.Random(seed)
+    good = score_body("fu1", n=5)
+
+    def random_bytes() -> bytes:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 500)))
+
+    def truncated() -> bytes:
+        raw = _j(good)
+        return raw[:rng.randrange(0, len(raw) - 1)]
+
+    def nested() -> bytes:
+        depth = rng.choice([100, 1000, 10_000, 100_000])
+        if rng.random() < 0.5:
+            return ("[" * depth + "]" * depth).encode()
+        d = json.loads(_j(good))
+        inner: Any = 1
+        for _ in range(depth // 10):
+            inner = {"a": inner}
+        d["candidates"][0]["features"] = {"f": inner}
+        try:
+            return _j(d)
+        except RecursionError:
+            return ('{"user_id":' + "[" * depth + "]" * depth + "}").encode()
+
+    def wrong_types() -> bytes:
+        d = json.loads(_j(good))
+        path, value = rng.choice([(("user_id",), 42), (("candidates",), {"a": 1}), (("context",), "home"),
+                                  (("candidates", 0, "item_id"), None), (("top_k",), "ten"), (("top_k",), 0),
+                                  (("candidates", 0, "features"), [1, 2]), (("context", "country"), 1),
+                                  (("weights",), [1]), (("candidates", 0, "item_type"), "ad")])
+        target = d
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = value
+        return _j(d) if rng.random() < 0.8 else _j([d])
+
+    def unicode() -> bytes:
+        d = json.loads(_j(good))
+        s = rng.choice(_UNICODE)
+        d[rng.choice(["user_id", "request_id"])] = f"x{s}y"
+        raw = json.dumps(d, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        if rng.random() < 0.3:
+            raw = raw.replace(b'"fu1', rng.choice([b'"\\ud800fu1', b'"\xc0\xaf', b'"\xed\xa0\x80']), 1)
+            raw = raw.replace(b'"x', b'"\xff', 1)
+        return raw
+
+    def huge() -> bytes:
+        d = json.loads(_j(good))
+        d[rng.choice(["user_id", "request_id"])] = "u" * rng.choice([65, 10_000, 500_000])
+        return _j(d)
+
+    def bad_ts() -> bytes:
+        d = json.loads(_j(good))
+        d["context"]["ts"] = rng.choice([-1, 0, MIN_TS_MS - 1, MAX_TS_MS + 1, 10 ** 19, 10 ** 400, "now"])
+        return _j(d)
+
+    def oversize() -> bytes:
+        return b'{"user_id":"' + b"u" * (MAX_BODY_BYTES + rng.choice([1, 1000, 4 << 20])) + b'"}'
+
+    makers = [("random bytes", random_bytes), ("truncated JSON", truncated), ("nested JSON", nested),
+              ("wrong types", wrong_types), ("unicode", unicode), ("huge strings", huge),
+              ("timestamps out of range", bad_ts), ("oversize body", oversize)]
+    return [(makers[i % len(makers)][0], makers[i % len(makers)][1]()) for i in range(n_bad)]
+
+
+def raw_post(url: str, body: bytes, *, chunks: int = 1, pause_s: float = 0.0, timeout_s: float = 30.0,
+             content_length: int | None = None) -> int:
+    """POST ``body`` to ``url + /score`` over a raw socket (optionally slowly); the HTTP status, or -1."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    head = (f"POST /score HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if content_length is None else content_length}\r\n"
+            f"Connection: close\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s) as s:
+        try:
+            s.sendall(head)
+            step = max(1, -(-len(body) // chunks))
+            for k in range(0, len(body), step):
+                s.sendall(body[k:k + step])
+                if pause_s:
+                    time.sleep(pause_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered (413) before the whole body was sent
+        data = b""
+        try:
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    try:
+        return int(data.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def run_fuzz(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, bad_events: int = 400,
+             good_events: int = 400, bad_requests: int = 160, good_requests: int = 80, slow_requests: int = 6,
+             seed: int = 2, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Bad events on both topics and bad ``/score`` bodies, interleaved with good traffic."""
+    from collections import Counter
+
+    from features.events import Engagement, Impression
+
+    from .ingest import DeadLetter, decode_message
+    from .producer import EventProducer
+    from .recompute import read_topic
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    settings = make_settings(work, bootstrap, model_dir=Path(model_dir).resolve(),
+                             calibrator_dir=Path(calibrator_dir).resolve())
+    ensure_topics(bootstrap, topic_specs(settings))
+    topics = {"imp": settings.topic_impressions, "eng": settings.topic_engagements}
+    rows = fuzz_events(bad_events, good_events, seed)
+    problems: list[str] = []
+    # the contract's own decoder is the oracle: a row meant bad that it accepts is a finding
+    expect_bad = []
+    for cat, kind, key, value, meant_bad in rows:
+        d = decode_message(topics[kind], 0, 0, key, value, Impression if kind == "imp" else Engagement)
+        is_bad = isinstance(d, DeadLetter)
+        if is_bad != meant_bad:
+            problems.append(f"decoder {'refuses' if is_bad else 'accepts'} a {cat!r} event: {value[:120]!r}")
+        expect_bad.append(is_bad)
+    n_bad, n_good = sum(expect_bad), len(rows) - sum(expect_bad)
+    out(f"[fuzz] events: {len(rows)} ({n_bad} bad in {len(set(r[0] for r in rows if r[4]))} categories, "
+        f"{n_good} good) interleaved on both event topics; app {settings.app_id}")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-fuzz.log", "worker").start()
+    try:
+        with EventProducer(bootstrap, settings, max_request_size=4 << 20) as producer:
+            futs = [producer.send_raw(topics[kind], value, key) for _c, kind, key, value, _b in rows]
+            producer.flush()
+            for f in futs:
+                f.get(timeout=60)
+        wait_until(lambda: w.metric("feedrank_events_valid_total") + w.metric("feedrank_events_dead_lettered_total")
+                   >= len(rows), 120, "every fuzzed event handled", detail=lambda: w.get("/tables/stats")[:500])
+        time.sleep(1.0)  # nothing more arrives
+        valid = int(w.metric("feedrank_events_valid_total"))
+        dead = int(w.metric("feedrank_events_dead_lettered_total"))
+        out(f"  worker: {valid} valid, {dead} dead-lettered (expected {n_good} and {n_bad})")
+        if valid != n_good or dead != n_bad:
+            problems.append(f"worker counted {valid} valid / {dead} dead-lettered, expected {n_good} / {n_bad}")
+        dlq = read_topic(bootstrap, settings.topic_dlq, settings.partitions, n_bad, timeout_s=60, drain=True)
+        reasons: Counter[str] = Counter()
+        no_reason = 0
+        for r in dlq:
+            h = dict(r.headers)
+            reason = h.get("feedrank.error", b"").decode("utf-8", "replace")
+            if not reason:
+                no_reason += 1
+            reasons[reason.split(":", 1)[0][:40]] += 1
+        want_values = Counter(v for (_c, _k, _key, v, _b), bad in zip(rows, expect_bad) if bad)
+        got_values = Counter(r.value for r in dlq)
+        if got_values != want_values or no_reason:
+            problems.append(f"dead-letter topic: {len(dlq)} records, {sum((want_values - got_values).values())} "
+                            f"bad events missing, {sum((got_values - want_values).values())} unexpected, "
+                            f"{no_reason} without a reason")
+        out(f"  dead-letter topic: {len(dlq)} records, each with its original bytes and a reason; by reason: "
+            + ", ".join(f"{k} {v}" for k, v in reasons.most_common(8)))
+        by_cat = Counter(r[0] for r in rows if r[4])
+        out("  bad events by category: " + ", ".join(f"{k} {v}" for k, v in sorted(by_cat.items())))
+
+        # the RPC door
+        bad = fuzz_requests(bad_requests, seed)
+        statuses: Counter[str] = Counter()
+        bad_not_4xx: list[tuple[str, int]] = []
+        good_ok = good_sent = 0
+        every = max(1, len(bad) // max(1, good_requests))
+        users = [f"fu{i}" for i in range(97)]
+        for i, (cat, body) in enumerate(bad):
+            st = raw_post(w.url, body)
+            statuses[f"{cat}: {st}"] += 1
+            if not 400 <= st < 500:
+                bad_not_4xx.append((cat, st))
+            if i % every == 0 and good_sent < good_requests:
+                good_sent += 1
+                st, _ = w.post("/score", _j(score_body(users[i % len(users)])))
+                good_ok += st == 200
+        while good_sent < good_requests:
+            good_sent += 1
+            st, _ = w.post("/score", _j(score_body(users[good_sent % len(users)])))
+            good_ok += st == 200
+        # slow bodies: trickled over ~2 s each, several at once, while good requests keep flowing
+        slow_results: list[tuple[str, int]] = []
+
+        def slow(kind: str, body: bytes) -> None:
+            slow_results.append((kind, raw_post(w.url, body, chunks=8, pause_s=0.25)))
+
+        slow_threads = []
+        for k in range(slow_requests):
+            body = _j(score_body(users[k])) if k % 2 == 0 else bad[k % len(bad)][1][:50_000]
+            t = threading.Thread(target=slow, args=("good" if k % 2 == 0 else "bad", body))
+            t.start()
+            slow_threads.append(t)
+        during = sum(w.post("/score", _j(score_body(users[k])))[0] == 200 for k in range(10))
+        for t in slow_threads:
+            t.join(timeout=60)
+        slow_good = sum(1 for kind, st in slow_results if kind == "good" and st == 200)
+        slow_bad = sum(1 for kind, st in slow_results if kind == "bad" and 400 <= st < 500)
+        n_slow_good = sum(1 for k in range(slow_requests) if k % 2 == 0)
+        # a body that never completes: the client gives up; the worker must keep serving
+        stalled = raw_post(w.url, b'{"user_id":', content_length=1000, timeout_s=3.0)
+        after_stall = w.post("/score", _j(score_body("fu1")))[0]
+        out(f"  /score: {len(bad)} bad bodies, {len(bad) - len(bad_not_4xx)} answered 4xx, "
+            f"{len(bad_not_4xx)} not ({bad_not_4xx[:5]}); {good_ok}/{good_sent} good interleaved answered 200")
+        out("  statuses: " + ", ".join(f"{k} x{v}" for k, v in sorted(statuses.items())))
+        out(f"  slow bodies (8 chunks over 2 s, {slow_requests} at once): {slow_good}/{n_slow_good} good -> 200, "
+            f"{slow_bad}/{slow_requests - n_slow_good} bad -> 4xx; {during}/10 other requests answered 200 "
+            f"meanwhile; an unfinished body: client gave up (status {stalled}), next request {after_stall}")
+        if bad_not_4xx:
+            problems.append(f"{len(bad_not_4xx)} bad requests not answered 4xx: {bad_not_4xx[:10]}")
+        if good_ok != good_sent or during != 10 or after_stall != 200:
+            problems.append(f"good requests failed: {good_ok}/{good_sent} interleaved, {during}/10 during slow "
+                            f"bodies, {after_stall} after a stalled body")
+        if slow_good != n_slow_good or slow_bad != slow_requests - n_slow_good:
+            problems.append(f"slow bodies: {slow_results}")
+        if not w.alive:
+            problems.append(f"worker died: {w.log_tail()}")
+    finally:
+        w.stop()
+    _verdict(out, "fuzz", problems)
+    return {"scenario": "fuzz", "bad_events": n_bad, "good_events": n_good, "valid_counted": valid,
+            "dead_lettered": dead, "dlq_records": len(dlq), "bad_requests": len(bad),
+            "bad_requests_4xx": len(bad) - len(bad_not_4xx), "good_requests": good_sent, "good_requests_200": good_ok,
+            "slow_requests": slow_requests, "problems": problems}
+
+
+# -- (c) broker outage -----------------------------------------------------------------
+
+class _TrickleProducer(threading.Thread):
+    """Sends one event every ``interval_s`` until stopped; records how each send ended and when."""
+
+    def __init__(self, bootstrap: str, settings: Settings, interval_s: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.settings, self.interval_s = bootstrap, settings, interval_s
+        self.stop_flag = threading.Event()
+        self.outcomes: list[tuple[float, str]] = []  # (seconds from send to outcome, "ok" | error class)
+        self.pending = 0
+        self.send_errors: list[str] = []
+        self.close_s: float | None = None
+
+    def run(self) -> None:
+        from features.events import Impression
+
+        from .producer import EventProducer
+
+        producer = EventProducer(self.bootstrap, self.settings, request_timeout_ms=10_000, max_block_ms=15_000,
+                                 retries=2_147_483_647, delivery_timeout_ms=60_000) if _kp_has_delivery_timeout() \
+            else EventProducer(self.bootstrap, self.settings, request_timeout_ms=10_000, max_block_ms=15_000)
+        i = 0
+        while not self.stop_flag.is_set():
+            t0 = time.monotonic()
+            ev = Impression(event_id=f"trickle{i}", user_id=f"tu{i % 50}", item_id="i1", request_id=f"tr{i}",
+                            ts=int(time.time() * 1000), surface="home", position=0, item_type="organic",
+                            country="US", gender="f", app_type="ios", device_type="phone")
+            i += 1
+            try:
+                fut = producer.send(ev)
+                self.pending += 1
+                fut.add_callback(lambda _md, t0=t0: self._done(t0, "ok"))
+                fut.add_errback(lambda exc, t0=t0: self._done(t0, type(exc).__name__))
+            except Exception as exc:  # send() itself refused (buffer full / metadata timeout): loud
+                self.send_errors.append(type(exc).__name__)
+                self.outcomes.append((time.monotonic() - t0, f"send() raised {type(exc).__name__}"))
+            time.sleep(self.interval_s)
+        t = time.monotonic()
+        try:
+            producer.close()
+        except Exception as exc:
+            self.send_errors.append(f"close: {type(exc).__name__}")
+        self.close_s = time.monotonic() - t
+
+    def _done(self, t0: float, what: str) -> None:
+        self.pending -= 1
+        self.outcomes.append((time.monotonic() - t0, what))
+
+
+def _timed_stop(w: Worker, wait_s: float) -> tuple[float, int | None]:
+    """SIGTERM, wait up to ``wait_s``, then SIGKILL; (seconds, exit code: -9 means it had to be killed)."""
+    if w.proc is None or w.proc.poll() is not None:
+        return 0.0, (w.proc.returncode if w.proc else None)
+    t = time.monotonic()
+    os.killpg(w.proc.pid, signal.SIGTERM)
+    try:
+        w.proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(w.proc.pid, signal.SIGKILL)
+        w.proc.wait(timeout=30)
+    return round(time.monotonic() - t, 1), w.proc.returncode
+
+
+def _kp_has_delivery_timeout() -> bool:
+    from kafka import KafkaProducer
+
+    return "delivery_timeout_ms" in KafkaProducer.DEFAULT_CONFIG
+
+
+def _topic_partitions(bootstrap: str, topics: list[str]) -> dict[str, int | None]:
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        existing = c.topics()
+        return {t: (len(c.partitions_for_topic(t) or ()) if t in existing else None) for t in topics}
+    finally:
+        c.close()
+
+
+def py_spy_dump(pid: int, path: Path) -> list[str]:
+    """Stack of a live process via py-spy (when installed); the frames from this project."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        return []
+    try:
+        text = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    path.write_text(text)
+    return [ln.strip() for ln in text.splitlines() if "streams/" in ln or "aiokafka/" in ln][:12]
+
+
+def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe_s: float = 45.0,
+               restart_wait_s: float = 150.0, stop_wait_s: float = 60.0,
+               echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stop a private embedded broker for ``outage_s`` and restart it on the same port; record what happens."""
+    from features.events import Impression
+
+    from .broker import EmbeddedBroker
+    from .producer import EventProducer
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    broker = EmbeddedBroker(log_path=work / "log" / "outage-broker.log").start()
+    settings = make_settings(work, broker.bootstrap, checkpoint_interval_s=0.2)
+    ensure_topics(broker.bootstrap, topic_specs(settings))
+    problems: list[str] = []
+    timeline: list[str] = []
+    res: dict[str, Any] = {"scenario": "outage", "outage_s": outage_s}
+
+    def note(line: str) -> None:
+        timeline.append(line)
+        out("  " + line)
+
+    def imps(prefix: str, n: int) -> list[Any]:
+        now = int(time.time() * 1000)
+        return [Impression(event_id=f"{prefix}{i}", user_id=f"ou{i % 40}", item_id=f"i{i}", request_id=f"{prefix}r{i}",
+                           ts=now + i, surface="home", position=0, item_type="organic", country="US", gender="f",
+                           app_type="ios", device_type="phone") for i in range(n)]
+
+    out(f"[outage] private embedded broker at {broker.bootstrap}; worker app {settings.app_id}; "
+        f"outage {outage_s:.0f}s")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-outage.log", "worker").start()
+    trickle: _TrickleProducer | None = None
+    try:
+        with EventProducer(broker.bootstrap, settings) as p:
+            for e in imps("pre", events):
+                p.send(e)
+        wait_until(lambda: w.metric("feedrank_events_valid_total") >= events, 120, "the first events processed",
+                   detail=w.log_tail)
+        note(f"before: worker processed {events} events")
+        trickle = _TrickleProducer(broker.bootstrap, settings)
+        trickle.start()
+        time.sleep(1.0)
+        broker.stop()
+        t_down = time.monotonic()
+        note(f"broker stopped (SIGTERM); a producer keeps sending 10 events/s")
+        web_ok = web_fail = 0
+        while time.monotonic() - t_down < outage_s:
+            try:
+                w.get("/metrics", timeout=2.0)
+                web_ok += 1
+            except OSError:
+                web_fail += 1
+            time.sleep(1.0)
+        alive_during = w.alive
+        note(f"during the outage: worker alive={alive_during}, its web server answered {web_ok}/"
+             f"{web_ok + web_fail} probes; producer: {len(trickle.outcomes)} sends resolved, {trickle.pending} "
+             f"pending, errors {sorted(set(o for _t, o in trickle.outcomes if o != 'ok'))}")
+        broker = EmbeddedBroker(port=broker.port, log_path=work / "log" / "outage-broker.log").start()
+        note(f"broker restarted on the same port after {time.monotonic() - t_down:.0f}s: empty (memory storage)")
+        time.sleep(3.0)
+        found = _topic_partitions(broker.bootstrap, [settings.topic_impressions, settings.topic_engagements,
+                                                      settings.topic_predictions, f"{settings.app_id}-state-changelog"])
+        note(f"3 s after restart, topics found (partitions; None = absent): {found}")
+        res["topics_after_restart"] = found
+        try:
+            ensure_topics(broker.bootstrap, topic_specs(settings))
+            note("topics re-created by ensure_topics (as an operator or the next worker start would)")
+        except Exception as exc:
+            note(f"ensure_topics failed: {type(exc).__name__}: {exc}")
+            problems.append(f"ensure_topics after restart: {exc}")
+        trickle.stop_flag.set()
+        trickle.join(timeout=120)
+        res["producer_hung"] = trickle.is_alive()
+        outcomes = [o for _t, o in trickle.outcomes]
+        res["producer_sent"] = len(outcomes) + trickle.pending
+        res["producer_ok"] = outcomes.count("ok")
+        res["producer_failed_loudly"] = len(outcomes) - outcomes.count("ok")
+        res["producer_unresolved"] = trickle.pending
+        res["producer_slowest_outcome_s"] = round(max((t for t, _o in trickle.outcomes), default=0.0), 1)
+        note(f"producer: {res['producer_sent']} sends, {res['producer_ok']} acknowledged, "
+             f"{res['producer_failed_loudly']} failed with an error "
+             f"({dict((o, outcomes.count(o)) for o in set(outcomes) if o != 'ok')}), {trickle.pending} unresolved, "
+             f"slowest outcome {res['producer_slowest_outcome_s']}s, close took {trickle.close_s}")
+        if trickle.is_alive() or trickle.pending:
+            problems.append(f"producer hung: alive={trickle.is_alive()} pending={trickle.pending}")
+        # what the running worker does now
+        t0 = time.monotonic()
+        before_valid = None
+        while time.monotonic() - t0 < observe_s and w.alive:
+            time.sleep(1.0)
+        res["worker_alive_after_restart"] = w.alive
+        res["worker_exit_code"] = w.proc.returncode if w.proc else None
+        errors = [ln for ln in w.log_tail(200_000).splitlines() if " ERROR " in ln or "Traceback" in ln
+                  or "CRITICAL" in ln]
+        res["worker_error_lines"] = len(errors)
+        if w.alive:
+            try:
+                before_valid = w.metric("feedrank_events_valid_total")
+                web = "answers"
+            except OSError:
+                web = "does not answer"
+            note(f"{observe_s:.0f}s after restart: worker still running, web {web}, {len(errors)} error lines logged"
+                 + (f"; last: {errors[-1][:200]}" if errors else ""))
+        else:
+            note(f"worker exited with code {w.proc.returncode if w.proc else None} after the restart, "
+                 f"{len(errors)} error lines logged" + (f"; last: {errors[-1][:200]}" if errors else ""))
+            if w.proc is not None and w.proc.returncode == 0:
+                problems.append("worker exited with code 0 (silently) after the broker restart")
+            if not errors:
+                problems.append("worker exited without logging an error")
+        # new traffic after the restart
+        with EventProducer(broker.bootstrap, settings) as p:
+            for e in imps("post", events):
+                p.send(e)
+        note(f"produced {events} new events to the re-created topics")
+        if w.alive and before_valid is not None:
+            try:
+                wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + events, 30,
+                           "the running worker to process the new events")
+                res["running_worker_processed_new"] = True
+            except ChaosError:
+                res["running_worker_processed_new"] = False
+            got = w.metric("feedrank_events_valid_total") - before_valid
+            res["running_worker_new_processed"] = int(got)
+            note(f"the running worker processed {got:.0f} of them in 30 s")
+            if not res["running_worker_processed_new"] and w.proc is not None:
+                frames = py_spy_dump(w.proc.pid, work / "log" / "outage-worker-stack.txt")
+                if frames:
+                    note("its stack (py-spy): " + " | ".join(frames[:6]))
+        # stop it: must not hang
+        res["stop_s"], res["stop_code"] = _timed_stop(w, stop_wait_s)
+        note(f"SIGTERM: worker {'stopped' if res['stop_code'] != -9 else 'did NOT stop, SIGKILLed'} after "
+             f"{res['stop_s']}s (exit code {res['stop_code']})")
+        # a restarted worker: its RocksDB state is local; the changelog and the inputs are gone
+        w2 = Worker(settings, work / "log" / f"{settings.app_id}-outage-2.log", "worker-restarted")
+        try:
+            w2.start()
+            try:
+                wait_until(lambda: bool(w2.stats()["partitions"]) or not w2.alive, restart_wait_s,
+                           "the restarted worker to own partitions", detail=lambda: w2.log_tail(600))
+                if not w2.alive:
+                    raise ChaosError(f"exited with code {w2.proc.returncode if w2.proc else None}")
+                st = w2.stats()
+                res["restarted_partitions"] = st["partitions"]
+                res["restarted_offsets"] = st["offsets"]
+                note(f"restarted worker: owns {st['partitions']}, stored offsets {st['offsets']} "
+                     f"(from local RocksDB, i.e. from before the outage), processed {st['processed']}")
+                time.sleep(5.0)
+                st = w2.stats()
+                res["restarted_processed"] = st["processed"]
+                note(f"5 s later it has processed {st['processed']} records of the {events} new events")
+            except ChaosError as exc:
+                note(f"restarted worker did not get its partitions: {str(exc)[:300]}")
+                res["restarted_partitions"] = None
+                res["restarted_alive"] = w2.alive
+                if w2.alive and w2.proc is not None:
+                    frames = py_spy_dump(w2.proc.pid, work / "log" / "outage-restarted-stack.txt")
+                    if frames:
+                        note("its stack (py-spy): " + " | ".join(frames[:6]))
+            errors2 = [ln for ln in w2.log_tail(200_000).splitlines() if " ERROR " in ln or "Traceback" in ln]
+            if errors2:
+                note(f"restarted worker logged {len(errors2)} error lines; last: {errors2[-1][:200]}")
+        except ChaosError as exc:
+            note(f"restarted worker failed to start: {str(exc)[:400]}")
+            res["restarted_start_error"] = str(exc)[-400:]
+        finally:
+            res["restarted_stop_s"], res["restarted_stop_code"] = _timed_stop(w2, stop_wait_s)
+            note(f"restarted worker: SIGTERM -> {'stopped' if res['restarted_stop_code'] != -9 else 'did NOT stop, SIGKILLed'}"
+                 f" after {res['restarted_stop_s']}s (exit code {res['restarted_stop_code']})")
+    finally:
+        if trickle is not None and trickle.is_alive():
+            trickle.stop_flag.set()
+        w.kill()
+        broker.stop()
+    res["timeline"] = timeline
+    res["problems"] = problems
+    _verdict(out, "outage", problems)
+    return res
