@@ -151,8 +151,11 @@ class Scorer:
 
 
 def _named(row: np.ndarray) -> dict[str, float]:
-    """A calibration-feature row as a name -> value dict (every name: replay and training need them all)."""
-    return {name: float(v) for name, v in zip(CALIBRATION_FEATURE_NAMES, row)}
+    """A calibration-feature row as a name -> value dict (every name: replay and training need them all).
+
+    Values are rounded to 6 significant digits: float32 features carry no more,
+    and the log is held in state until the attribution window closes."""
+    return {name: float(f"{v:.6g}") for name, v in zip(CALIBRATION_FEATURE_NAMES, row)}
 
 
 __all__ = ["Blending", "Candidate", "ScoredRequest", "Scorer"]

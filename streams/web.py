@@ -135,7 +135,25 @@ class WebApi:
         return _json(web, {"drift": record, "calibrators": cal})
 
     async def metrics(self, web, request):
+        await self._update_lag()
         return web.bytes(render(), content_type="text/plain; version=0.0.4")
+
+    async def _update_lag(self) -> None:
+        """Consumer lag per assigned input partition: the last fetched high watermark minus the position."""
+        from .metrics import CONSUMER_LAG
+
+        consumer = getattr(self.views.engine, "consumer", None)
+        if consumer is None:
+            return
+        try:
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is None:
+                    continue
+                position = await consumer.position(tp)
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+        except Exception as exc:  # lag is informational; a rebalance in progress must not fail the scrape
+            log.debug("consumer lag unavailable: %s", exc)
 
     async def ready(self, web, request):
         engine = self.views.engine

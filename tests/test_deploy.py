@@ -1,4 +1,4 @@
-"""Deployment files say what docs/deploy.md promises, checked without Docker or a cluster.
+"""Deployment files say what the README's deploy guide promises, checked without Docker or a cluster.
 
 - ``deploy/docker-compose.yml`` validates against the Compose Specification
   schema (vendored in ``tests/data``), and ``docker compose config`` when the
@@ -375,8 +375,8 @@ def test_kubectl_kustomize_builds_the_manifests() -> None:
 
 
 def test_guide_names_only_files_that_exist() -> None:
-    guide = (ROOT / "docs" / "deploy.md").read_text()
+    guide = (ROOT / "README.md").read_text()
     for path in set(re.findall(r"`((?:deploy|docs|streams|tests)/[\w./-]+)`", guide)):
-        assert (ROOT / path).exists(), f"docs/deploy.md names {path}, which does not exist"
+        assert (ROOT / path).exists(), f"README.md names {path}, which does not exist"
     for promise in ("## Running on real Kafka", "## Scaling out", "/ready", "replicas <= partitions"):
-        assert promise in guide, f"docs/deploy.md lost {promise!r}"
+        assert promise in guide, f"README.md lost {promise!r}"
