@@ -95,8 +95,8 @@ class CalibrationLoop(mode.Service):
         self._tail.assign(tps)
         await self._tail.seek_to_beginning(*tps)
         self.add_future(self._tail_loop())
-        if self.serving.scorer is not None:
-            self.add_future(self._leader_loop())
+        self.add_future(self._leader_loop())
+        self.add_future(self._model_watch_loop())
 
     async def on_stop(self) -> None:
         for client in (self._tail, self._producer):
@@ -123,10 +123,21 @@ class CalibrationLoop(mode.Service):
                         self.bad_records += 1
                         log.warning("skipping bad %s record at offset %d: %s", tp.topic, r.offset, exc)
 
+    async def _model_watch_loop(self) -> None:
+        """Pick up a new ``<model_dir>/latest`` without a restart (checked every few seconds)."""
+        loop = asyncio.get_running_loop()
+        while not self.should_stop:
+            await asyncio.sleep(self.settings.model_check_interval_s)
+            try:
+                if await loop.run_in_executor(None, self.serving.reload):
+                    self.latest_snapshot = None  # snapshots of the previous model do not apply
+            except Exception:
+                log.exception("model reload failed; still serving %s", self.serving.model_version)
+
     # -- the leader ------------------------------------------------------------------
     async def _leader_loop(self) -> None:
         while not self.should_stop:
-            if self.is_leader():
+            if self.is_leader() and self.serving.scorer is not None:
                 try:
                     await self._train()
                 except asyncio.CancelledError:

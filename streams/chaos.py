@@ -350,7 +350,7 @@ def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, r
     ensure_topics(bootstrap, topic_specs(settings))
     events, preds = scenario(n_users=users, n_requests=requests, seed=seed)
     total = len(events) + len(preds)
-    stream_s = stream_s or 12.0 * kills
+    stream_s = stream_s or 20.0 * kills  # each restart takes ~15 s (group session timeout 10 s)
     rate = len(events) / stream_s
     out(f"[crash] {len(events)} events + {len(preds)} prediction logs over ~{stream_s:.0f}s ({rate:,.0f}/s), "
         f"{kills} SIGKILLs at random points; app {settings.app_id}")
@@ -359,16 +359,20 @@ def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, r
     kill_log = []
     for k in range(kills):
         w = Worker(settings, work / "log" / f"{settings.app_id}-crash.log", f"worker#{k}").start()
-        wait_until(lambda: w.stats()["processed"] > 0, 120, "the worker to process events",
-                   detail=w.log_tail)
-        delay = rng.uniform(0.2, 3.0)
-        time.sleep(delay)
         try:
-            processed = int(w.stats()["processed"])
-        except OSError:
-            processed = -1
-        streaming = producer.is_alive()
-        w.kill()
+            # kill while it processes; if the stream is over and it has caught up, kill it idle anyway
+            wait_until(lambda: w.stats()["processed"] > 0 or (
+                not producer.is_alive() and _caught_up(w.stats(), producer.counts, range(settings.partitions))),
+                180, "the worker to process events", detail=lambda: w.log_tail(600))
+            delay = rng.uniform(0.2, 3.0)
+            time.sleep(delay)
+            try:
+                processed = int(w.stats()["processed"])
+            except OSError:
+                processed = -1
+            streaming = producer.is_alive()
+        finally:
+            w.kill()
         kill_log.append({"after_s": round(delay, 2), "processed_by_this_process": processed,
                          "producer_running": streaming, "exit": w.proc.returncode if w.proc else None})
         out(f"  kill {k + 1}: SIGKILL {delay:.2f}s into processing, this process had processed {processed} "
@@ -428,6 +432,13 @@ def score_body(user_id: str, n: int = 10, ts: int | None = None) -> dict[str, An
         ctx["ts"] = ts
     return {"user_id": user_id, "context": ctx,
             "candidates": [{"item_id": f"i{k}", "item_type": "video" if k % 3 else "organic"} for k in range(n)]}
+
+
+def _get_retry(w: Worker, path: str, timeout_s: float = 60.0) -> Any:
+    """GET a JSON path, retrying 503s (no ready owner yet: the directory learns owners within seconds)."""
+    box: list[Any] = []
+    wait_until(lambda: box.append(w.get_json(path)) is None, timeout_s, f"GET {path} on {w.name}")
+    return box[-1]
 
 
 def _owned(w: Worker) -> set[int]:
@@ -492,7 +503,7 @@ def run_rebalance(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: P
         wait_until(lambda: _caught_up(a.stats(), phase1.counts, pa0) and _caught_up(b.stats(), phase1.counts, pb0),
                    120, "phase 1 processed")
         out(f"  worker-a owns {sorted(pa0)}, worker-b owns {sorted(pb0)}; phase 1 ({half} events) processed")
-        before = {u: a.get_json(f"/users/{u}/sequence") for u in user_ids}  # routed to b for b's users
+        before = {u: _get_retry(a, f"/users/{u}/sequence") for u in user_ids}  # routed to b for b's users
         b_users = [u for u in user_ids if before[u]["partition"] in pb0]
         b.kill()
         t_kill = time.monotonic()
@@ -503,7 +514,7 @@ def run_rebalance(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: P
         client = ScorerClient(a.url, timeout_s=10.0, retries=5, backoff_s=0.2)
         served = restored = 0
         for u in user_ids:
-            after = a.get_json(f"/users/{u}/sequence")
+            after = _get_retry(a, f"/users/{u}/sequence")
             if after == before[u]:
                 restored += 1
             else:
@@ -956,6 +967,10 @@ class _TrickleProducer(threading.Thread):
         self.outcomes.append((time.monotonic() - t0, what))
 
 
+def _is_error_line(ln: str) -> bool:
+    return any(m in ln for m in (" ERROR ", "[ERROR]", "Traceback", "CRITICAL"))
+
+
 def _timed_stop(w: Worker, wait_s: float) -> tuple[float, int | None]:
     """SIGTERM, wait up to ``wait_s``, then SIGKILL; (seconds, exit code: -9 means it had to be killed)."""
     if w.proc is None or w.proc.poll() is not None:
@@ -1001,7 +1016,7 @@ def py_spy_dump(pid: int, path: Path) -> list[str]:
 
 
 def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe_s: float = 45.0,
-               restart_wait_s: float = 150.0, stop_wait_s: float = 60.0,
+               restart_wait_s: float = 150.0, stop_wait_s: float = 60.0, new_wait_s: float = 30.0,
                echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Stop a private embedded broker for ``outage_s`` and restart it on the same port; record what happens."""
     from features.events import Impression
@@ -1067,6 +1082,11 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         try:
             ensure_topics(broker.bootstrap, topic_specs(settings))
             note("topics re-created by ensure_topics (as an operator or the next worker start would)")
+            again = _topic_partitions(broker.bootstrap, list(found))
+            res["topics_after_recreate"] = again
+            wrong = {t: n for t, n in again.items() if n != settings.partitions}
+            if wrong:
+                note(f"topics with the wrong partition count (auto-created by a client before ensure_topics): {wrong}")
         except Exception as exc:
             note(f"ensure_topics failed: {type(exc).__name__}: {exc}")
             problems.append(f"ensure_topics after restart: {exc}")
@@ -1091,14 +1111,21 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         while time.monotonic() - t0 < observe_s and w.alive:
             time.sleep(1.0)
         res["worker_alive_after_restart"] = w.alive
+        res["web_probes_ok"], res["web_probes"] = web_ok, web_ok + web_fail
+        res["worker_alive_during"] = alive_during
         res["worker_exit_code"] = w.proc.returncode if w.proc else None
-        errors = [ln for ln in w.log_tail(200_000).splitlines() if " ERROR " in ln or "Traceback" in ln
-                  or "CRITICAL" in ln]
+        errors = [ln for ln in w.log_tail(200_000).splitlines() if _is_error_line(ln)]
         res["worker_error_lines"] = len(errors)
         if w.alive:
             try:
                 before_valid = w.metric("feedrank_events_valid_total")
                 web = "answers"
+                try:
+                    w.get("/ready")
+                    res["ready_after_restart"] = 200
+                except urllib.error.HTTPError as exc:
+                    res["ready_after_restart"] = exc.code
+                web += f", /ready {res['ready_after_restart']}"
             except OSError:
                 web = "does not answer"
             note(f"{observe_s:.0f}s after restart: worker still running, web {web}, {len(errors)} error lines logged"
@@ -1117,14 +1144,14 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         note(f"produced {events} new events to the re-created topics")
         if w.alive and before_valid is not None:
             try:
-                wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + events, 30,
+                wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + events, new_wait_s,
                            "the running worker to process the new events")
                 res["running_worker_processed_new"] = True
             except ChaosError:
                 res["running_worker_processed_new"] = False
             got = w.metric("feedrank_events_valid_total") - before_valid
             res["running_worker_new_processed"] = int(got)
-            note(f"the running worker processed {got:.0f} of them in 30 s")
+            note(f"the running worker processed {got:.0f} of them in {new_wait_s:.0f} s")
             if not res["running_worker_processed_new"] and w.proc is not None:
                 frames = py_spy_dump(w.proc.pid, work / "log" / "outage-worker-stack.txt")
                 if frames:
@@ -1159,7 +1186,7 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
                     frames = py_spy_dump(w2.proc.pid, work / "log" / "outage-restarted-stack.txt")
                     if frames:
                         note("its stack (py-spy): " + " | ".join(frames[:6]))
-            errors2 = [ln for ln in w2.log_tail(200_000).splitlines() if " ERROR " in ln or "Traceback" in ln]
+            errors2 = [ln for ln in w2.log_tail(200_000).splitlines() if _is_error_line(ln)]
             if errors2:
                 note(f"restarted worker logged {len(errors2)} error lines; last: {errors2[-1][:200]}")
         except ChaosError as exc:
@@ -1178,3 +1205,301 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
     res["problems"] = problems
     _verdict(out, "outage", problems)
     return res
+
+
+# -- (e) sustained load ----------------------------------------------------------------
+
+class _SteadyProducer(threading.Thread):
+    """Synthetic world events at ``rate``/s until stopped; acked records per topic/partition."""
+
+    def __init__(self, bootstrap: str, settings: Settings, rate: float, users: int, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.settings, self.rate, self.users, self.seed = bootstrap, settings, rate, users, seed
+        self.stop_flag = threading.Event()
+        self.acked: dict[str, dict[int, int]] = {}
+        self.failed = 0
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def _ok(self, md: Any) -> None:
+        with self._lock:
+            per = self.acked.setdefault(md.topic, {})
+            per[md.partition] = per.get(md.partition, 0) + 1
+
+    def _fail(self, _exc: Any) -> None:
+        with self._lock:
+            self.failed += 1
+
+    def run(self) -> None:
+        from .produce import synthetic_events
+        from .producer import EventProducer
+
+        try:
+            with EventProducer(self.bootstrap, self.settings) as producer:
+                t0 = time.monotonic()
+                for i, ev in enumerate(synthetic_events(self.users, self.seed, self.rate)):
+                    if self.stop_flag.is_set():
+                        break
+                    fut = producer.send(ev)
+                    fut.add_callback(self._ok)
+                    fut.add_errback(self._fail)
+                    self.sent = i + 1
+                    if i % 50 == 49:
+                        due = t0 + (i + 1) / self.rate
+                        if due > time.monotonic():
+                            time.sleep(due - time.monotonic())
+                producer.flush(timeout_s=120)
+        except BaseException as exc:
+            self.error = exc
+
+    def snapshot(self) -> dict[str, dict[int, int]]:
+        with self._lock:
+            return {t: dict(v) for t, v in self.acked.items()}
+
+
+def _lag(stats: dict[str, Any], acked: dict[str, dict[int, int]]) -> int:
+    offs = stats["offsets"]
+    return sum(max(0, n - 1 - offs.get(str(p), {}).get(t, -1)) for t, per in acked.items() for p, n in per.items())
+
+
+def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, minutes: float = 10.0,
+             max_rate: float = 2000.0, score_rps: float = 10.0, users: int = 500, sample_s: float = 10.0,
+             seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Events at 80% of ``max_rate`` plus ``/score`` traffic for ``minutes``; RSS, RocksDB size and lag over time."""
+    from .client import ScorerClient, ScorerError
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    settings = make_settings(work, bootstrap, model_dir=Path(model_dir).resolve(),
+                             calibrator_dir=Path(calibrator_dir).resolve(), partitions=4)
+    ensure_topics(bootstrap, topic_specs(settings))
+    rate = 0.8 * max_rate
+    out(f"[load] {minutes:g} min: events at {rate:,.0f}/s (80% of {max_rate:,.0f}), /score at {score_rps:g}/s, "
+        f"{users} users, 4 partitions; load {machine_load()}; app {settings.app_id}")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-load.log", "worker").start()
+    problems: list[str] = []
+    samples: list[dict[str, Any]] = []
+    score = {"ok": 0, "failed": 0, "latency_ms": []}
+    stop_scoring = threading.Event()
+
+    def scorer_loop() -> None:
+        client = ScorerClient(w.url, timeout_s=10.0, retries=3, backoff_s=0.2)
+        rng = random.Random(seed)
+        t0 = time.monotonic()
+        k = 0
+        while not stop_scoring.is_set():
+            k += 1
+            t = time.monotonic()
+            try:
+                client.score(score_body(f"u{rng.randrange(users)}", n=50))
+                score["ok"] += 1
+                score["latency_ms"].append((time.monotonic() - t) * 1000)
+            except (ScorerError, OSError):
+                score["failed"] += 1
+            due = t0 + k / score_rps
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+        client.close()
+
+    try:
+        wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
+        producer = _SteadyProducer(bootstrap, settings, rate, users, seed)
+        scorer_t = threading.Thread(target=scorer_loop, daemon=True)
+        t_start = time.monotonic()
+        producer.start()
+        scorer_t.start()
+        data_dir = Path(settings.data_dir) / "tables"
+        out(f"  {'t':>6} {'sent':>9} {'acked':>9} {'lag':>7} {'RSS MiB':>8} {'RocksDB MiB':>11} {'score ok':>8} "
+            f"{'load':>5}")
+        while time.monotonic() - t_start < minutes * 60:
+            time.sleep(sample_s)
+            try:
+                st = w.stats()
+            except OSError as exc:
+                problems.append(f"worker web failed at {time.monotonic() - t_start:.0f}s: {exc}")
+                continue
+            acked = producer.snapshot()
+            smp = {"t": round(time.monotonic() - t_start), "sent": producer.sent,
+                   "acked": sum(sum(v.values()) for v in acked.values()), "lag": _lag(st, acked),
+                   "rss_mb": round(w.rss_mb(), 1), "rocksdb_mb": round(_dir_mb(data_dir), 1),
+                   "score_ok": score["ok"], "load1": round(os.getloadavg()[0], 2)}
+            samples.append(smp)
+            out(f"  {smp['t']:>5}s {smp['sent']:>9,} {smp['acked']:>9,} {smp['lag']:>7,} {smp['rss_mb']:>8.1f} "
+                f"{smp['rocksdb_mb']:>11.1f} {smp['score_ok']:>8,} {smp['load1']:>5.2f}")
+            if not w.alive:
+                problems.append(f"worker died: {w.log_tail()}")
+                break
+        producer.stop_flag.set()
+        stop_scoring.set()
+        producer.join(timeout=180)
+        scorer_t.join(timeout=60)
+        if producer.error is not None:
+            problems.append(f"producer failed: {producer.error!r}")
+        acked = producer.snapshot()
+        n_acked = sum(sum(v.values()) for v in acked.values())
+        drained = wait_until(lambda: _lag(w.stats(), acked) == 0, 300, "the worker to drain its lag",
+                             detail=lambda: _lag(w.stats(), acked))
+        st = w.stats()
+        valid = int(w.metric("feedrank_events_valid_total"))
+        dead = int(w.metric("feedrank_events_dead_lettered_total"))
+        event_topics = (settings.topic_impressions, settings.topic_engagements)
+        accounted = sum(o + 1 for per in st["offsets"].values() for t, o in per.items() if t in event_topics)
+        preds = sum(o + 1 for per in st["offsets"].values() for t, o in per.items()
+                    if t == settings.topic_predictions)
+        elapsed = time.monotonic() - t_start
+        out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({n_acked / elapsed:,.0f}/s delivered), "
+            f"{producer.failed} failed; lag drained {drained:.1f}s after the producer stopped; the worker's stored "
+            f"offsets account for {accounted:,} events and {preds:,} prediction logs (from /score); it counted "
+            f"{valid:,} valid records (events + logs) and {dead} dead-lettered")
+        if accounted != n_acked or valid + dead != n_acked + preds or producer.failed:
+            problems.append(f"events lost or double-counted: acked {n_acked}, offsets {accounted} + {preds} logs, "
+                            f"valid {valid}, dead {dead}, producer failures {producer.failed}")
+        lat = sorted(score["latency_ms"])
+        p50 = lat[len(lat) // 2] if lat else None
+        p99 = lat[int(len(lat) * 0.99)] if lat else None
+        out(f"  /score: {score['ok']:,} ok, {score['failed']} failed; latency p50 "
+            f"{p50 or 0:.0f} ms, p99 {p99 or 0:.0f} ms (client side, retries included)")
+        if score["failed"]:
+            problems.append(f"{score['failed']} /score requests failed")
+        # bounded: compare the last third of the run with the middle third
+        if len(samples) >= 6:
+            third = len(samples) // 3
+            mid, last = samples[third:2 * third], samples[2 * third:]
+            rss_mid, rss_last = max(s["rss_mb"] for s in mid), max(s["rss_mb"] for s in last)
+            db_mid, db_last = max(s["rocksdb_mb"] for s in mid), max(s["rocksdb_mb"] for s in last)
+            lag_bound = rate * 30  # 30 s of traffic
+            lag_max = max(s["lag"] for s in samples[1:])
+            out(f"  bounded? RSS peak middle third {rss_mid:.0f} MiB, last third {rss_last:.0f} MiB; RocksDB "
+                f"{db_mid:.1f} -> {db_last:.1f} MiB; max lag {lag_max:,} (bound {lag_bound:,.0f} = 30 s of traffic)")
+            if rss_last > rss_mid * 1.25 + 64:
+                problems.append(f"RSS keeps growing: {rss_mid:.0f} -> {rss_last:.0f} MiB")
+            if db_last > db_mid * 2 + 32:
+                problems.append(f"RocksDB keeps growing: {db_mid:.1f} -> {db_last:.1f} MiB")
+            if lag_max > lag_bound:
+                problems.append(f"lag exceeded 30 s of traffic: {lag_max}")
+    finally:
+        stop_scoring.set()
+        w.stop()
+    peak = max((s["rss_mb"] for s in samples), default=0.0)
+    _verdict(out, "load", problems)
+    return {"scenario": "load", "minutes": minutes, "rate": rate, "events_sent": producer.sent,
+            "prediction_logs": preds,
+            "events_acked": n_acked, "valid": valid, "dead_lettered": dead, "accounted": accounted,
+            "score_ok": score["ok"], "score_failed": score["failed"], "score_p50_ms": p50, "score_p99_ms": p99,
+            "peak_rss_mb": peak, "samples": samples, "problems": problems}
+
+
+# -- the command -----------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen scenarios and print a summary; exit status 1 when any property failed."""
+    from .broker import resolve_broker
+
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = set(names) - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    work = Path(args.work_dir or (Path("var/chaos") / time.strftime("%Y%m%dT%H%M%S"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir, cal_dir = Path(args.model_dir).resolve(), Path(args.calibrator_dir).resolve()
+    print(f"feedrank chaos: {', '.join(names)}; work dir {work}; uptime load {machine_load()}", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    broker = None
+    t0 = time.monotonic()
+    try:
+        if set(names) - {"outage"}:
+            broker = resolve_broker(log_dir=work / "log")
+            print(f"broker: {broker.bootstrap} ({broker.kind})", flush=True)
+        for name in names:
+            t = time.monotonic()
+            try:
+                if name == "crash":
+                    results[name] = run_crash(broker.bootstrap, work, kills=args.kills, seed=args.seed)
+                elif name == "rebalance":
+                    results[name] = run_rebalance(broker.bootstrap, work, model_dir, cal_dir, seed=args.seed + 1)
+                elif name == "fuzz":
+                    results[name] = run_fuzz(broker.bootstrap, work, model_dir, cal_dir, seed=args.seed + 2)
+                elif name == "outage":
+                    results[name] = run_outage(work, outage_s=args.outage_s)
+                elif name == "load":
+                    results[name] = run_load(broker.bootstrap, work, model_dir, cal_dir, minutes=args.minutes,
+                                             max_rate=args.max_rate, seed=args.seed + 3)
+            except Exception as exc:  # one scenario failing must not stop the others
+                results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
+                print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
+            results[name]["seconds"] = round(time.monotonic() - t, 1)
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"\nsummary ({time.monotonic() - t0:.0f}s; load {machine_load()}):")
+    r = results
+    if "crash" in r and "kills_survived" in r["crash"]:
+        c = r["crash"]
+        print(f"  kills survived {c['kills_survived']}; records in {c['records_in']:,}, accounted for "
+              f"{c['records_accounted']:,}; labeled duplicates after dedup {c['labeled_duplicates_after_dedup']} "
+              f"(raw re-emits {c['labeled_raw_re_emits']}), missing {c['labeled_missing']}")
+    if "rebalance" in r and "users" in r["rebalance"]:
+        b = r["rebalance"]
+        print(f"  rebalance: takeover {b['takeover_s']}s, {b['served_after_takeover']}/{b['users']} users served by "
+              f"the survivor, {b['served_after_return']}/{b['users']} after the return; labeled duplicates "
+              f"{b['labeled_duplicates_after_dedup']}, missing {b['labeled_missing']}")
+    if "fuzz" in r and "bad_events" in r["fuzz"]:
+        f = r["fuzz"]
+        print(f"  bad events {f['bad_events']}, dead-lettered {f['dead_lettered']}; good {f['good_events']}, processed "
+              f"{f['valid_counted']}; bad requests {f['bad_requests']}, answered 4xx {f['bad_requests_4xx']}; good "
+              f"requests {f['good_requests_200']}/{f['good_requests']} answered 200")
+    if "outage" in r and "producer_sent" in r["outage"]:
+        o = r["outage"]
+        print(f"  outage {o['outage_s']:.0f}s: producer {o['producer_ok']} acked / {o['producer_failed_loudly']} failed "
+              f"loudly / {o['producer_unresolved']} unresolved; running worker processed new events after the "
+              f"restart: {o.get('running_worker_processed_new')}; SIGTERM -> exit {o.get('stop_code')} after "
+              f"{o.get('stop_s')}s; restarted worker got partitions: {o.get('restarted_partitions') is not None}")
+    if "load" in r and "events_acked" in r["load"]:
+        ld = r["load"]
+        print(f"  load {ld['minutes']:g} min: {ld['events_acked']:,} events in, {ld['accounted']:,} accounted; "
+              f"/score {ld['score_ok']:,} ok / {ld['score_failed']} failed; peak RSS {ld['peak_rss_mb']:.0f} MiB")
+    failed = {n: x["problems"] for n, x in results.items() if x.get("problems")}
+    for n, probs in failed.items():
+        print(f"  {n}: {len(probs)} problem(s): " + "; ".join(p[:300] for p in probs[:5]))
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"  results: {work / 'results.json'}")
+    return 1 if failed else 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of {', '.join(SCENARIOS)} (default: all)")
+    p.add_argument("--kills", type=int, default=3, help="SIGKILLs in the crash scenario")
+    p.add_argument("--outage-s", type=float, default=30.0, help="seconds the broker stays down")
+    p.add_argument("--minutes", type=float, default=10.0, help="duration of the sustained-load scenario")
+    p.add_argument("--max-rate", type=float, default=2000.0,
+                   help="maximum event rate (events/s, e.g. from `feedrank bench ingest`); load runs at 80%%")
+    p.add_argument("--seed", type=int, default=0, help="seed of streams, kill points and fuzz inputs")
+    p.add_argument("--model-dir", default=os.environ.get("FEEDRANK_MODEL_DIR", "var/models"),
+                   help="model artifacts root for the workers that serve /score")
+    p.add_argument("--calibrator-dir", default=os.environ.get("FEEDRANK_CALIBRATOR_DIR", "var/calibrators"),
+                   help="calibrator store for those workers")
+    p.add_argument("--work-dir", default=None, help="state, logs and results.json (default var/chaos/<time>)")
+    p.set_defaults(func=run)
+
+
+def register(subparsers: Any) -> None:
+    """Add ``feedrank chaos`` (called by ``streams.cli``)."""
+    p = subparsers.add_parser("chaos", help="crash, rebalance, broker-outage, fuzz and sustained-load scenarios")
+    add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="feedrank chaos", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -83,26 +83,54 @@ class Demo:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.broker: EmbeddedBroker | None = None
         self._stop = False
+        self.pending_steps: list[tuple[str, list[str]]] = []
+        self.env: dict[str, str] = {}
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        logf = open(self.run_dir / f"{name}.log", "wb")
+        logf = open(self.run_dir / f"{name}.log", "ab" if name == "setup" else "wb")
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env, stdout=logf,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
         logf.close()
         self.children.append((name, proc))
         return proc
 
-    def _step(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        """Run a set-up step to completion (interruptible), showing its progress line."""
-        print(f"  {name}: feedrank {' '.join(args)}   (log {self.run_dir / (name + '.log')})", flush=True)
-        proc = self._spawn(name, args, env)
-        while proc.poll() is None:
-            if self._stop:
-                return
-            time.sleep(0.5)
-        self.children.remove((name, proc))
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {self.run_dir / (name + '.log')}")
+    def setup_steps(self) -> list[tuple[str, list[str]]]:
+        """First run only: train into a staging root, fit calibrators by replay, then publish.
+
+        The worker hot-swaps the model when ``<model_dir>/latest`` appears, so the
+        stream runs from the start and scoring begins once the model is ready,
+        the same order as a production rollout (train, replay, publish).
+        """
+        s = self.settings
+        if (s.model_dir / "latest").exists():
+            print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
+            return []
+        staging = self.run_dir / "staging-models"
+        world = [x for kv in WORLD.items() for x in kv]
+        log_path = self.run_dir / "replay-log.npz"
+        print("model: first run, training one on the synthetic world while the stream starts "
+              "(a few minutes on 2 cores); /score answers 503 until it is published", flush=True)
+        return [
+            ("train", ["train", "--out", str(staging), *world, "--train-hours", "12", "--epochs", "2"]),
+            ("calibration-log", ["calibration", "log", "--model", str(staging), "--out", str(log_path),
+                                 "--hours", "1", *world]),
+            ("replay", ["replay", "--model", str(staging), "--log", str(log_path), "--out", str(s.calibrator_dir)]),
+        ]
+
+    def publish_model(self) -> None:
+        """Copy the staged artifact into ``model_dir`` and point ``latest`` at it (atomic)."""
+        import shutil
+
+        staging = self.run_dir / "staging-models"
+        version = (staging / "latest").read_text().strip()
+        target = self.settings.model_dir / version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copytree(staging / version, target)
+        tmp = self.settings.model_dir / ".latest.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.settings.model_dir / "latest")
+        print(f"model {version} published with its calibrators; the worker swaps it in", flush=True)
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -116,32 +144,10 @@ class Demo:
     def _on_signal(self, *_: object) -> None:
         self._stop = True
 
-    def ensure_model(self, env: dict[str, str]) -> None:
-        s = self.settings
-        if (s.model_dir / "latest").exists():
-            print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
-        else:
-            print("model: first run, training one on the synthetic world (a few minutes on 2 cores) ...", flush=True)
-            world = [x for kv in WORLD.items() for x in kv]
-            self._step("train", ["train", "--out", str(s.model_dir), *world, "--train-hours", "12",
-                                 "--epochs", "2"], env)
-        version = (s.model_dir / "latest").read_text().strip() if (s.model_dir / "latest").exists() else None
-        if version and not (s.calibrator_dir / version).exists() and not self._stop:
-            print("calibrators: fitting them by replaying an hour of logged traffic ...", flush=True)
-            log_path = self.run_dir / "replay-log.npz"
-            world = [x for kv in WORLD.items() for x in kv]
-            self._step("calibration-log", ["calibration", "log", "--model", str(s.model_dir), "--out",
-                                           str(log_path), "--hours", "1", *world], env)
-            if not self._stop:
-                self._step("replay", ["replay", "--model", str(s.model_dir), "--log", str(log_path), "--out",
-                                      str(s.calibrator_dir)], env)
-
     def _run(self) -> int:
         s = self.settings
         env = {**os.environ}
-        self.ensure_model(env)
-        if self._stop:
-            return 0
+        self.pending_steps = self.setup_steps()
         self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log").start()
         print(f"\nembedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
         ensure_topics(self.broker.bootstrap, topic_specs(s), s.replication_factor)
@@ -154,9 +160,11 @@ class Demo:
                    FEEDRANK_ALLOWED_LATENESS_S=os.environ.get("FEEDRANK_ALLOWED_LATENESS_S", "5"),
                    FEEDRANK_DRIFT_INTERVAL_S=os.environ.get("FEEDRANK_DRIFT_INTERVAL_S", "10"),
                    FEEDRANK_CALIBRATION_SNAPSHOT_S=os.environ.get("FEEDRANK_CALIBRATION_SNAPSHOT_S", "20"))
+        self.env = env
         self._spawn("worker", ["worker"], env)
         print(f"worker            {url}   (log {self.run_dir / 'worker.log'})", flush=True)
         stats_path = self.run_dir / "simulate.json"
+        stats_path.unlink(missing_ok=True)
         world = [x for kv in WORLD.items() for x in kv]
         self._spawn("simulate", ["simulate", "--url", url, "--requests-per-s", str(self.requests_per_s),
                                  "--stats", str(stats_path), *world], env)
@@ -171,14 +179,37 @@ class Demo:
               "Ctrl-C stops everything.\n", flush=True)
         return self._loop(url, stats_path)
 
+    def _advance_setup(self) -> None:
+        """Run the first-run set-up steps one after the other, then publish the model."""
+        running = [(n, p) for n, p in self.children if n == "setup"]
+        if running:
+            _name, proc = running[0]
+            if proc.poll() is None:
+                return
+            self.children.remove(running[0])
+            if proc.returncode != 0:
+                raise RuntimeError(f"set-up step failed (exit {proc.returncode}); see {self.run_dir / 'setup.log'}")
+            if not self.pending_steps:
+                self.publish_model()
+                return
+        if self.pending_steps:
+            name, args = self.pending_steps.pop(0)
+            print(f"  set-up: {name} (feedrank {' '.join(args[:2])} ...; log {self.run_dir / 'setup.log'})", flush=True)
+            self._spawn("setup", args, self.env)
+
     def _loop(self, url: str, stats_path: Path) -> int:
         start = time.monotonic()
         last: dict[str, float] = {}
         last_t = start
         while not self._stop:
             time.sleep(0.5)
+            try:
+                self._advance_setup()
+            except RuntimeError as exc:
+                print(exc)
+                return 1
             for name, proc in self.children:
-                if proc.poll() is not None and proc.returncode != 0:
+                if name != "setup" and proc.poll() is not None and proc.returncode != 0:
                     print(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
                     return 1
             now = time.monotonic()

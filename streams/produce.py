@@ -17,23 +17,29 @@ def synthetic_events(users: int, seed: int = 0, rate: float = 1000.0, start_ms: 
                      ) -> Iterator[Event]:
     """The synthetic world's impressions and engagements, merged in event-time order.
 
-    Event time starts at ``start_ms`` (default: now) and advances at about
-    ``rate`` events per second, so a stream paced at ``rate`` keeps event time
-    close to wall time (engagements trail their impression by seconds).
+    Event time starts at ``start_ms`` (default: now) with user sessions already
+    in steady state, and the world's request rate is scaled so that event time
+    advances at about ``rate`` events per event-time second: a stream paced at
+    ``rate`` keeps event time at wall time (engagements trail their impression
+    by seconds).
     """
     from features.world import World
 
     start = int(time.time() * 1000) if start_ms is None else start_ms
-    # The world's arrival process thins its nominal rate (diurnal, sessions) and adds
-    # engagements; measure the events per event-time second once and scale to ``rate``.
-    probe = list(itertools.islice(World(seed=seed + 7919, n_users=users).stream(start_ms=start), 2000))
+    warm_ms = 180_000  # user sessions ramp up over minutes: start the world earlier, send from ``start``
+
+    def steady(world: World, impressions_per_s: float) -> Iterator[tuple[Impression, list[Engagement]]]:
+        for imp, engagements in world.stream(start_ms=start - warm_ms, impressions_per_s=impressions_per_s):
+            if imp.ts >= start:
+                yield imp, engagements
+
+    # Measure the world's events per event-time second once and scale to ``rate``.
+    probe = list(itertools.islice(steady(World(seed=seed + 7919, n_users=users), 100.0), 3000))
     span_s = max((probe[-1][0].ts - probe[0][0].ts) / 1000.0, 1e-3)
-    events_per_s_at_100 = sum(1 + len(e) for _, e in probe) / span_s
-    impressions_per_s = max(100.0 * rate / events_per_s_at_100, 0.1)
-    world = World(seed=seed, n_users=users)
+    impressions_per_s = max(100.0 * rate / (sum(1 + len(e) for _, e in probe) / span_s), 0.1)
     pending: list[tuple[int, int, Event]] = []
     seq = itertools.count()
-    for imp, engagements in world.stream(start_ms=start, impressions_per_s=impressions_per_s):
+    for imp, engagements in steady(World(seed=seed, n_users=users), impressions_per_s):
         while pending and pending[0][0] <= imp.ts:
             yield heapq.heappop(pending)[2]
         yield imp
@@ -42,8 +48,14 @@ def synthetic_events(users: int, seed: int = 0, rate: float = 1000.0, start_ms: 
 
 
 def produce_steady(producer: EventProducer, events: Iterable[Event], rate: float, duration_s: float,
-                   progress: bool = True) -> dict[str, int]:
-    """Send ``events`` at ``rate`` events/s for ``duration_s`` seconds."""
+                   progress: bool = True, event_time: bool = True) -> dict[str, int]:
+    """Send ``events`` at up to ``rate`` events/s for ``duration_s`` seconds.
+
+    With ``event_time`` an event is never sent before the wall clock reaches
+    its timestamp, so the stream's event time cannot run ahead of real time
+    (a producer whose clock runs ahead would close every other producer's
+    attribution windows early); the rate is then at most ``rate``.
+    """
     counts = {"impression": 0, "engagement": 0}
     start = time.monotonic()
     last_print = start
@@ -53,13 +65,15 @@ def produce_steady(producer: EventProducer, events: Iterable[Event], rate: float
         elapsed = now - start
         if elapsed >= duration_s:
             break
-        due = start + i / rate
-        if due > now:
-            time.sleep(due - now)
         try:
             event = next(it)
         except StopIteration:
             break
+        due = start + i / rate
+        if event_time:
+            due = max(due, now + (event.ts / 1000.0 - time.time()))
+        if due > now:
+            time.sleep(min(due - now, max(0.0, start + duration_s - now)))
         producer.send(event)
         counts["impression" if isinstance(event, Impression) else "engagement"] += 1
         if progress and now - last_print >= 1.0:

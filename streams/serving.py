@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from features.predictions import encode_prediction
@@ -38,20 +39,43 @@ class Serving:
         """Load model, calibrators and blender; a missing model leaves /score answering 503."""
         import torch
 
+        torch.set_num_threads(settings.score_threads)
+        serving = cls(settings)
+        serving.reload()
+        return serving
+
+    def _latest_version(self) -> str | None:
+        latest = Path(self.settings.model_dir) / "latest"
+        try:
+            return latest.read_text().strip() or None
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Load ``<model_dir>/latest`` when it names another model than the one serving; True if swapped.
+
+        Model and calibrators change together (one reference each in the scorer),
+        so a request never mixes a model with another model's calibrators.
+        """
         from scorer.artifact import ArtifactError, load_artifact
         from scorer.blender import BlendConfigSource, Blender
         from scorer.calibration.calset import CalibratorHolder, CalibratorSet
         from scorer.calibration.store import CalibratorStore
         from scorer.service import Scorer
 
-        torch.set_num_threads(settings.score_threads)
+        settings = self.settings
+        version = self._latest_version()
+        if version is None or version == self.model_version:
+            if version is None and self.load_error is None:
+                self.load_error = f"no model under {settings.model_dir}: run `feedrank train`"
+                log.error("no model loaded, /score will answer 503: %s", self.load_error)
+            return False
         try:
             artifact = load_artifact(settings.model_dir)
-        except (ArtifactError, OSError) as exc:
-            serving = cls(settings)
-            serving.load_error = str(exc)
-            log.error("no model loaded, /score will answer 503: %s", exc)
-            return serving
+        except (ArtifactError, OSError, RuntimeError) as exc:
+            self.load_error = str(exc)
+            log.error("model %s not loaded (%s); still serving %s", version, exc, self.model_version)
+            return False
         initial = None
         try:
             initial = CalibratorStore(settings.calibrator_dir).load(artifact.version)
@@ -64,11 +88,16 @@ class Serving:
                         artifact.version, settings.calibrator_dir)
             initial = CalibratorSet.identity(artifact.version)
         holder = CalibratorHolder(initial)
-        blender = Blender(BlendConfigSource(settings.blend_config) if settings.blend_config else None)
-        scorer = Scorer(artifact, holder, blender)
+        if self.scorer is None:
+            blender = Blender(BlendConfigSource(settings.blend_config) if settings.blend_config else None)
+            self.scorer = Scorer(artifact, holder, blender)
+        else:
+            self.scorer.swap_model(artifact, holder)
+        self.holder = holder
+        self.load_error = None
         log.info("serving model %s with calibrators %s#%d (%s)", artifact.version, initial.model_version,
                  initial.version, initial.source)
-        return cls(settings, scorer, holder)
+        return True
 
     @property
     def model_version(self) -> str | None:
