@@ -29,6 +29,7 @@ PLUGINS = (
     "streams.simulate",
     "streams.inspect",
     "streams.bench_rpc",
+    "streams.chaos",
     "streams.demo",
 )
 

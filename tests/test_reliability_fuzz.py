@@ -8,8 +8,6 @@ from features.events import Engagement, Impression
 from streams.chaos import fuzz_events, fuzz_requests, run_fuzz
 from streams.ingest import DeadLetter, decode_message
 
-pytestmark = pytest.mark.broker
-
 N_BAD, N_GOOD, N_BAD_REQ, N_GOOD_REQ, N_SLOW = 120, 120, 64, 32, 4
 
 
@@ -28,6 +26,8 @@ def test_fuzz_corpus_is_what_it_claims() -> None:
     assert len(bodies) == N_BAD_REQ and len({c for c, _ in bodies}) == 8
 
 
+@pytest.mark.broker
+@pytest.mark.slow
 def test_fuzz_both_doors_counts_exact(kafka_bootstrap, tmp_path, tiny_model_dir) -> None:
     result = run_fuzz(kafka_bootstrap, tmp_path, tiny_model_dir / "models", tiny_model_dir / "calibrators",
                       bad_events=N_BAD, good_events=N_GOOD, bad_requests=N_BAD_REQ, good_requests=N_GOOD_REQ,

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory):
     return run_outage(tmp_path_factory.mktemp("outage"), outage_s=10.0, events=200, observe_s=3.0,
-                      new_wait_s=15.0, stop_wait_s=15.0, restart_wait_s=30.0)
+                      new_wait_s=10.0, stop_wait_s=10.0, restart_wait_s=20.0)
 
 
 def test_producers_deliver_or_fail_loudly_and_none_hangs(outage) -> None:
@@ -46,8 +46,9 @@ def test_running_worker_resumes_or_fails_loudly_after_restart(outage) -> None:
     assert outage["running_worker_processed_new"] or not outage["worker_alive_after_restart"]
 
 
-@pytest.mark.xfail(strict=True, reason="after the broker restart SIGTERM does not stop the worker: "
-                   "TableEngine.on_stop waits on the engine lock that a stuck revoke/checkpoint holds (no timeout)")
+@pytest.mark.xfail(strict=True, reason="after the broker restart SIGTERM does not stop the worker within 10 s (39 s to >60 s "
+                   "measured); likely TableEngine.on_stop waiting without a timeout on the engine lock or a "
+                   "checkpoint blocked on the lost broker")
 def test_sigterm_stops_the_worker_after_restart(outage) -> None:
     assert outage["stop_code"] != -9
 
@@ -86,9 +87,9 @@ def test_recovery_fails_fast_when_the_changelog_is_shorter_than_local_state(kafk
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_batch_size=1, linger_ms=0)
         await producer.start()
         try:
-            await asyncio.wait_for(recover_partition(state, producer, kafka_bootstrap, topic), 20)
+            await asyncio.wait_for(recover_partition(state, producer, kafka_bootstrap, topic), 12)
         finally:
             await producer.stop()
 
-    with pytest.raises(ChangelogError):  # today: asyncio.TimeoutError after 20 s (it would wait 120 s)
+    with pytest.raises(ChangelogError):  # today: asyncio.TimeoutError after 12 s (it would wait 120 s)
         asyncio.run(go())
