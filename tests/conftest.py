@@ -8,12 +8,8 @@ each other's data on the shared broker.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +17,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from streams.broker import free_port, resolve_broker
+from streams.chaos import Worker
+from streams.chaos import wait_until as chaos_wait_until
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,78 +62,8 @@ def settings_factory(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., Sett
     return lambda **overrides: make_settings(tmp_path, kafka_bootstrap, **overrides)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that reproduces ``settings`` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDRANK_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if name == "bootstrap_servers":
-            env["KAFKA_BOOTSTRAP_SERVERS"] = str(value)
-        else:
-            env[f"FEEDRANK_{name.upper()}"] = str(value)
-    return env
-
-
-class WorkerProcess:
-    """A ``feedrank worker`` subprocess with its web port."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT, env=settings_env(self.settings),
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        logf.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                self.get("/metrics", timeout=1.0)
-                return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"worker web port never answered:\n{self.log_tail()}")
-
-    def get(self, path: str, timeout: float = 5.0) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
-            return resp.read()
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a Prometheus sample (``name``) over series matching ``labels``."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for family in text_string_to_metric_families(self.get("/metrics").decode()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
+#: A ``feedrank worker`` subprocess with its web port (shared with ``feedrank chaos``).
+WorkerProcess = Worker
 
 
 @pytest.fixture
@@ -158,18 +86,8 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, interval_s: float = 0.2,
                what: str = "condition", detail: Callable[[], str] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval_s)
-    extra = ""
-    if detail is not None:
-        try:
-            extra = f"; state: {detail()}"
-        except Exception as exc:  # the detail is a diagnostic only
-            extra = f"; state unavailable: {exc}"
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{extra}")
+    """Wait for ``predicate`` (an exception counts as not yet); fails the test with ``detail`` on timeout."""
+    chaos_wait_until(predicate, timeout_s, what, detail, interval_s)
 
 
 #: The synthetic world the tiny test model is trained on (and the e2e tests query).
