@@ -91,6 +91,11 @@ async def recover_partition(state: PartitionState, producer: Any, bootstrap: str
     token = uuid.uuid4().hex.encode()
     fence_md = await (await producer.send(topic, value=token, key=FENCE_KEY, partition=p))
     fence_offset = int(fence_md.offset)
+    if fence_offset <= state.meta.changelog_offset:
+        raise ChangelogError(
+            f"changelog {topic}[{p}] ends at offset {fence_offset} but this worker's local state has applied it up "
+            f"to {state.meta.changelog_offset}: the broker lost the changelog (an embedded broker restarted?). "
+            "Stop the workers, delete their table state (<data_dir>/tables/<app_id>) and replay the inputs.")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
     await consumer.start()
