@@ -46,8 +46,8 @@ def test_running_worker_resumes_or_fails_loudly_after_restart(outage) -> None:
     assert outage["running_worker_processed_new"] or not outage["worker_alive_after_restart"]
 
 
-@pytest.mark.xfail(strict=True, reason="after the broker restart SIGTERM does not stop the worker within 10 s (39 s to >60 s "
-                   "measured); likely TableEngine.on_stop waiting without a timeout on the engine lock or a "
+@pytest.mark.xfail(strict=False, reason="intermittent: after the broker restart SIGTERM often does not stop the worker "
+                   "within 10 s (39 s to >60 s measured, sometimes in time); likely TableEngine.on_stop waiting without a timeout on the engine lock or a "
                    "checkpoint blocked on the lost broker")
 def test_sigterm_stops_the_worker_after_restart(outage) -> None:
     assert outage["stop_code"] != -9
