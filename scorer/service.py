@@ -28,7 +28,7 @@ from features.calibration_features import CALIBRATION_FEATURE_NAMES
 from features.events import ACTIONS
 from features.predictions import ItemPrediction, PredictionLog
 from features.rpc import ScoredItem, ScoreRequest, ScoreResponse
-from features.state import Candidate, FeedbackSnapshot, UserState
+from features.state import FeedbackSnapshot, UserState
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,6 @@ class Blending(Protocol):
     def utility(self, calibrated: np.ndarray, item_types: Sequence[str],
                 override: Mapping[str, Mapping[str, float]] | None = None,
                 X: np.ndarray | None = None) -> np.ndarray: ...
-
-
-class Calibrating(Protocol):
-    def calibrate(self, X: np.ndarray) -> np.ndarray: ...
-
-
-class ModelLike(Protocol):
-    version: str
-
-    def score(self, inputs) -> np.ndarray: ...
 
 
 _VIDEO_TASK = ACTIONS.index("video_view_10s")
@@ -158,4 +148,4 @@ def _named(row: np.ndarray) -> dict[str, float]:
     return {name: float(f"{v:.6g}") for name, v in zip(CALIBRATION_FEATURE_NAMES, row)}
 
 
-__all__ = ["Blending", "Candidate", "ScoredRequest", "Scorer"]
+__all__ = ["Blending", "ScoredRequest", "Scorer"]

@@ -35,8 +35,7 @@ def build_worker_app(settings: Settings, bootstrap: str):
         await app.add_runtime_dependency(directory)
         await app.add_runtime_dependency(calibration)
 
-    api = install_web(app, settings, views, serving, directory)
-    app.feedrank = api  # type: ignore[attr-defined]
+    install_web(app, settings, views, serving, directory)
     return app
 
 
