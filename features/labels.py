@@ -33,10 +33,11 @@ A prediction log is kept until ``W_e > log.ts + 2A + L``.
 from __future__ import annotations
 
 import heapq
-import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterable, Protocol
+
+import orjson
 
 from .events import ACTIONS, Engagement, Impression
 from .predictions import PredictionDecodeError, decode_prediction, prediction_fields
@@ -257,7 +258,7 @@ class LabelJoin:
         if blob is not None:
             bits, ts, country, gender, raw = decode_pending(blob)
             if ts - L <= eng.ts <= ts + A:
-                ctx = json.loads(raw)
+                ctx = orjson.loads(raw)
                 self.attributed(eng.user_id, eng.event_id, ctx.get("surface", ""), ctx.get("item_type", ""))
                 bit = _BIT[eng.action]
                 if not bits & bit:
@@ -294,7 +295,7 @@ class LabelJoin:
         self._expire_predictions()
 
     def _emit(self, key: str, bits: int, raw: bytes) -> None:
-        imp = json.loads(raw)
+        imp = orjson.loads(raw)
         pred = None
         pblob = self.predictions.get(prediction_key(imp["user_id"], imp["request_id"]))
         if pblob is not None:

@@ -268,6 +268,8 @@ class FeedbackView:
         self.watermark = 0
         self.applied = 0
         self.duplicates = 0
+        self._version = 0  # bumped by every change of the tiles: the snapshot cache's key
+        self._snap: tuple[tuple[int, int], FeedbackSnapshot] | None = None
 
     def apply(self, origin: int, ckpt: int, segment: str, tiles: Mapping[int, list[int]]) -> bool:
         key = (origin, segment)
@@ -276,6 +278,7 @@ class FeedbackView:
             return False
         self.fences[key] = ckpt
         self.tiles.merge(segment, tiles)
+        self._version += 1
         newest = max(tiles, default=0)
         if newest > self.watermark:
             self.watermark = newest
@@ -287,11 +290,22 @@ class FeedbackView:
         return self.apply(int(obj["origin"]), int(obj["ckpt"]), str(obj["segment"]), tiles)  # type: ignore[arg-type]
 
     def expire(self) -> int:
-        return self.tiles.expire(self.watermark - self.window_ms - self.grace_ms)
+        dropped = self.tiles.expire(self.watermark - self.window_ms - self.grace_ms)
+        if dropped:
+            self._version += 1
+        return dropped
 
     def snapshot(self, now_ms: int | None = None) -> FeedbackSnapshot:
-        """Counts per segment over the window ending at ``now_ms`` (default: the watermark)."""
-        return self.tiles.snapshot(self.watermark if now_ms is None else now_ms, self.window_ms)
+        """Counts per segment over the window ending at ``now_ms`` (default: the watermark).
+
+        Cached until the tiles change: every ``/score`` reads it, deltas arrive once per checkpoint.
+        """
+        key = (self.watermark if now_ms is None else now_ms, self._version)
+        if self._snap is not None and self._snap[0] == key:
+            return self._snap[1]
+        snap = self.tiles.snapshot(key[0], self.window_ms)
+        self._snap = (key, snap)
+        return snap
 
 
 __all__ = [

@@ -59,6 +59,17 @@ def register(subparsers: Any) -> None:
     _flag(lg, "--seed", "SEED", 0, int, "world seed")
     _flag(lg, "--users", "WORLD_USERS", 1000, int, "users in the synthetic world")
     _flag(lg, "--items", "WORLD_ITEMS", 2000, int, "items in the synthetic world")
+    _flag(lg, "--candidates", "CANDIDATES", 100, int, "candidates per request, ranked by the serving path (as `feedrank simulate`)")
+    _flag(lg, "--feed-size", "FEED_SIZE", 10, int, "items shown per request (the top_k of /score)")
+    _flag(lg, "--explore-frac", "REPLAY_LOG_EXPLORE_FRAC", 0.1, float,
+          "share of requests shown a random candidate subset instead of the policy's pick")
+    _flag(lg, "--refit-every-s", "REPLAY_LOG_REFIT_S", 900.0, float,
+          "without --calibrators: explore this long, then serve with calibrators refit on the log so far, every as long")
+    _flag(lg, "--background-rate", "REPLAY_LOG_BACKGROUND_RATE", 0.0, float,
+          "other users' events per second fed into the state twin, as `feedrank produce` sends them (0 = none)")
+    _flag(lg, "--background-users", "REPLAY_LOG_BACKGROUND_USERS", 20000, int, "users of the background traffic")
+    _flag(lg, "--background-seed", "REPLAY_LOG_BACKGROUND_SEED", 1, int, "world seed of the background traffic")
+    _flag(lg, "--blend-config", "BLEND_CONFIG", "", str, "serving utility weights (.json/.yaml; default: built-in)")
     _flag(lg, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
     lg.set_defaults(func=cmd_log)
     p = cs.add_parser("report", help="reliability diagrams per task to .html (inline SVG) or .png")
@@ -110,7 +121,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from features.world import World
+    from features.world import DEFAULT_START_MS, World
 
     from .artifact import load_artifact
     from .replay_world import world_replay_log
@@ -118,8 +129,21 @@ def cmd_log(args: argparse.Namespace) -> int:
     _threads(args.threads)
     artifact = load_artifact(args.model)
     world = World(seed=args.seed, n_users=args.users, n_items=args.items)
+    background = None
+    if args.background_rate > 0:
+        # the very event stream `feedrank produce` (the demo's background traffic) sends to the live tables
+        from streams.produce import synthetic_events
+
+        background = synthetic_events(args.background_users, args.background_seed, args.background_rate, DEFAULT_START_MS)
+    blender = None
+    if args.blend_config:
+        from .blender import BlendConfigSource, Blender
+
+        blender = Blender(BlendConfigSource(args.blend_config))
     rlog = world_replay_log(world, artifact, _load_set(args.calibrators), hours=args.hours,
-                            requests_per_s=args.requests_per_s)
+                            requests_per_s=args.requests_per_s, feed_size=args.feed_size, n_candidates=args.candidates,
+                            start_ms=DEFAULT_START_MS, explore_frac=args.explore_frac, refit_every_s=args.refit_every_s,
+                            background=background, blender=blender, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rlog.save(args.out)
     print(f"replay log of model {artifact.version}: {len(rlog.batch)} shown items written to {args.out}")

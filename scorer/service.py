@@ -134,18 +134,25 @@ class Scorer:
             items=[ItemPrediction(item_id=items[r].item_id, position=r,
                                   raw={a: float(logits[order[r], t]) for t, a in enumerate(ACTIONS)},
                                   calibrated=items[r].calibrated,
-                                  features=_named(X_top[r]))
-                   for r in range(n_log)],
+                                  features=feats)
+                   for r, feats in enumerate(_named_rows(X_top[:n_log]))],
         )
         return ScoredRequest(response, plog)
 
 
-def _named(row: np.ndarray) -> dict[str, float]:
-    """A calibration-feature row as a name -> value dict (every name: replay and training need them all).
+def _named_rows(X: np.ndarray) -> list[dict[str, float]]:
+    """Calibration-feature rows as name -> value dicts (every name: replay and training need them all).
 
-    Values are rounded to 6 significant digits: float32 features carry no more,
-    and the log is held in state until the attribution window closes."""
-    return {name: float(f"{v:.6g}") for name, v in zip(CALIBRATION_FEATURE_NAMES, row)}
+    Values are rounded to 6 significant digits (float32 features carry no
+    more, and the log is held in state until the attribution window closes),
+    in one vectorized pass: per-value string formatting cost ~1.4 ms a request.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    mag = np.where(X == 0.0, 0.0, np.floor(np.log10(np.abs(X), where=X != 0.0, out=np.zeros_like(X))))
+    scale = 10.0 ** (5.0 - mag)
+    rounded = np.round(X * scale) / scale
+    names = CALIBRATION_FEATURE_NAMES
+    return [dict(zip(names, row)) for row in rounded.tolist()]
 
 
 __all__ = ["Blending", "ScoredRequest", "Scorer"]

@@ -38,21 +38,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import mode
+import orjson
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from features.events import Engagement, EventDecodeError, Impression, decode_event_fast
 from features.predictions import PredictionDecodeError, decode_prediction_header
 
+from .broker_reset import InputWatch, classify_out_of_range, consequence, fail_advice
 from .ingest import Decoded, DeadLetter, decode_message
 from .settings import Settings
 from .state import PartitionState, open_backend
 from .state.changelog import changelog_topic
-from .state.recovery import recover_partition, send_records, write_checkpoint
+from .state.exceptions import BrokerResetError, ChangelogError, ChangelogResetError, TopologyError
+from .state.recovery import (RESEED_PENDING, TOPIC_IDS, recover_partition, reseed_changelog, reseed_pending,
+                             send_records, write_checkpoint)
 from .tables import PartitionTables
 
 log = logging.getLogger(__name__)
@@ -65,9 +72,22 @@ HOLD_RESUME = 5_000
 #: a held queue that makes no progress this long is released anyway (a predictions input that
 #: never reports its end would otherwise stall the partition)
 HOLD_MAX_WAIT_S = 10.0
+#: records applied between two chances for the event loop to run other tasks (``/score``) ...
+SLICE = 64
+#: ... taken when the batch has held the loop this long (a slice of 64 events is ~5 ms of work)
+YIELD_S = 0.004
 #: a fetch response must be this much newer than a held engagement to prove the predictions input
 #: has nothing older left (margin for clock skew between producers and this worker)
 EXHAUSTED_MARGIN_MS = 1000
+#: how often the inputs' high watermarks are compared with the stored offsets (broker reset detection)
+WATCH_INTERVAL_S = 0.5
+#: the informational consumer offset commit of a checkpoint gives up after this long
+COMMIT_TIMEOUT_S = 5.0
+#: a changelog write that fails (not a reset) is retried this long before the checkpoint fails; retrying is
+#: safe (an unfinished attempt is a tail without marker). After an embedded broker restart, records written
+#: while a topic did not exist yet become part of it once it is created, and the next writes collide with
+#: them (UnknownError) until its offsets pass them
+CHANGELOG_RETRY_S = 30.0
 
 
 class FreshnessLog:
@@ -127,10 +147,23 @@ class TableEngine(mode.Service):
         self._ckpt_error: BaseException | None = None
         self._align_ms = int((settings.attribution_window_s + settings.allowed_lateness_s) * 1000)
         self._last_ckpt = time.monotonic()
+        self._slice_t0 = 0.0
         self._lock = asyncio.Lock()
         self.consumer: Any = None
         self.producer: Any = None
         self.caught_up = asyncio.Event()
+        #: an error of the rebalance listener, the input watch or a broker reset under ``fail``: ``_run``
+        #: re-raises it, so the worker exits non-zero instead of staying up owning nothing
+        self._fatal: BaseException | None = None
+        self._run_task: asyncio.Future[Any] | None = None
+        self._watch_task: asyncio.Future[Any] | None = None
+        self._inputs = InputWatch()
+        self._ids: dict[str, str] = {}  # current topic ids of the inputs and the changelog (``_assign``)
+        self._part_ids: dict[int, dict[str, str]] = {}  # per partition: the ids its offsets / marker refer to
+        self._admin: Any = None
+        self._admin_lock = threading.Lock()  # the kafka-python admin client is not thread-safe
+        self._reset_seen: set[int] = set()  # partitions whose changelog was found reset in this process
+        self.broker_resets = 0
 
     # -- lifecycle ---------------------------------------------------------------
     async def on_start(self) -> None:
@@ -145,9 +178,12 @@ class TableEngine(mode.Service):
             bootstrap_servers=self.bootstrap,
             group_id=f"{s.app_id}-tables",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # every assigned partition is positioned explicitly (``_assign``); an out-of-range position must
+            # surface (``_out_of_range``), not silently jump to the start of the log
+            auto_offset_reset="none",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=s.consume_partition_fetch_bytes,
+            fetch_max_wait_ms=self._fetch_max_wait_ms(),
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             max_poll_interval_ms=300_000,
@@ -165,39 +201,131 @@ class TableEngine(mode.Service):
 
         self.consumer.subscribe(list(self._kinds), listener=_Listener())
         await self.consumer.start()
-        self.add_future(self._run())
+        self._run_task = self.add_future(self._run())
+        self._watch_task = self.add_future(self._watch_inputs())
 
     async def on_stop(self) -> None:
-        try:
-            async with self._lock:
+        """Final checkpoint, then stores, consumer and producer closed; every wait bounded.
+
+        Each wait runs at most ``shutdown_timeout_s``; what runs out is abandoned
+        with a WARNING. That is safe: RocksDB holds the last committed checkpoint
+        (one atomic batch) and the inputs after its offsets replay on restart.
+        """
+        from .metrics import STOP_ABANDONED
+
+        timeout = self.settings.shutdown_timeout_s
+
+        async def final_checkpoint() -> None:
+            async with self._lock:  # the processing loop finishes its batch and stops (should_stop)
                 await self._checkpoint_all(wait=True)
-                for p in list(self.tables):
-                    self.tables.pop(p).state.close()
+
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(final_checkpoint(), timeout)
+        except asyncio.TimeoutError:
+            STOP_ABANDONED.labels("checkpoint").inc()
+            log.warning("stop: final checkpoint of partitions %s abandoned after %.1fs (broker unreachable?); the "
+                        "state stays at its last committed checkpoint and the inputs after it replay on restart",
+                        sorted(self.tables), timeout)
+        except Exception as exc:
+            log.error("stop: final checkpoint failed (%s: %s); the inputs after the last committed checkpoint "
+                      "replay on restart", type(exc).__name__, exc)
         finally:
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+            await self._cancel_tasks()
+            for p in list(self.tables):
+                self.tables.pop(p).state.close()
+            await self._stop_client(self.consumer, "consumer", timeout)
+            await self._stop_client(self.producer, "producer", timeout)
+            if self._admin is not None:
+                try:
+                    self._admin.close()
+                except Exception:
+                    pass
+            log.info("table engine stopped in %.1fs", time.monotonic() - t0)
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the processing loop, the input watch and checkpoints in flight (nothing commits after)."""
+        tasks = [t for t in (self._run_task, self._watch_task, *self._ckpt_tasks.values())
+                 if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self._ckpt_tasks.clear()
+
+    async def _stop_client(self, client: Any, name: str, timeout: float) -> None:
+        from .metrics import STOP_ABANDONED
+
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.stop(), timeout)
+        except asyncio.TimeoutError:
+            STOP_ABANDONED.labels(name).inc()
+            log.warning("stop: the %s did not stop within %.1fs (broker unreachable?); abandoned%s", name, timeout,
+                        " with unsent records (outputs after the last checkpoint are sent again on restart)"
+                        if name == "producer" else "")
+        except Exception as exc:
+            log.warning("stop: the %s failed to stop cleanly: %s: %s", name, type(exc).__name__, exc)
+
+    def _fetch_max_wait_ms(self) -> int:
+        if self.settings.consume_fetch_max_wait_ms is not None:
+            return self.settings.consume_fetch_max_wait_ms
+        from .producer import one_record_per_batch
+
+        # the embedded broker does not answer a waiting fetch when records arrive: wait briefly, poll often
+        return 10 if one_record_per_batch(self.settings, self.bootstrap) else 500
 
     # -- partitions ----------------------------------------------------------------
     def _data_dir(self) -> Path:
         return Path(self.settings.data_dir) / "tables" / self.settings.app_id
 
     async def _assign(self, assigned: Any) -> None:
+        """Open, recover and position the assigned partitions.
+
+        An error here would only be logged by aiokafka's rebalance listener and
+        leave the worker up owning nothing: it is stored and re-raised by ``_run``.
+        """
+        try:
+            await self._assign_partitions(assigned)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._set_fatal(exc, "partition assignment")
+
+    async def _assign_partitions(self, assigned: Any) -> None:
         async with self._lock:
             s = self.settings
+            self._check_topology(assigned)
+            if assigned:
+                self._ids = await self._topic_ids([*self._kinds, self._changelog])
             for p in sorted({tp.partition for tp in assigned}):
                 if p in self.tables:
                     continue
                 state = PartitionState(open_backend(s.state_backend, self._data_dir(), f"p{p}"), p)
-                await recover_partition(state, self.producer, self.bootstrap, self._changelog)
-                self.tables[p] = PartitionTables(
+                try:
+                    # the changelog's id is checked against the local marker's, the inputs' against the
+                    # recovered state's (another worker may have processed a re-created input meanwhile)
+                    await self._recover(p, state, changelog_recreated=self._changelog in self._recreated_topics(state))
+                    recreated = self._recreated_topics(state)
+                    recreated.pop(self._changelog, None)
+                except BaseException:
+                    state.close()
+                    raise
+                self.tables[p] = tables = PartitionTables(
                     state, seq_len=s.sequence_len, window_ms=int(s.attribution_window_s * 1000),
                     lateness_ms=int(s.allowed_lateness_s * 1000), emit=self._emitter(p),
                     retention_ms=int(s.user_retention_s * 1000))
                 self._held[p] = _Held()
+                for topic in sorted(recreated):
+                    self._broker_reset("input", p, f"input {topic} was re-created (topic id {recreated[topic]}) "
+                                       f"after this partition's state processed it up to offset "
+                                       f"{tables.offsets.get(topic)}")
+                    tables.offsets.pop(topic, None)  # the next checkpoint stores the new topic's offsets and id
+                self._part_ids[p] = {**(state.meta.extra.get(TOPIC_IDS) or {}), **self._ids}
                 await self._ship_outbox(state.meta.outbox)  # idempotent: fenced by (origin, ckpt)
             for tp in assigned:
+                self._inputs.forget(tp)
                 off = self.tables[tp.partition].offsets.get(tp.topic)
                 if off is None:
                     await self.consumer.seek_to_beginning(tp)
@@ -206,16 +334,230 @@ class TableEngine(mode.Service):
             log.info("assigned partitions %s", sorted(self.tables))
 
     async def _revoke(self, partitions: set[int]) -> None:
+        """Checkpoint (bounded by ``shutdown_timeout_s``) and close the revoked partitions."""
+        try:
+            async with self._lock:
+                for p in sorted(partitions):
+                    if p in self.tables:
+                        await self._checkpoint_before_close(p)
+                        self.tables.pop(p).state.close()
+                    self._outputs.pop(p, None)  # (acknowledged by the checkpoint, or replayed by the next owner)
+                    held = self._held.pop(p, None)
+                    if held is not None and held.paused:
+                        self._resume(p)
+                    self._emitted.pop(p, None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._set_fatal(exc, "partition revocation")
+
+    async def _checkpoint_before_close(self, p: int) -> None:
+        from .metrics import STOP_ABANDONED
+
+        timeout = self.settings.shutdown_timeout_s
+        in_flight = self._ckpt_tasks.get(p)
+
+        async def final() -> None:
+            await self._wait_checkpoint(p)
+            await self._checkpoint(p, wait=True)
+
+        try:
+            await asyncio.wait_for(final(), timeout)
+        except asyncio.TimeoutError:
+            STOP_ABANDONED.labels("revoke_checkpoint").inc()
+            log.warning("partition %d: checkpoint at revocation abandoned after %.1fs (broker unreachable?); the "
+                        "next owner replays the inputs after the last committed checkpoint", p, timeout)
+        except BrokerResetError:
+            raise
+        except Exception as exc:
+            log.error("partition %d: checkpoint at revocation failed (%s: %s); the next owner replays the inputs "
+                      "after the last committed checkpoint", p, type(exc).__name__, exc)
+        finally:
+            for task in (in_flight, self._ckpt_tasks.pop(p, None)):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    # -- broker resets (see streams/broker_reset.py) ---------------------------------
+    def _set_fatal(self, exc: BaseException, where: str) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            log.critical("%s failed: %s: %s. The table engine stops; the worker exits non-zero", where,
+                         type(exc).__name__, exc)
+
+    def _check_topology(self, assigned: Any) -> None:
+        """Every input must have the configured partition count (co-partitioning; one state per partition)."""
+        want = self.settings.partitions
+        for topic in self._kinds:
+            parts = self.consumer.partitions_for_topic(topic)
+            if parts and len(parts) != want:
+                raise TopologyError(
+                    f"input topic {topic} has {len(parts)} partitions but FEEDRANK_PARTITIONS={want}: it was "
+                    "probably auto-created (an embedded broker restarted empty and a client touched the topic "
+                    "before `feedrank topics` / a worker start re-created it). Stop its producers, delete the "
+                    f"topic and re-create it with {want} partitions (`ensure_topics`), then restart the worker")
+        beyond = sorted({tp.partition for tp in assigned if tp.partition >= want})
+        if beyond:
+            raise TopologyError(f"assigned partitions {beyond} but FEEDRANK_PARTITIONS={want}")
+
+    def _broker_reset(self, what: str, p: int, detail: str) -> None:
+        """Count and report a broker reset of ``what`` on partition ``p``; raises under ``on_broker_reset=fail``."""
+        from .metrics import BROKER_RESETS
+
+        action = self.settings.on_broker_reset
+        BROKER_RESETS.labels(what, action).inc()
+        self.broker_resets += 1
+        if action == "fail":
+            raise BrokerResetError(f"broker reset on partition {p}: {detail}. {fail_advice(self.settings.app_id)}")
+        log.warning("BROKER RESET on partition %d: %s. FEEDRANK_ON_BROKER_RESET=reseed: %s", p, detail,
+                    consequence(what))
+
+    async def _topic_ids(self, topics: list[str]) -> dict[str, str]:
+        """Current topic ids (KIP-516; real Kafka 2.8+ and tansu have them); {} when unavailable."""
+
+        def describe() -> dict[str, str]:
+            from kafka.admin import KafkaAdminClient
+
+            with self._admin_lock:
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+                described = self._admin.describe_topics(topics)
+            return {d["name"]: str(d["topic_id"]) for d in described
+                    if not d.get("error_code") and d.get("topic_id") and d.get("name")}
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(describe), 15.0)
+        except Exception as exc:
+            log.info("topic ids unavailable (%s: %s); re-created topics are found by their offsets only",
+                     type(exc).__name__, exc)
+            return {}
+
+    def _recreated_topics(self, state: PartitionState) -> dict[str, str]:
+        """Topics whose id differs from the one ``state``'s offsets / changelog marker refer to: topic -> new id."""
+        stored = state.meta.extra.get(TOPIC_IDS) or {}
+        out = {}
+        for topic, now in self._ids.items():
+            was = stored.get(topic)
+            if was and was != now and (topic == self._changelog or topic in state.meta.offsets):
+                out[topic] = now
+        return out
+
+    async def _recover(self, p: int, state: PartitionState, changelog_recreated: bool = False) -> None:
+        """Recover ``p`` from its changelog; a changelog the broker lost is re-seeded (or fails)."""
+        if changelog_recreated:
+            self._broker_reset("changelog", p, f"changelog {self._changelog} was re-created (topic id "
+                                               f"{self._ids.get(self._changelog)}, not the one this partition's "
+                                               "state wrote to)")
+            await self._reseed(p, state)
+            return
+        try:
+            await recover_partition(state, self.producer, self.bootstrap, self._changelog)
+        except ChangelogResetError as exc:
+            self._broker_reset("changelog", p, str(exc))
+            await self._reseed(p, state)
+            return
+        if reseed_pending(state):
+            log.warning("partition %d: finishing a re-seed of %s that was interrupted", p, self._changelog)
+            await self._reseed(p, state)
+
+    async def _reseed(self, p: int, state: PartitionState) -> None:
+        t0 = time.monotonic()
+        ids = dict(state.meta.extra.get(TOPIC_IDS) or {})
+        if self._changelog in self._ids:  # the marker now refers to the current changelog (inputs: unchanged)
+            ids[self._changelog] = self._ids[self._changelog]
+            self._part_ids.setdefault(p, {})[self._changelog] = self._ids[self._changelog]
+        deadline = t0 + CHANGELOG_RETRY_S
+        while True:
+            try:
+                n = await reseed_changelog(state, self.producer, self._changelog, extra={TOPIC_IDS: ids})
+                break
+            except ChangelogError as exc:
+                if time.monotonic() > deadline or self.should_stop:
+                    raise
+                log.warning("partition %d: re-seeding the changelog failed (%s); retrying", p, exc)
+                await asyncio.sleep(0.5)
+        self._reset_seen.add(p)
+        log.warning("partition %d: re-seeded the changelog %s from the local state: %d keys in %.1fs (marker at "
+                    "offset %d); a later recovery restores the whole state from it", p, self._changelog, n,
+                    time.monotonic() - t0, state.meta.changelog_offset)
+        # Topics are not re-created from here: on the embedded broker a CreateTopics racing the clients'
+        # auto-creation right after its restart re-created a topic under them (its produces then fail with
+        # UnknownError). `ensure_topics` runs at every worker start (docs/reliability.md).
+
+    async def _watch_inputs(self) -> None:
+        """Compare each input's fetch high watermark with the stored offset (``InputWatch``)."""
+        while not self.should_stop:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self._fatal is not None or not self.tables:
+                continue
+            try:
+                async with self._lock:
+                    now = time.monotonic()
+                    for tp in list(self.consumer.assignment()):
+                        tables = self.tables.get(tp.partition)
+                        if tables is None:
+                            continue
+                        stored = tables.offsets.get(tp.topic)
+                        hw = self.consumer.highwater(tp)
+                        if self._inputs.observe(tp, stored, hw, now, proven=tp.partition in self._reset_seen):
+                            await self._reset_input(
+                                tp, f"input {tp.topic}[{tp.partition}] ends at offset {hw} (high watermark of "
+                                    f"the latest fetch) but this partition's state has processed it up to offset "
+                                    f"{stored}: the topic was re-created or truncated")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self._set_fatal(exc, "input watch")
+
+    async def _reset_input(self, tp: Any, detail: str) -> None:
+        """Forget the stored offset of input ``tp`` (a new topic) and read it from its start."""
+        self._broker_reset("input", tp.partition, detail)
+        tables = self.tables[tp.partition]
+        tables.offsets.pop(tp.topic, None)  # the next checkpoint stores the new topic's offsets
+        ids = self._part_ids.setdefault(tp.partition, {})
+        now = (await self._topic_ids([tp.topic])).get(tp.topic)
+        if now:
+            ids[tp.topic] = now
+        else:  # unknown: record none rather than the old topic's
+            ids.pop(tp.topic, None)
+        self._inputs.forget(tp)
+        if tp.topic == self.settings.topic_engagements:
+            held = self._held.get(tp.partition)
+            if held is not None:
+                dropped = len(held.items)
+                held.items.clear()
+                held.since = 0.0
+                if held.paused:
+                    self._resume(tp.partition)
+                if dropped:
+                    log.warning("partition %d: dropped %d held engagements of the old topic", tp.partition, dropped)
+        await self.consumer.seek_to_beginning(tp)
+
+    async def _out_of_range(self, exc: BaseException) -> None:
+        """The broker says a position is out of range (real Kafka): retention, or a truncated/re-created log."""
+        from .metrics import BROKER_RESETS
+
+        positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         async with self._lock:
-            for p in sorted(partitions):
-                if p in self.tables:
-                    await self._wait_checkpoint(p)
-                    await self._checkpoint(p, wait=True)
-                    self.tables.pop(p).state.close()
-                held = self._held.pop(p, None)
-                if held is not None and held.paused:
-                    self._resume(p)
-                self._emitted.pop(p, None)
+            for tp, pos in positions.items():
+                tables = self.tables.get(tp.partition)
+                if tables is None or tp not in self.consumer.assignment():
+                    continue
+                try:
+                    start = (await asyncio.wait_for(self.consumer.beginning_offsets([tp]), 10.0))[tp]
+                except Exception as err:  # broker unreachable: the next fetch raises again
+                    log.warning("offset %d of %s is out of range; its log start is unknown yet (%s)", pos, tp, err)
+                    continue
+                if classify_out_of_range(pos, start) == "retention":
+                    BROKER_RESETS.labels("retention", "skip").inc()
+                    log.warning("input %s[%d]: offset %d is below the log start %d: records %d..%d were deleted by "
+                                "retention before this worker read them; continuing at %d", tp.topic, tp.partition,
+                                pos, start, pos, start - 1, start)
+                    self.consumer.seek(tp, start)
+                else:
+                    await self._reset_input(
+                        tp, f"input {tp.topic}[{tp.partition}]: the broker answers offset {pos} (after the stored "
+                            f"offset {tables.offsets.get(tp.topic)}) with OFFSET_OUT_OF_RANGE: the log was "
+                            "truncated or re-created")
 
     def _emitter(self, p: int) -> Callable[[str, dict[str, Any]], None]:
         buf = self._emitted.setdefault(p, [])
@@ -230,11 +572,25 @@ class TableEngine(mode.Service):
         interval = self.settings.checkpoint_interval_s
         max_records = self.settings.consume_max_records
         while not self.should_stop:
+            if self._fatal is not None:
+                raise self._fatal
             if self._ckpt_error is not None:
                 raise self._ckpt_error
             try:
                 data = await self.consumer.getmany(timeout_ms=20, max_records=max_records)
             except asyncio.CancelledError:
+                raise
+            except OffsetOutOfRangeError as exc:
+                await self._out_of_range(exc)
+                continue
+            except NoOffsetForPartitionError:  # assigned, not positioned yet: ``_assign`` is at work
+                async with self._lock:
+                    pass
+                await asyncio.sleep(0.05)
+                continue
+            except Exception as exc:
+                if self._fatal is not None:
+                    raise self._fatal from exc
                 raise
             async with self._lock:
                 if data:
@@ -269,60 +625,75 @@ class TableEngine(mode.Service):
                               "key: message key must equal user_id (co-partitioning by user)")
         return ev
 
+    async def _yield(self) -> None:
+        """Let the event loop run (``/score`` requests) when this batch has held it ``YIELD_S``."""
+        now = time.perf_counter()
+        if now - self._slice_t0 >= YIELD_S:
+            await asyncio.sleep(0)
+            self._slice_t0 = time.perf_counter()
+
     async def _process(self, data: dict[Any, list[Any]]) -> None:
-        from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_VALID, FRESHNESS_SECONDS
+        """Apply one poll's records, in slices of ``SLICE`` that yield to the loop between them.
+
+        The order of application is the same as one pass over the batch (the
+        engine holds its lock throughout: no checkpoint or rebalance cuts in);
+        yielding only lets request handlers read the tables meanwhile.
+        """
+        from .metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_VALID
 
         kinds, order = self._kinds, self._order
         good: list[Decoded] = []
-        eng_ts: list[int] = []
         n_valid = {"impression": 0, "engagement": 0, "prediction": 0}
         want_good = bool(self.processors)
         touched = set(self._held)
+        self._slice_t0 = time.perf_counter()
         for tp in sorted(data, key=lambda tp: (tp.partition, order.get(tp.topic, 9))):
-            msgs = data[tp]
+            all_msgs = data[tp]
             tables = self.tables.get(tp.partition)
-            if tables is None or not msgs:
+            if tables is None or not all_msgs:
                 continue
             topic, p = tp.topic, tp.partition
             kind = kinds[topic]
-            EVENTS_CONSUMED.labels(topic).inc(len(msgs))
+            EVENTS_CONSUMED.labels(topic).inc(len(all_msgs))
             fence = tables.offsets.get(topic, -1)
             held = self._held[p] if kind == "engagement" else None
-            items = []
-            for m in msgs:
-                out = self._decode(kind, topic, p, m)
-                if isinstance(out, DeadLetter):
-                    if m.offset > fence:
-                        await self._dead_letter(out)
-                        EVENTS_DEAD_LETTERED.labels(topic, out.kind if kind != "prediction" else "prediction").inc()
+            for start in range(0, len(all_msgs), SLICE):
+                msgs = all_msgs[start:start + SLICE]
+                items = []
+                for m in msgs:
+                    out = self._decode(kind, topic, p, m)
+                    if isinstance(out, DeadLetter):
+                        if m.offset > fence:
+                            await self._dead_letter(out)
+                            EVENTS_DEAD_LETTERED.labels(topic, out.kind if kind != "prediction" else "prediction").inc()
+                        if held is not None:
+                            held.items.append((m.offset, None, 0))
+                        continue
+                    item = (kind, m.offset, out, m.value)
                     if held is not None:
-                        held.items.append((m.offset, None, 0))
-                    continue
-                item = (kind, m.offset, out, m.value)
-                if held is not None:
-                    held.items.append((m.offset, item, m.timestamp))
-                else:
-                    items.append(item)
-                if want_good and kind != "prediction":
-                    good.append(Decoded(out, topic, p, m.offset, m.timestamp))
-            if held is not None:
-                continue  # applied below, in event-time step with the predictions
-            # the last offset also covers dead-lettered messages at the end of the batch
-            applied = tables.process(topic, items)  # re-delivered records are fenced, not counted
-            if msgs[-1].offset > tables.offsets.get(topic, -1):
-                tables.offsets[topic] = msgs[-1].offset
-            n_valid[kind] += applied
-            self.processed += applied
+                        held.items.append((m.offset, item, m.timestamp))
+                    else:
+                        items.append(item)
+                    if want_good and kind != "prediction":
+                        good.append(Decoded(out, topic, p, m.offset, m.timestamp))
+                if held is None:
+                    # the last offset also covers dead-lettered messages at the end of the slice
+                    applied = tables.process(topic, items)  # re-delivered records are fenced, not counted
+                    if msgs[-1].offset > tables.offsets.get(topic, -1):
+                        tables.offsets[topic] = msgs[-1].offset
+                    n_valid[kind] += applied
+                    self.processed += applied
+                # else: applied below, in event-time step with the predictions
+                await self._yield()
         for p in touched:
-            applied = self._release(p, eng_ts)
-            n_valid["engagement"] += applied
-            self.processed += applied
+            while True:
+                applied, more = self._release(p, SLICE)
+                n_valid["engagement"] += applied
+                self.processed += applied
+                if not more:
+                    break
+                await self._yield()
         await self._send_emitted()
-        now_ms = time.time() * 1000.0
-        if eng_ts:
-            fresh = [now_ms - t for t in eng_ts]
-            self.freshness.add_many(fresh)
-            FRESHNESS_SECONDS.observe(max(fresh) / 1000.0)
         for k, n in n_valid.items():
             if n:
                 EVENTS_VALID.labels(k).inc(n)
@@ -346,12 +717,15 @@ class TableEngine(mode.Service):
             return False
         return tables.offsets.get(topic, -1) + 1 >= hw
 
-    def _release(self, p: int, eng_ts: list[int]) -> int:
-        """Apply the held engagements of ``p`` that the predictions input allows; returns how many."""
+    def _release(self, p: int, limit: int = 1 << 62) -> tuple[int, bool]:
+        """Apply up to ``limit`` held engagements of ``p`` that the other inputs allow.
+
+        Returns how many were applied and whether the limit stopped it (more may be releasable).
+        """
         held = self._held.get(p)
         tables = self.tables.get(p)
         if held is None or tables is None or not held.items:
-            return 0
+            return 0, False
         q = held.items
         topic = self.settings.topic_engagements
         # an engagement may close the windows of impressions up to A + L before it, and a log
@@ -359,8 +733,9 @@ class TableEngine(mode.Service):
         leads = ((self.settings.topic_predictions, tables.wm_pred), (self.settings.topic_impressions, tables.join.wm_imp))
         limits = [wm + self._align_ms for _t, wm in leads]
         batch: list[Any] = []
+        eng_ts: list[int] = []
         last = -1
-        while q:
+        while q and len(batch) < limit:
             off, item, ts_ms = q[0]
             if item is not None and item[2].ts > min(limits):
                 for i, (lead_topic, _wm) in enumerate(leads):
@@ -385,11 +760,18 @@ class TableEngine(mode.Service):
         applied = tables.process(topic, batch) if batch else 0
         if last > tables.offsets.get(topic, -1):
             tables.offsets[topic] = last
+        if eng_ts:  # visible from here on (read-your-own-writes through the record cache)
+            from .metrics import FRESHNESS_SECONDS
+
+            now_ms = time.time() * 1000.0
+            fresh = [now_ms - t for t in eng_ts]
+            self.freshness.add_many(fresh)
+            FRESHNESS_SECONDS.observe(max(fresh) / 1000.0)
         if not held.paused and len(q) > HOLD_PAUSE:
             self._pause(p)
         elif held.paused and len(q) < HOLD_RESUME:
             self._resume(p)
-        return applied
+        return applied, bool(q) and len(batch) >= limit
 
     def _pause(self, p: int) -> None:
         from aiokafka import TopicPartition
@@ -415,11 +797,11 @@ class TableEngine(mode.Service):
 
     async def _send_emitted(self) -> None:
         topic = self.settings.topic_labeled
-        dumps = json.JSONEncoder(separators=(",", ":")).encode
+        dumps = orjson.dumps
         for p, buf in self._emitted.items():
             if not buf:
                 continue
-            records = [(user_id.encode(), dumps(ex).encode(), [("feedrank.example_id", ex["example_id"].encode())])
+            records = [(user_id.encode(), dumps(ex), [("feedrank.example_id", ex["example_id"].encode())])
                        for user_id, ex in buf]
             buf.clear()
             self._outputs.setdefault(p, []).extend(await send_records(self.producer, topic, p, records))
@@ -439,7 +821,8 @@ class TableEngine(mode.Service):
             try:
                 await asyncio.shield(task)
             finally:
-                self._ckpt_tasks.pop(p, None)
+                if task.done() and self._ckpt_tasks.get(p) is task:  # a cancelled waiter leaves it registered
+                    self._ckpt_tasks.pop(p, None)
 
     async def _checkpoint(self, p: int, wait: bool = False) -> None:
         task = self._ckpt_tasks.get(p)
@@ -456,6 +839,9 @@ class TableEngine(mode.Service):
                 await asyncio.gather(*outs)
             return
         snap, meta = tables.prepare()
+        ids = self._part_ids.get(p)
+        if ids:
+            meta.extra[TOPIC_IDS] = dict(ids)  # the topics this checkpoint's offsets and marker refer to
         coro = self._write_checkpoint(p, tables, snap, meta, outs)
         if wait:
             await coro
@@ -478,20 +864,57 @@ class TableEngine(mode.Service):
         while not snap.serialize(2000):  # in chunks: fresh events are processed in between
             await asyncio.sleep(0)
         changes = snap.changes
-        meta.changelog_offset = await write_checkpoint(self.producer, self._changelog, p, changes, meta)
+        reset = False
+        deadline = time.monotonic() + CHANGELOG_RETRY_S
+        while True:
+            try:
+                meta.changelog_offset = await write_checkpoint(self.producer, self._changelog, p, changes, meta,
+                                                               after=tables.state.meta.changelog_offset)
+                break
+            except ChangelogResetError as exc:  # the broker lost the changelog (raises under on_broker_reset=fail)
+                self._broker_reset("changelog", p, str(exc))
+                meta.changelog_offset = exc.marker
+                reset = True
+                break
+            except ChangelogError as exc:
+                if time.monotonic() > deadline or self.should_stop:
+                    raise
+                log.warning("partition %d: changelog write failed (%s); retrying the checkpoint", p, exc)
+                await asyncio.sleep(0.5)
         if self.tables.get(p) is not tables:
             return  # revoked meanwhile (the revocation awaited us; nothing else to do)
-        tables.committed(changes, meta)
+        if reset:
+            # the delta is valid: commit it flagged, then write the whole state after it
+            tables.committed(changes, replace(meta, extra={**meta.extra, RESEED_PENDING: True}))
+            self._ids.update(await self._topic_ids([self._changelog]))
+            await self._reseed(p, tables.state)
+        else:
+            tables.committed(changes, meta)
         self.checkpoints += 1
         await self._ship_outbox(meta.outbox)
         try:
-            await self.consumer.commit({TopicPartition(t, p): o + 1 for t, o in meta.offsets.items()})
+            await asyncio.wait_for(
+                self.consumer.commit({TopicPartition(t, p): o + 1 for t, o in meta.offsets.items()}), COMMIT_TIMEOUT_S)
         except Exception as exc:  # informational commit; the state's offsets are the truth
             log.debug("consumer offset commit for partition %d skipped: %s", p, exc)
 
     async def _ship_outbox(self, outbox: dict[str, Any]) -> None:
+        """Send a checkpoint's feedback delta; failures are retried (the view dedups by origin and ckpt)."""
         if not outbox:
             return
+        deadline = time.monotonic() + CHANGELOG_RETRY_S
+        while True:
+            try:
+                await self._send_outbox(outbox)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline or self.should_stop:
+                    raise
+                log.warning("shipping the feedback delta of checkpoint %s failed (%s: %s); retrying",
+                            outbox.get("ckpt"), type(exc).__name__, exc)
+                await asyncio.sleep(0.5)
+
+    async def _send_outbox(self, outbox: dict[str, Any]) -> None:
         origin, ckpt = int(outbox["origin"]), int(outbox["ckpt"])
         topic = self.settings.topic_feedback_deltas
         futs = []
@@ -499,7 +922,9 @@ class TableEngine(mode.Service):
             value = json.dumps({"origin": origin, "ckpt": ckpt, "segment": seg, "tiles": tiles},
                                separators=(",", ":")).encode()
             futs.append(await self.producer.send(topic, key=seg.encode(), value=value))
-        await asyncio.gather(*futs)
+        for r in await asyncio.gather(*futs, return_exceptions=True):  # every outcome retrieved
+            if isinstance(r, BaseException):
+                raise r
 
     # -- reads -----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

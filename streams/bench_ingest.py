@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 T0 = 1_764_000_000_000
 
 
-def _events(n: int, users: int, seed: int, start_ms: int, step_ms: int = 200) -> list[tuple[str, bytes, bytes]]:
+def _events(n: int, users: int, seed: int, start_ms: int, step_ms: int = 200,
+            user_prefix: str = "u") -> list[tuple[str, bytes, bytes]]:
     """(kind, key, value) records: requests of 5 impressions, ~20% engaged, one prediction log each."""
     from features.events import Engagement, Impression, encode_event
     from features.predictions import ItemPrediction, PredictionLog, encode_prediction
@@ -52,7 +53,7 @@ def _events(n: int, users: int, seed: int, start_ms: int, step_ms: int = 200) ->
     while len(out) < n:
         r += 1
         t += step_ms
-        u = f"u{rng.randrange(users)}"
+        u = f"{user_prefix}{rng.randrange(users)}"
         req = f"r{seed}-{r}"
         items = [f"i{rng.randrange(100_000)}" for _ in range(5)]
         out.append(("prediction", u.encode(), encode_prediction(PredictionLog(
@@ -107,11 +108,13 @@ async def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes
 
 
 def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: float, single: bool,
-                  step_ms: int, probe: Any) -> None:
+                  step_ms: int, probe: Any, k: int = 0) -> None:
     from .settings import Settings
 
     settings = Settings(**json.loads(settings_json))
-    records = _events(n, users, seed=2, start_ms=int(time.time() * 1000), step_ms=step_ms)
+    # each producer process owns its users (a user's events keep their order) and its share of the rate
+    records = _events(n, users, seed=2 + k, start_ms=int(time.time() * 1000), step_ms=step_ms,
+                      user_prefix=f"p{k}u")
     asyncio.run(_produce(bootstrap, settings, records, single, rate, probe=probe))
 
 
@@ -182,7 +185,7 @@ async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int]
 
 
 async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: float, single: bool,
-                       warmup_s: float, step_ms: int) -> dict[str, Any]:
+                       warmup_s: float, step_ms: int, producers: int = 1) -> dict[str, Any]:
     from .agents_runtime import TableEngine
     from .views import StreamViews
 
@@ -193,19 +196,22 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
     views = StreamViews(engine, None)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_produce_proc, args=(bootstrap, settings.model_dump_json(), n, users, rate, single,
-                                                   step_ms, queue))
+    procs = [ctx.Process(target=_produce_proc, args=(bootstrap, settings.model_dump_json(), n // producers,
+                                                     max(1, users // producers), rate / producers, single,
+                                                     step_ms * producers, queue, k))
+             for k in range(producers)]
     delays: list[float] = []
     missing = [0]
     stop = asyncio.Event()
-    proc.start()
+    for proc in procs:
+        proc.start()
     probe = asyncio.ensure_future(_probe(views, queue, delays, missing, stop))
     try:
         await asyncio.sleep(warmup_s)
         engine.freshness.samples.clear()
         delays.clear()
         processed0, t0 = engine.processed, time.perf_counter()
-        while proc.is_alive():
+        while any(proc.is_alive() for proc in procs):
             await asyncio.sleep(0.1)
         rate_seen = (engine.processed - processed0) / (time.perf_counter() - t0)
         await asyncio.sleep(0.5)
@@ -222,9 +228,10 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
                    t.join.stats.counts["labeled_examples"] for t in engine.tables.values())}
     finally:
         stop.set()
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
         await engine.stop()
     return out
 
@@ -268,9 +275,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_live = int(load * args.seconds)
         result["freshness_load_events_per_s"] = round(load)
         result["live_producer_one_record_per_batch"] = live_single
+        result["freshness_producer_processes"] = args.producers
         result.update(asyncio.run(_engine_live(s2, broker.bootstrap, n_live, args.users, load, live_single,
                                                warmup_s=min(2.0, args.seconds / 4),
-                                               step_ms=args.event_ms_per_request)))
+                                               step_ms=args.event_ms_per_request, producers=args.producers)))
     finally:
         broker.stop()
     return result
@@ -288,6 +296,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="let the freshness run's producer batch (linger 5 ms) even on the embedded broker: a "
                         "one-record-per-batch producer tops out near 5k records/s on 2 cores and its own "
                         "queue then dominates the delay")
+    p.add_argument("--producers", type=int, default=2,
+                   help="producer processes of the freshness run, each with its own users and a share of the rate "
+                        "(one producer sending one record per batch tops out near 4k records/s on 2 cores)")
     p.add_argument("--event-ms-per-request", type=int, default=200,
                    help="event time between requests (windows of 600 s close during the run)")
 

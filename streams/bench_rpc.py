@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .broker import _pdeathsig, free_port, resolve_broker
+from .metrics import hist_quantile, scrape
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
 
@@ -78,6 +79,19 @@ def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float
             "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99))}
 
 
+def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
+    """What the worker's own histograms say about one run (bucket upper bounds, ms)."""
+    def q(name: str) -> str:
+        v = hist_quantile(after, before, name, 0.99)
+        return "-" if v is None else f"<={v * 1000:g}"
+
+    key = "feedrank_gc_pause_seconds_{}{{generation=2}}"
+    n = after.get(key.format("count"), 0.0) - before.get(key.format("count"), 0.0)
+    total = after.get(key.format("sum"), 0.0) - before.get(key.format("sum"), 0.0)
+    return {"score_p99": q("feedrank_score_latency_seconds"), "loop_p99": q("feedrank_event_loop_lag_seconds"),
+            "full_gc": f"{n:.0f}/{total * 1000:.0f}ms"}
+
+
 def main(args: argparse.Namespace) -> int:
     from features.world import World
 
@@ -124,13 +138,17 @@ def main(args: argparse.Namespace) -> int:
         _run(url, bodies, 1, 3.0, None)  # warm-up
         print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores")
-        print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        print("worker side: in-worker /score p99, event-loop lag p99 (10 ms ticks), full GC pauses (count, total)")
+        print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+              f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in (1, 2, 4)]
         for label, threads, rate in runs:
+            before = scrape(url)
             r = _run(url, bodies, threads, float(args.seconds), rate)
+            w = _worker_side(before, scrape(url))
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                  f"{r['errors']:>7}", flush=True)
+                  f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}", flush=True)
         return 0
     finally:
         for p in procs:

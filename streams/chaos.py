@@ -12,13 +12,18 @@ prints what it did and what it found, and returns a result dict whose
   restores their state and serves ``/score`` for every user; the dead one
   comes back and partitions move again without loss.
 - ``outage``: a private embedded broker stopped for ``--outage-s`` and
-  restarted on the same port (memory storage: every topic is gone); records
-  what producers and the worker do. See docs/reliability.md.
+  restarted on the same port (memory storage: every topic is gone); the
+  producers must recover, the running worker must detect the broker reset,
+  keep its state, re-seed the changelog and process new events, stop on
+  SIGTERM in time, and a worker with no local state must restore everything
+  from the re-seeded changelog. See docs/reliability.md.
 - ``fuzz``: bad events on both event topics and bad requests on ``/score``,
   interleaved with good ones: every bad event dead-lettered with a reason,
   every bad request answered 4xx, every good one processed.
-- ``load``: steady events at 80% of ``--max-rate`` plus ``/score`` traffic for
-  ``--minutes``; prints RSS, RocksDB size and lag over time.
+- ``load``: steady events at 80% of the maximum sustained rate (measured first
+  on this box, or ``--max-rate``) plus ``/score`` traffic for ``--minutes``;
+  prints RSS, RocksDB memory and size and lag over time; checks nothing is lost
+  and that memory, disk and lag stay bounded.
 
 The tests (``tests/test_reliability_*.py``) call the same functions with
 small streams. Run: ``feedrank chaos`` or ``python -m streams.chaos``.
@@ -926,10 +931,13 @@ class _TrickleProducer(threading.Thread):
         super().__init__(daemon=True)
         self.bootstrap, self.settings, self.interval_s = bootstrap, settings, interval_s
         self.stop_flag = threading.Event()
-        self.outcomes: list[tuple[float, str]] = []  # (seconds from send to outcome, "ok" | error class)
+        #: (seconds from send to outcome, "ok" | error class, monotonic time of the send)
+        self.outcomes: list[tuple[float, str, float]] = []
         self.pending = 0
         self.send_errors: list[str] = []
         self.close_s: float | None = None
+        self.recreated = 0
+        self.restarted_at: float | None = None
 
     def run(self) -> None:
         from features.events import Impression
@@ -953,7 +961,8 @@ class _TrickleProducer(threading.Thread):
                 fut.add_errback(lambda exc, t0=t0: self._done(t0, type(exc).__name__))
             except Exception as exc:  # send() itself refused (buffer full / metadata timeout): loud
                 self.send_errors.append(type(exc).__name__)
-                self.outcomes.append((time.monotonic() - t0, f"send() raised {type(exc).__name__}"))
+                self.outcomes.append((time.monotonic() - t0, f"send() raised {type(exc).__name__}", t0))
+            self.recreated = producer.recreated
             time.sleep(self.interval_s)
         t = time.monotonic()
         try:
@@ -961,10 +970,11 @@ class _TrickleProducer(threading.Thread):
         except Exception as exc:
             self.send_errors.append(f"close: {type(exc).__name__}")
         self.close_s = time.monotonic() - t
+        self.recreated = producer.recreated
 
     def _done(self, t0: float, what: str) -> None:
         self.pending -= 1
-        self.outcomes.append((time.monotonic() - t0, what))
+        self.outcomes.append((time.monotonic() - t0, what, t0))
 
 
 def _is_error_line(ln: str) -> bool:
@@ -1018,7 +1028,19 @@ def py_spy_dump(pid: int, path: Path) -> list[str]:
 def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe_s: float = 45.0,
                restart_wait_s: float = 150.0, stop_wait_s: float = 60.0, new_wait_s: float = 30.0,
                echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Stop a private embedded broker for ``outage_s`` and restart it on the same port; record what happens."""
+    """Stop a private embedded broker for ``outage_s`` and restart it on the same port; record what happens.
+
+    Memory storage: the restarted broker is empty. Checked: producers deliver or fail with an error (none
+    hangs) and recover after the restart; the running worker survives the outage, detects the broker reset,
+    keeps its state, re-seeds the changelog and processes the events produced afterwards; SIGTERM stops it
+    in time; a worker restarted on the same state owns its partitions with every event in its tables; a
+    worker with no local state restores the same tables from the re-seeded changelog alone.
+
+    The worker uses 4 partitions, tansu's count for auto-created topics: after the restart, a client that
+    still has a topic's metadata (here the trickle producer) re-creates it by touching it before anyone runs
+    ``ensure_topics``, with 4 partitions whatever was declared. With another count the engine stops with a
+    ``TopologyError`` naming the topic (tests/test_broker_reset.py).
+    """
     from features.events import Impression
 
     from .broker import EmbeddedBroker
@@ -1027,11 +1049,12 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
 
     out = _Out(echo)
     broker = EmbeddedBroker(log_path=work / "log" / "outage-broker.log").start()
-    settings = make_settings(work, broker.bootstrap, checkpoint_interval_s=0.2)
+    settings = make_settings(work, broker.bootstrap, checkpoint_interval_s=0.2, partitions=4)
     ensure_topics(broker.bootstrap, topic_specs(settings))
     problems: list[str] = []
     timeline: list[str] = []
-    res: dict[str, Any] = {"scenario": "outage", "outage_s": outage_s}
+    res: dict[str, Any] = {"scenario": "outage", "outage_s": outage_s, "events": events}
+    users = [f"ou{u}" for u in range(40)]
 
     def note(line: str) -> None:
         timeline.append(line)
@@ -1039,18 +1062,40 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
 
     def imps(prefix: str, n: int) -> list[Any]:
         now = int(time.time() * 1000)
-        return [Impression(event_id=f"{prefix}{i}", user_id=f"ou{i % 40}", item_id=f"i{i}", request_id=f"{prefix}r{i}",
+        return [Impression(event_id=f"{prefix}{i}", user_id=users[i % 40], item_id=f"i{i}", request_id=f"{prefix}r{i}",
                            ts=now + i, surface="home", position=0, item_type="organic", country="US", gender="f",
                            app_type="ios", device_type="phone") for i in range(n)]
+
+    def send_counted(evs: list[Any]) -> tuple[int, dict[str, int]]:
+        """Send and wait for every outcome: (acknowledged, {error class: count})."""
+        futs = []
+        with EventProducer(broker.bootstrap, settings) as p:
+            for e in evs:
+                futs.append(p.send(e))
+            p.flush(timeout_s=60)
+        ok, failed = 0, {}
+        for f in futs:
+            try:
+                f.get(timeout=30)
+                ok += 1
+            except Exception as exc:
+                failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+        return ok, failed
+
+    def impressions_in_state(w: Worker) -> int:
+        """Impressions of the 40 users in the worker's tables (1-day counters)."""
+        return sum(int(w.get_json(f"/tables/user/{u}")["counts_1d"]["impressions"]) for u in users)
 
     out(f"[outage] private embedded broker at {broker.bootstrap}; worker app {settings.app_id}; "
         f"outage {outage_s:.0f}s")
     w = Worker(settings, work / "log" / f"{settings.app_id}-outage.log", "worker").start()
     trickle: _TrickleProducer | None = None
+    w2: Worker | None = None
+    w3: Worker | None = None
     try:
-        with EventProducer(broker.bootstrap, settings) as p:
-            for e in imps("pre", events):
-                p.send(e)
+        pre_ok, pre_failed = send_counted(imps("pre", events))
+        if pre_ok != events:
+            raise ChaosError(f"{events - pre_ok} of {events} events failed before the outage: {pre_failed}")
         wait_until(lambda: w.metric("feedrank_events_valid_total") >= events, 120, "the first events processed",
                    detail=w.log_tail)
         note(f"before: worker processed {events} events")
@@ -1059,7 +1104,7 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         time.sleep(1.0)
         broker.stop()
         t_down = time.monotonic()
-        note(f"broker stopped (SIGTERM); a producer keeps sending 10 events/s")
+        note("broker stopped (SIGTERM); a producer keeps sending 10 events/s")
         web_ok = web_fail = 0
         while time.monotonic() - t_down < outage_s:
             try:
@@ -1071,9 +1116,11 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         alive_during = w.alive
         note(f"during the outage: worker alive={alive_during}, its web server answered {web_ok}/"
              f"{web_ok + web_fail} probes; producer: {len(trickle.outcomes)} sends resolved, {trickle.pending} "
-             f"pending, errors {sorted(set(o for _t, o in trickle.outcomes if o != 'ok'))}")
+             f"pending, errors {sorted(set(o for _t, o, _s in trickle.outcomes if o != 'ok'))}")
         broker = EmbeddedBroker(port=broker.port, log_path=work / "log" / "outage-broker.log").start()
-        note(f"broker restarted on the same port after {time.monotonic() - t_down:.0f}s: empty (memory storage)")
+        t_up = time.monotonic()
+        trickle.restarted_at = t_up
+        note(f"broker restarted on the same port after {t_up - t_down:.0f}s: empty (memory storage)")
         time.sleep(3.0)
         found = _topic_partitions(broker.bootstrap, [settings.topic_impressions, settings.topic_engagements,
                                                       settings.topic_predictions, f"{settings.app_id}-state-changelog"])
@@ -1082,124 +1129,160 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         try:
             ensure_topics(broker.bootstrap, topic_specs(settings))
             note("topics re-created by ensure_topics (as an operator or the next worker start would)")
-            again = _topic_partitions(broker.bootstrap, list(found))
-            res["topics_after_recreate"] = again
-            wrong = {t: n for t, n in again.items() if n != settings.partitions}
-            if wrong:
-                note(f"topics with the wrong partition count (auto-created by a client before ensure_topics): {wrong}")
         except Exception as exc:
             note(f"ensure_topics failed: {type(exc).__name__}: {exc}")
             problems.append(f"ensure_topics after restart: {exc}")
+        res["topics_after_recreate"] = _topic_partitions(broker.bootstrap, list(found))
+        time.sleep(1.0)  # a few more sends into the restarted broker
         trickle.stop_flag.set()
         trickle.join(timeout=120)
         res["producer_hung"] = trickle.is_alive()
-        outcomes = [o for _t, o in trickle.outcomes]
+        outcomes = [o for _t, o, _s in trickle.outcomes]
         res["producer_sent"] = len(outcomes) + trickle.pending
         res["producer_ok"] = outcomes.count("ok")
         res["producer_failed_loudly"] = len(outcomes) - outcomes.count("ok")
         res["producer_unresolved"] = trickle.pending
-        res["producer_slowest_outcome_s"] = round(max((t for t, _o in trickle.outcomes), default=0.0), 1)
+        res["producer_slowest_outcome_s"] = round(max((t for t, _o, _s in trickle.outcomes), default=0.0), 1)
+        during = [o for _t, o, s in trickle.outcomes if t_down <= s < t_up]
+        after = [o for _t, o, s in trickle.outcomes if s >= t_up]
+        res["producer_outage_sent"], res["producer_outage_ok"] = len(during), during.count("ok")
+        res["producer_after_restart_sent"], res["producer_after_restart_ok"] = len(after), after.count("ok")
+        res["producer_recreated"] = trickle.recreated
         note(f"producer: {res['producer_sent']} sends, {res['producer_ok']} acknowledged, "
              f"{res['producer_failed_loudly']} failed with an error "
              f"({dict((o, outcomes.count(o)) for o in set(outcomes) if o != 'ok')}), {trickle.pending} unresolved, "
-             f"slowest outcome {res['producer_slowest_outcome_s']}s, close took {trickle.close_s}")
+             f"slowest outcome {res['producer_slowest_outcome_s']}s; of them sent during the outage "
+             f"{len(during)} ({during.count('ok')} delivered after the restart), after the restart {len(after)} "
+             f"({after.count('ok')} delivered); producer replaced {trickle.recreated}x; close took "
+             f"{trickle.close_s if trickle.close_s is None else round(trickle.close_s, 1)}s")
         if trickle.is_alive() or trickle.pending:
             problems.append(f"producer hung: alive={trickle.is_alive()} pending={trickle.pending}")
+        if after and not after.count("ok"):
+            problems.append("the producer did not deliver anything after the broker restart")
         # what the running worker does now
-        t0 = time.monotonic()
-        before_valid = None
-        while time.monotonic() - t0 < observe_s and w.alive:
-            time.sleep(1.0)
+        try:
+            wait_until(lambda: w.metric("feedrank_broker_resets_total") > 0 or not w.alive, observe_s,
+                       "the running worker to detect the broker reset")
+            res["reset_detected_s"] = round(time.monotonic() - t_up, 1)
+        except ChaosError:
+            res["reset_detected_s"] = None
         res["worker_alive_after_restart"] = w.alive
         res["web_probes_ok"], res["web_probes"] = web_ok, web_ok + web_fail
         res["worker_alive_during"] = alive_during
         res["worker_exit_code"] = w.proc.returncode if w.proc else None
-        errors = [ln for ln in w.log_tail(200_000).splitlines() if _is_error_line(ln)]
+        log_text = w.log_tail(2_000_000)
+        errors = [ln for ln in log_text.splitlines() if _is_error_line(ln)]
         res["worker_error_lines"] = len(errors)
+        res["worker_reset_warnings"] = sum("BROKER RESET" in ln for ln in log_text.splitlines())
+        before_valid = None
         if w.alive:
             try:
+                res["broker_resets_metric"] = {
+                    what: w.metric("feedrank_broker_resets_total", what=what) for what in ("changelog", "input")}
                 before_valid = w.metric("feedrank_events_valid_total")
-                web = "answers"
                 try:
                     w.get("/ready")
                     res["ready_after_restart"] = 200
                 except urllib.error.HTTPError as exc:
                     res["ready_after_restart"] = exc.code
-                web += f", /ready {res['ready_after_restart']}"
+                web = f"answers, /ready {res['ready_after_restart']}"
             except OSError:
                 web = "does not answer"
-            note(f"{observe_s:.0f}s after restart: worker still running, web {web}, {len(errors)} error lines logged"
-                 + (f"; last: {errors[-1][:200]}" if errors else ""))
+            note(f"after the restart: worker running, web {web}; broker reset detected "
+                 f"{res['reset_detected_s']}s after the restart (feedrank_broker_resets_total "
+                 f"{res.get('broker_resets_metric')}), {res['worker_reset_warnings']} BROKER RESET warnings, "
+                 f"{len(errors)} error lines logged" + (f"; last: {errors[-1][:200]}" if errors else ""))
         else:
             note(f"worker exited with code {w.proc.returncode if w.proc else None} after the restart, "
                  f"{len(errors)} error lines logged" + (f"; last: {errors[-1][:200]}" if errors else ""))
-            if w.proc is not None and w.proc.returncode == 0:
-                problems.append("worker exited with code 0 (silently) after the broker restart")
-            if not errors:
-                problems.append("worker exited without logging an error")
+            problems.append(f"the running worker exited (code {w.proc.returncode if w.proc else None}) after the "
+                            "broker restart")
         # new traffic after the restart
-        with EventProducer(broker.bootstrap, settings) as p:
-            for e in imps("post", events):
-                p.send(e)
-        note(f"produced {events} new events to the re-created topics")
+        post_ok, post_failed = send_counted(imps("post", events))
+        res["post_sent"], res["post_ok"], res["post_failed"] = events, post_ok, post_failed
+        want = events + post_ok  # impressions of the 40 users the tables must hold: before + delivered after
+        res["impressions_expected"] = want
+        note(f"produced {events} new events to the re-created topics: {post_ok} acknowledged, failed: {post_failed}"
+             + (" (tansu: records a client produced while the topic did not exist yet become part of it when it is "
+                "created, and as many produces after that collide with them and fail)" if post_failed else ""))
+        res["running_worker_processed_new"] = False
         if w.alive and before_valid is not None:
             try:
-                wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + events, new_wait_s,
-                           "the running worker to process the new events")
+                took = wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + post_ok,
+                                  new_wait_s, "the running worker to process the new events")
                 res["running_worker_processed_new"] = True
+                res["running_worker_new_s"] = round(took, 1)
             except ChaosError:
-                res["running_worker_processed_new"] = False
+                pass
             got = w.metric("feedrank_events_valid_total") - before_valid
             res["running_worker_new_processed"] = int(got)
-            note(f"the running worker processed {got:.0f} of them in {new_wait_s:.0f} s")
+            try:
+                res["running_worker_impressions"] = impressions_in_state(w)
+            except (OSError, KeyError, ValueError) as exc:
+                res["running_worker_impressions"] = f"{type(exc).__name__}: {exc}"
+            try:
+                w.get("/ready")
+                res["ready_after_new"] = 200
+            except urllib.error.HTTPError as exc:
+                res["ready_after_new"] = exc.code
+            except OSError:
+                res["ready_after_new"] = None
+            note(f"the running worker processed {got:.0f} records in {res.get('running_worker_new_s', new_wait_s)} s; "
+                 f"its tables hold {res['running_worker_impressions']} impressions of the {want} acknowledged "
+                 f"before and after the outage; /ready {res['ready_after_new']}")
             if not res["running_worker_processed_new"] and w.proc is not None:
                 frames = py_spy_dump(w.proc.pid, work / "log" / "outage-worker-stack.txt")
                 if frames:
                     note("its stack (py-spy): " + " | ".join(frames[:6]))
+        if not res["running_worker_processed_new"]:
+            problems.append("the running worker did not process the events produced after the restart")
+        elif res.get("running_worker_impressions") != want:
+            problems.append(f"the running worker's tables hold {res.get('running_worker_impressions')} impressions, "
+                            f"not {want}")
         # stop it: must not hang
         res["stop_s"], res["stop_code"] = _timed_stop(w, stop_wait_s)
         note(f"SIGTERM: worker {'stopped' if res['stop_code'] != -9 else 'did NOT stop, SIGKILLed'} after "
              f"{res['stop_s']}s (exit code {res['stop_code']})")
-        # a restarted worker: its RocksDB state is local; the changelog and the inputs are gone
-        w2 = Worker(settings, work / "log" / f"{settings.app_id}-outage-2.log", "worker-restarted")
-        try:
-            w2.start()
+        if res["stop_code"] != 0:
+            problems.append(f"SIGTERM after the outage: exit code {res['stop_code']} after {res['stop_s']}s")
+        # a worker restarted on the same local state, then one with no local state (changelog only)
+        for key, state_dir in (("restarted", settings.data_dir), ("fresh", work / f"data-fresh-{settings.app_id}")):
+            s2 = settings.model_copy(update={"data_dir": state_dir})
+            wk = Worker(s2, work / "log" / f"{settings.app_id}-outage-{key}.log", f"worker-{key}")
+            if key == "restarted":
+                w2 = wk
+            else:
+                w3 = wk
+            what = "on the same state" if key == "restarted" else "with no local state (restores the changelog)"
             try:
-                wait_until(lambda: bool(w2.stats()["partitions"]) or not w2.alive, restart_wait_s,
-                           "the restarted worker to own partitions", detail=lambda: w2.log_tail(600))
-                if not w2.alive:
-                    raise ChaosError(f"exited with code {w2.proc.returncode if w2.proc else None}")
-                st = w2.stats()
-                res["restarted_partitions"] = st["partitions"]
-                res["restarted_offsets"] = st["offsets"]
-                note(f"restarted worker: owns {st['partitions']}, stored offsets {st['offsets']} "
-                     f"(from local RocksDB, i.e. from before the outage), processed {st['processed']}")
-                time.sleep(5.0)
-                st = w2.stats()
-                res["restarted_processed"] = st["processed"]
-                note(f"5 s later it has processed {st['processed']} records of the {events} new events")
-            except ChaosError as exc:
-                note(f"restarted worker did not get its partitions: {str(exc)[:300]}")
-                res["restarted_partitions"] = None
-                res["restarted_alive"] = w2.alive
-                if w2.alive and w2.proc is not None:
-                    frames = py_spy_dump(w2.proc.pid, work / "log" / "outage-restarted-stack.txt")
-                    if frames:
-                        note("its stack (py-spy): " + " | ".join(frames[:6]))
-            errors2 = [ln for ln in w2.log_tail(200_000).splitlines() if _is_error_line(ln)]
-            if errors2:
-                note(f"restarted worker logged {len(errors2)} error lines; last: {errors2[-1][:200]}")
-        except ChaosError as exc:
-            note(f"restarted worker failed to start: {str(exc)[:400]}")
-            res["restarted_start_error"] = str(exc)[-400:]
-        finally:
-            res["restarted_stop_s"], res["restarted_stop_code"] = _timed_stop(w2, stop_wait_s)
-            note(f"restarted worker: SIGTERM -> {'stopped' if res['restarted_stop_code'] != -9 else 'did NOT stop, SIGKILLed'}"
-                 f" after {res['restarted_stop_s']}s (exit code {res['restarted_stop_code']})")
+                wk.start()
+                wait_until(lambda: len(wk.stats()["partitions"]) == settings.partitions or not wk.alive,
+                           restart_wait_s, f"the {key} worker to own its partitions", detail=lambda: wk.log_tail(600))
+                if not wk.alive:
+                    raise ChaosError(f"exited with code {wk.proc.returncode if wk.proc else None}")
+                st = wk.stats()
+                res[f"{key}_partitions"] = st["partitions"]
+                res[f"{key}_impressions"] = impressions_in_state(wk)
+                res[f"{key}_resets"] = wk.metric("feedrank_broker_resets_total")
+                note(f"{key} worker ({what}): owns {st['partitions']}, its tables hold {res[f'{key}_impressions']} "
+                     f"impressions of the {want}; broker resets it detected: {res[f'{key}_resets']:.0f}")
+                if res[f"{key}_impressions"] != want:
+                    problems.append(f"{key} worker: {res[f'{key}_impressions']} impressions, not {want}")
+            except (ChaosError, OSError, KeyError, ValueError) as exc:
+                note(f"{key} worker ({what}) failed: {str(exc)[:300]}")
+                res[f"{key}_partitions"] = None
+                res[f"{key}_alive"] = wk.alive
+                problems.append(f"{key} worker: {str(exc)[:200]}")
+            finally:
+                res[f"{key}_stop_s"], res[f"{key}_stop_code"] = _timed_stop(wk, stop_wait_s)
+                note(f"{key} worker: SIGTERM -> {'stopped' if res[f'{key}_stop_code'] != -9 else 'did NOT stop, SIGKILLed'}"
+                     f" after {res[f'{key}_stop_s']}s (exit code {res[f'{key}_stop_code']})")
     finally:
         if trickle is not None and trickle.is_alive():
             trickle.stop_flag.set()
-        w.kill()
+        for wk in (w, w2, w3):
+            if wk is not None:
+                wk.kill()
         broker.stop()
     res["timeline"] = timeline
     res["problems"] = problems
@@ -1209,61 +1292,173 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
 
 # -- (e) sustained load ----------------------------------------------------------------
 
-class _SteadyProducer(threading.Thread):
-    """Synthetic world events at ``rate``/s until stopped; acked records per topic/partition."""
+def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
+                        world_rate: float, rate: float | None, clients: int, single: bool, acked: Any,
+                        counters: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
+    """Body of the load producer process: synthetic events through ``clients`` aiokafka producers.
 
-    def __init__(self, bootstrap: str, settings: Settings, rate: float, users: int, seed: int) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.settings, self.rate, self.users, self.seed = bootstrap, settings, rate, users, seed
-        self.stop_flag = threading.Event()
-        self.acked: dict[str, dict[int, int]] = {}
-        self.failed = 0
-        self.sent = 0
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
+    One record per batch (``max_batch_size=1``) when ``single``: the embedded broker's end offsets
+    stay exact. Paced at ``rate`` events/s (None = as fast as it goes), never more than ~2 s of
+    traffic ahead of the acknowledgements. Acked records per (topic, partition) and the sent/failed
+    counters are published to shared memory every 0.1 s and once more after the final flush.
+    """
+    import asyncio
 
-    def _ok(self, md: Any) -> None:
-        with self._lock:
-            per = self.acked.setdefault(md.topic, {})
-            per[md.partition] = per.get(md.partition, 0) + 1
+    from aiokafka import AIOKafkaProducer
 
-    def _fail(self, _exc: Any) -> None:
-        with self._lock:
-            self.failed += 1
+    from features.events import Impression, encode_event
 
-    def run(self) -> None:
-        from .produce import synthetic_events
-        from .producer import EventProducer
+    from .produce import synthetic_events
 
+    local = [0] * (2 * partitions)
+    state = {"acked": 0, "failed": 0, "sent": 0}
+
+    def publish() -> None:
+        acked[:] = local
+        counters[0], counters[1] = state["sent"], state["failed"]
+
+    def done(fut: Any, idx: int) -> None:
+        exc = fut.exception() if not fut.cancelled() else RuntimeError("cancelled")
+        if exc is not None:
+            state["failed"] += 1
+            if state["failed"] <= 3:
+                errors.put(f"send failed: {exc!r}")
+        else:
+            local[idx * partitions + fut.result().partition] += 1
+            state["acked"] += 1
+
+    async def main() -> None:
+        batch_kw: dict[str, Any] = {"max_batch_size": 1, "linger_ms": 0} if single else {"linger_ms": 5}
+        producers = [AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=30_000,
+                                      **batch_kw) for _ in range(clients)]
+        for p in producers:
+            await p.start()
         try:
-            with EventProducer(self.bootstrap, self.settings) as producer:
-                t0 = time.monotonic()
-                for i, ev in enumerate(synthetic_events(self.users, self.seed, self.rate)):
-                    if self.stop_flag.is_set():
-                        break
-                    fut = producer.send(ev)
-                    fut.add_callback(self._ok)
-                    fut.add_errback(self._fail)
-                    self.sent = i + 1
-                    if i % 50 == 49:
-                        due = t0 + (i + 1) / self.rate
-                        if due > time.monotonic():
-                            time.sleep(due - time.monotonic())
-                        # never run more than ~2 s of traffic ahead of the acks: the offered rate then
-                        # follows what the client and broker deliver, and the final flush stays short
-                        while self.sent - self.delivered() > 2 * self.rate and not self.stop_flag.is_set():
-                            time.sleep(0.01)
-                producer.flush(timeout_s=120)
-        except BaseException as exc:
-            self.error = exc
+            events = synthetic_events(users, seed, world_rate)  # the world's warm-up happens here
+            first = next(events)
+            ready.set()
+            while not go.wait(0.05):
+                if stop.is_set():
+                    return
+            limit = int(2 * rate) if rate else 20_000
+            t0 = time.monotonic()
+            last_pub = t0
+            i = 0
+            ev = first
+            while not stop.is_set():
+                idx = 0 if isinstance(ev, Impression) else 1
+                fut = await producers[i % clients].send(topics[idx], value=encode_event(ev),
+                                                        key=ev.user_id.encode())
+                fut.add_done_callback(lambda f, idx=idx: done(f, idx))
+                i += 1
+                state["sent"] = i
+                if i % 50 == 0:
+                    now = time.monotonic()
+                    if rate:
+                        ahead = t0 + i / rate - now
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
+                    while i - state["acked"] - state["failed"] > limit and not stop.is_set():
+                        await asyncio.sleep(0.005)
+                    if now - last_pub >= 0.1:
+                        publish()
+                        last_pub = now
+                ev = next(events)
+            for p in producers:
+                await p.flush()
+        finally:
+            for p in producers:
+                await p.stop()
+            publish()
 
-    def delivered(self) -> int:
-        with self._lock:
-            return sum(sum(v.values()) for v in self.acked.values()) + self.failed
+    try:
+        asyncio.run(main())
+    except BaseException as exc:  # reported by the scenario
+        errors.put(f"producer process failed: {exc!r}")
+        raise
+
+
+class LoadProducer:
+    """The load producer as a separate process (the worker, this process and the broker share the cores)."""
+
+    def __init__(self, bootstrap: str, settings: Settings, *, users: int, seed: int, world_rate: float,
+                 rate: float | None, clients: int = 2) -> None:
+        import multiprocessing as mp
+
+        from .producer import one_record_per_batch
+
+        ctx = mp.get_context("spawn")
+        self.topics = (settings.topic_impressions, settings.topic_engagements)
+        self.partitions = settings.partitions
+        self.single = one_record_per_batch(settings, bootstrap)
+        self.rate = rate
+        self._acked = ctx.RawArray("q", 2 * self.partitions)
+        self._counters = ctx.RawArray("q", 2)
+        self._ready, self._go, self._stop = ctx.Event(), ctx.Event(), ctx.Event()
+        self._errors = ctx.Queue()
+        self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
+            bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single,
+            self._acked, self._counters, self._ready, self._go, self._stop, self._errors))
+        self.errors: list[str] = []
+
+    def start(self, timeout_s: float = 300.0) -> "LoadProducer":
+        """Start the process and wait until its events are generated and its clients connected."""
+        self.proc.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.2):
+            if not self.proc.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ChaosError(f"load producer did not get ready: {self._drain_errors()}")
+        return self
+
+    def go(self) -> None:
+        self._go.set()
+
+    def stop(self, timeout_s: float = 180.0) -> None:
+        self._stop.set()
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+            self.errors.append("load producer did not stop in time (killed)")
+        self._drain_errors()
+
+    def _drain_errors(self) -> list[str]:
+        import queue
+
+        while True:
+            try:
+                self.errors.append(self._errors.get_nowait())
+            except (queue.Empty, OSError, ValueError):
+                return self.errors
+
+    @property
+    def sent(self) -> int:
+        return int(self._counters[0])
+
+    @property
+    def failed(self) -> int:
+        return int(self._counters[1])
 
     def snapshot(self) -> dict[str, dict[int, int]]:
-        with self._lock:
-            return {t: dict(v) for t, v in self.acked.items()}
+        """Acknowledged records per topic and partition (published every 0.1 s)."""
+        vals = list(self._acked)
+        n = self.partitions
+        return {t: {p: vals[i * n + p] for p in range(n) if vals[i * n + p]} for i, t in enumerate(self.topics)}
+
+    def acked(self) -> int:
+        return sum(self._acked)
+
+
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _lag(stats: dict[str, Any], acked: dict[str, dict[int, int]]) -> int:
@@ -1271,58 +1466,206 @@ def _lag(stats: dict[str, Any], acked: dict[str, dict[int, int]]) -> int:
     return sum(max(0, n - 1 - offs.get(str(p), {}).get(t, -1)) for t, per in acked.items() for p, n in per.items())
 
 
-def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, minutes: float = 10.0,
-             max_rate: float = 2000.0, score_rps: float = 10.0, users: int = 200, sample_s: float = 10.0,
-             seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Events at 80% of ``max_rate`` plus ``/score`` traffic for ``minutes``; RSS, RocksDB size and lag over time."""
-    from .client import ScorerClient, ScorerError
-    from .topics import ensure_topics, topic_specs
+def _applied(stats: dict[str, Any], topics: Iterable[str]) -> int:
+    """Event records the worker's stored offsets cover (offset + 1 per partition)."""
+    topics = set(topics)
+    return sum(o + 1 for per in stats["offsets"].values() for t, o in per.items() if t in topics)
 
-    out = _Out(echo)
-    # windows short enough that pending impressions close within the run: state reaches its steady size
-    # after ~2 minutes instead of growing for the 11 minutes of the default 600 s + 60 s window
-    settings = make_settings(work, bootstrap, model_dir=Path(model_dir).resolve(),
-                             calibrator_dir=Path(calibrator_dir).resolve(), partitions=4,
-                             attribution_window_s=60.0, allowed_lateness_s=5.0)
-    ensure_topics(bootstrap, topic_specs(settings))
-    rate = 0.8 * max_rate
-    out(f"[load] {minutes:g} min: events at {rate:,.0f}/s (80% of {max_rate:,.0f}), /score at {score_rps:g}/s, "
-        f"{users} users, 4 partitions, attribution window 60 s; load {machine_load()}; app {settings.app_id}")
-    w = Worker(settings, work / "log" / f"{settings.app_id}-load.log", "worker").start()
-    problems: list[str] = []
-    samples: list[dict[str, Any]] = []
-    score = {"ok": 0, "failed": 0, "latency_ms": []}
-    stop_scoring = threading.Event()
 
-    def scorer_loop() -> None:
-        client = ScorerClient(w.url, timeout_s=10.0, retries=3, backoff_s=0.2)
-        rng = random.Random(seed)
+def _end_offsets(bootstrap: str, topics: Iterable[str], partitions: int) -> dict[str, dict[int, int]]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        ends = c.end_offsets([TopicPartition(t, p) for t in topics for p in range(partitions)])
+    finally:
+        c.close()
+    out: dict[str, dict[int, int]] = {}
+    for tp, n in ends.items():
+        if n:
+            out.setdefault(tp.topic, {})[tp.partition] = n
+    return out
+
+
+class _ScoreLoad(threading.Thread):
+    """``/score`` requests (``n`` candidates, random user) at ``rps`` until stopped; client-side latencies."""
+
+    def __init__(self, url: str, rps: float, users: int, seed: int, n: int = 50) -> None:
+        super().__init__(daemon=True)
+        self.url, self.rps, self.users, self.seed, self.n = url, rps, users, seed, n
+        self.stop_flag = threading.Event()
+        self.ok = 0
+        self.failed = 0
+        self.latency_ms: list[float] = []
+
+    def run(self) -> None:
+        from .client import ScorerClient, ScorerError
+
+        client = ScorerClient(self.url, timeout_s=10.0, retries=3, backoff_s=0.2)
+        rng = random.Random(self.seed)
         t0 = time.monotonic()
         k = 0
-        while not stop_scoring.is_set():
+        while not self.stop_flag.is_set():
             k += 1
             t = time.monotonic()
             try:
-                client.score(score_body(f"u{rng.randrange(users)}", n=50))
-                score["ok"] += 1
-                score["latency_ms"].append((time.monotonic() - t) * 1000)
+                client.score(score_body(f"u{rng.randrange(self.users)}", n=self.n))
+                self.ok += 1
+                self.latency_ms.append((time.monotonic() - t) * 1000)
             except (ScorerError, OSError):
-                score["failed"] += 1
-            due = t0 + k / score_rps
+                self.failed += 1
+            due = t0 + k / self.rps
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
         client.close()
 
+    def percentiles(self) -> tuple[float | None, float | None]:
+        lat = sorted(self.latency_ms)
+        if not lat:
+            return None, None
+        return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+def _load_settings(work: Path, bootstrap: str, model_dir: Path, calibrator_dir: Path) -> Settings:
+    # windows short enough that pending impressions close within the run: state reaches its steady size
+    # after ~1 minute instead of growing for the 11 minutes of the default 600 s + 60 s window
+    return make_settings(work, bootstrap, model_dir=Path(model_dir).resolve(),
+                         calibrator_dir=Path(calibrator_dir).resolve(), partitions=4,
+                         attribution_window_s=60.0, allowed_lateness_s=5.0)
+
+
+def rocksdb_memory_mb(w: Worker) -> float | None:
+    """RocksDB's native memory in the worker (memtables + table readers + block cache), from /metrics."""
+    try:
+        return w.metric("feedrank_rocksdb_memory_bytes") / (1 << 20)
+    except (OSError, ValueError):
+        return None
+
+
+def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
+                     warmup_s: float = 20.0, score_rps: float = 10.0, users: int = 200, clients: int = 4,
+                     seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
+
+    A throwaway worker (own app, topics and state) with ``/score`` at ``score_rps``; the load producer
+    sends as fast as it can for ``seconds``. After ``warmup_s``: the rate the broker acknowledged and
+    the rate the worker applied. The maximum sustained rate is the smaller of the two (if the worker
+    applies less than is delivered, lag grows without bound at that offered rate).
+    """
+    out = _Out(echo)
+    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir)
+    from .topics import ensure_topics, topic_specs
+
+    ensure_topics(bootstrap, topic_specs(settings))
+    events = (settings.topic_impressions, settings.topic_engagements)
+    out(f"[load] measuring the maximum rate: producer ({clients} clients, unpaced) + worker + broker + /score "
+        f"{score_rps:g}/s on this box for {seconds:g}s (first {warmup_s:g}s not counted); load {machine_load()}")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-maxrate.log", "max-rate worker").start()
+    producer = None
+    scorer = _ScoreLoad(w.url, score_rps, users, seed)
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
-        producer = _SteadyProducer(bootstrap, settings, rate, users, seed)
-        scorer_t = threading.Thread(target=scorer_loop, daemon=True)
-        t_start = time.monotonic()
-        producer.start()
-        scorer_t.start()
+        producer = LoadProducer(bootstrap, settings, users=users, seed=seed + 100, world_rate=3000.0, rate=None,
+                                clients=clients).start()
+        scorer.start()
+        producer.go()
+        t0 = time.monotonic()
+        time.sleep(warmup_s)
+        wpid, ppid = w.proc.pid if w.proc else None, producer.proc.pid
+        a0, p0, ta = producer.acked(), _applied(w.stats(), events), time.monotonic()
+        cw0, cp0 = _cpu_s(wpid), _cpu_s(ppid)
+        time.sleep(max(1.0, seconds - warmup_s))
+        a1, p1, tb = producer.acked(), _applied(w.stats(), events), time.monotonic()
+        cw, cp = (_cpu_s(wpid) - cw0) / (tb - ta), (_cpu_s(ppid) - cp0) / (tb - ta)
+        lag = a1 - p1
+        acked_rate, applied_rate = (a1 - a0) / (tb - ta), (p1 - p0) / (tb - ta)
+        res = {"acked_rate": round(acked_rate), "applied_rate": round(applied_rate),
+               "max_rate": round(min(acked_rate, applied_rate)), "lag_end": lag, "seconds": round(tb - t0),
+               "rss_mb": round(w.rss_mb()), "load1": round(os.getloadavg()[0], 2), "score_ok": scorer.ok,
+               "worker_cpu": round(cw, 2), "producer_cpu": round(cp, 2),
+               "bound_by": "worker" if applied_rate < 0.97 * acked_rate else "producer/broker"}
+        out(f"  delivered {acked_rate:,.0f}/s, applied by the worker {applied_rate:,.0f}/s (lag {lag:,} at the "
+            f"end), /score {scorer.ok} ok; CPU: worker {cw:.2f} cores, producer {cp:.2f} cores (of "
+            f"{os.cpu_count()}; the broker and anything else on the box take the rest); maximum sustained rate of "
+            f"this setup = {res['max_rate']:,}/s, bound by the {res['bound_by']}; load {machine_load()}")
+        return res
+    finally:
+        scorer.stop_flag.set()
+        if producer is not None:
+            producer.stop()
+        w.kill()
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+
+def _slope_per_min(samples: list[dict[str, Any]], key: str) -> float:
+    """Least-squares slope of ``key`` over ``t`` (per minute)."""
+    xs = [s["t"] / 60.0 for s in samples]
+    ys = [s[key] for s in samples]
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, minutes: float = 10.0,
+             max_rate: float | None = None, load_factor: float = 0.8, calibrate_s: float = 60.0,
+             score_rps: float = 10.0, users: int = 200, clients: int = 4, sample_s: float = 10.0,
+             rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
+             seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
+
+    ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
+    RSS, RocksDB memory and size every ``sample_s``. Checks: nothing lost (acked = end offsets = the
+    worker's stored offsets; valid + dead-lettered = events + prediction logs), the lag drains and
+    stays below 30 s of traffic, the delivered rate reaches ``min_rate_fraction`` of the target, and
+    (runs of 3 minutes or more, or ``check_bounds``) RSS and RocksDB are bounded: the RSS slope over
+    the second half of the run is below ``rss_slope_mb_per_min`` and neither the RSS nor the RocksDB
+    peak of the last third exceeds the middle third's by more than 10% + 32 MiB (RSS) or 50% + 32 MiB
+    (RocksDB on disk, which saws with compactions).
+    """
+    from .topics import ensure_topics, topic_specs
+
+    out = _Out(echo)
+    measured: dict[str, Any] | None = None
+    if max_rate is None:
+        measured = measure_max_rate(bootstrap, work, model_dir, calibrator_dir, seconds=calibrate_s,
+                                    score_rps=score_rps, users=users, clients=clients, seed=seed, echo=echo)
+        max_rate = float(measured["max_rate"])
+        basis = "measured just now on this box with producer + worker + broker + /score together"
+    else:
+        basis = "given (--max-rate)"
+    rate = load_factor * max_rate
+    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir)
+    ensure_topics(bootstrap, topic_specs(settings))
+    events = (settings.topic_impressions, settings.topic_engagements)
+    out(f"[load] {minutes:g} min: events at {rate:,.0f}/s ({load_factor:.0%} of the maximum {max_rate:,.0f}/s, "
+        f"{basis}), /score (50 candidates) at {score_rps:g}/s, {users} users, 4 partitions, attribution window "
+        f"60 s; load {machine_load()}; app {settings.app_id}")
+    w = Worker(settings, work / "log" / f"{settings.app_id}-load.log", "worker").start()
+    problems: list[str] = []
+    samples: list[dict[str, Any]] = []
+    producer: LoadProducer | None = None
+    scorer = _ScoreLoad(w.url, score_rps, users, seed)
+    n_acked = accounted = preds = valid = dead = 0
+    p50 = p99 = None
+    figures: dict[str, Any] = {}
+    try:
+        wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
+        producer = LoadProducer(bootstrap, settings, users=users, seed=seed, world_rate=rate, rate=rate,
+                                clients=clients).start()
         data_dir = Path(settings.data_dir) / "tables"
-        out(f"  {'t':>6} {'sent':>9} {'acked':>9} {'lag':>7} {'RSS MiB':>8} {'RocksDB MiB':>11} {'score ok':>8} "
-            f"{'load':>5}")
+        rss0 = w.rss_mb()
+        out(f"  worker RSS before traffic {rss0:.0f} MiB")
+        out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'RDB mem':>8} "
+            f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p':>9} {'load':>5}")
+        scorer.start()
+        producer.go()
+        t_start = time.monotonic()
+        prev_acked, prev_t = 0, t_start
+        wpid, ppid = w.proc.pid if w.proc else None, producer.proc.pid
+        cpu_start = prev_cpu = (_cpu_s(wpid), _cpu_s(ppid))
         while time.monotonic() - t_start < minutes * 60:
             time.sleep(sample_s)
             try:
@@ -1331,77 +1674,126 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                 problems.append(f"worker web failed at {time.monotonic() - t_start:.0f}s: {exc}")
                 continue
             acked = producer.snapshot()
-            smp = {"t": round(time.monotonic() - t_start), "sent": producer.sent,
-                   "acked": sum(sum(v.values()) for v in acked.values()), "lag": _lag(st, acked),
-                   "rss_mb": round(w.rss_mb(), 1), "rocksdb_mb": round(_dir_mb(data_dir), 1),
-                   "score_ok": score["ok"], "load1": round(os.getloadavg()[0], 2)}
+            now = time.monotonic()
+            n = sum(sum(v.values()) for v in acked.values())
+            mem = rocksdb_memory_mb(w)
+            cpu = (_cpu_s(wpid), _cpu_s(ppid))
+            smp = {"t": round(now - t_start), "sent": producer.sent, "acked": n,
+                   "rate": round((n - prev_acked) / (now - prev_t)), "lag": _lag(st, acked),
+                   "rss_mb": round(w.rss_mb(), 1), "rocksdb_mem_mb": None if mem is None else round(mem, 1),
+                   "rocksdb_mb": round(_dir_mb(data_dir), 1), "score_ok": scorer.ok,
+                   "worker_cpu": round((cpu[0] - prev_cpu[0]) / (now - prev_t), 2),
+                   "producer_cpu": round((cpu[1] - prev_cpu[1]) / (now - prev_t), 2),
+                   "load1": round(os.getloadavg()[0], 2)}
+            prev_acked, prev_t, prev_cpu = n, now, cpu
             samples.append(smp)
-            out(f"  {smp['t']:>5}s {smp['sent']:>9,} {smp['acked']:>9,} {smp['lag']:>7,} {smp['rss_mb']:>8.1f} "
-                f"{smp['rocksdb_mb']:>11.1f} {smp['score_ok']:>8,} {smp['load1']:>5.2f}")
+            out(f"  {smp['t']:>5}s {smp['sent']:>10,} {smp['acked']:>10,} {smp['rate']:>7,} {smp['lag']:>7,} "
+                f"{smp['rss_mb']:>8.1f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
+                f"{smp['worker_cpu']:>4.2f}/{smp['producer_cpu']:<4.2f} {smp['load1']:>5.2f}")
             if not w.alive:
                 problems.append(f"worker died: {w.log_tail()}")
                 break
-        producer.stop_flag.set()
-        stop_scoring.set()
-        producer.join(timeout=180)
-        scorer_t.join(timeout=60)
-        if producer.error is not None:
-            problems.append(f"producer failed: {producer.error!r}")
+        elapsed = time.monotonic() - t_start
+        cpu_w, cpu_p = ((_cpu_s(wpid) - cpu_start[0]) / elapsed, (_cpu_s(ppid) - cpu_start[1]) / elapsed)
+        producer.stop()
+        scorer.stop_flag.set()
+        scorer.join(timeout=60)
+        if producer.errors:
+            problems.append(f"producer: {'; '.join(producer.errors[:3])}")
         acked = producer.snapshot()
         n_acked = sum(sum(v.values()) for v in acked.values())
         drained = wait_until(lambda: _lag(w.stats(), acked) == 0, 300, "the worker to drain its lag",
                              detail=lambda: _lag(w.stats(), acked))
-        st = w.stats()
-        valid = int(w.metric("feedrank_events_valid_total"))
-        dead = int(w.metric("feedrank_events_dead_lettered_total"))
-        event_topics = (settings.topic_impressions, settings.topic_engagements)
-        accounted = sum(o + 1 for per in st["offsets"].values() for t, o in per.items() if t in event_topics)
-        preds = sum(o + 1 for per in st["offsets"].values() for t, o in per.items()
-                    if t == settings.topic_predictions)
-        elapsed = time.monotonic() - t_start
-        out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({n_acked / elapsed:,.0f}/s delivered), "
-            f"{producer.failed} failed; lag drained {drained:.1f}s after the producer stopped; the worker's stored "
-            f"offsets account for {accounted:,} events and {preds:,} prediction logs (from /score); it counted "
-            f"{valid:,} valid records (events + logs) and {dead} dead-lettered")
-        if accounted != n_acked or valid + dead != n_acked + preds or producer.failed:
-            problems.append(f"events lost or double-counted: acked {n_acked}, offsets {accounted} + {preds} logs, "
-                            f"valid {valid}, dead {dead}, producer failures {producer.failed}")
-        lat = sorted(score["latency_ms"])
-        p50 = lat[len(lat) // 2] if lat else None
-        p99 = lat[int(len(lat) * 0.99)] if lat else None
-        out(f"  /score: {score['ok']:,} ok, {score['failed']} failed; latency p50 "
-            f"{p50 or 0:.0f} ms, p99 {p99 or 0:.0f} ms (client side, retries included)")
-        if score["failed"]:
-            problems.append(f"{score['failed']} /score requests failed")
-        # bounded: compare the last third of the run with the middle third
+        counts: dict[str, int] = {}
+
+        def settled() -> bool:
+            # the valid counter is bumped a moment after the offsets move (the engine awaits its sends in
+            # between), and the last prediction logs of /score may still be on their way: read until both agree
+            st = w.stats()
+            counts.update(accounted=_applied(st, events), preds=_applied(st, (settings.topic_predictions,)),
+                          valid=int(w.metric("feedrank_events_valid_total")),
+                          dead=int(w.metric("feedrank_events_dead_lettered_total")))
+            return counts["valid"] + counts["dead"] == counts["accounted"] + counts["preds"]
+
+        try:
+            wait_until(settled, 30, "the worker's counters to settle", detail=lambda: counts)
+        except ChaosError:
+            pass  # reported as a mismatch below
+        accounted, preds, valid, dead = counts["accounted"], counts["preds"], counts["valid"], counts["dead"]
+        ends = _end_offsets(bootstrap, events, settings.partitions)
+        achieved = n_acked / elapsed
+        figures.update(achieved_rate=round(achieved), worker_cpu=round(cpu_w, 2), producer_cpu=round(cpu_p, 2),
+                       lag_drained_s=round(drained, 1), end_offsets=sum(sum(v.values()) for v in ends.values()))
+        if achieved < min_rate_fraction * rate:
+            problems.append(f"offered rate not reached: {achieved:,.0f}/s delivered, target {rate:,.0f}/s "
+                            f"(the producer or this box could not keep up)")
+        out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({achieved:,.0f}/s delivered over "
+            f"{elapsed:.0f}s = {achieved / max_rate:.0%} of the maximum; CPU worker {cpu_w:.2f}, producer "
+            f"{cpu_p:.2f} cores), {producer.failed} failed; topic end offsets sum to {sum(sum(v.values()) for v in ends.values()):,}; "
+            f"lag drained {drained:.1f}s after the producer stopped; the worker's stored offsets account for "
+            f"{accounted:,} events and {preds:,} prediction logs (from /score); it counted {valid:,} valid records "
+            f"(events + logs) and {dead} dead-lettered")
+        if accounted != n_acked or valid + dead != n_acked + preds or producer.failed or producer.sent != n_acked:
+            st = w.stats()
+            by_kind = {k: int(w.metric("feedrank_events_valid_total", kind=k))
+                       for k in ("impression", "engagement", "prediction")}
+            by_topic = {t: _applied(st, (t,)) for t in (*events, settings.topic_predictions)}
+            problems.append(f"events lost or double-counted: sent {producer.sent}, acked {n_acked}, offsets "
+                            f"{accounted} + {preds} logs, valid {valid}, dead {dead}, producer failures "
+                            f"{producer.failed}; valid by kind {by_kind}, stored offsets by topic {by_topic}, "
+                            f"join stats {st.get('join')}")
+        if ends != acked:
+            problems.append(f"topic end offsets {ends} differ from the acknowledged records {acked} "
+                            "(multi-record batches on the embedded broker?)")
+        p50, p99 = scorer.percentiles()
+        out(f"  /score during load: {scorer.ok:,} ok, {scorer.failed} failed; latency p50 {p50 or 0:.0f} ms, "
+            f"p99 {p99 or 0:.0f} ms (client side, retries included)")
+        if scorer.failed:
+            problems.append(f"{scorer.failed} /score requests failed")
+        if len(samples) >= 2:
+            lag_bound = rate * 30  # 30 s of traffic
+            lag_max = max(s["lag"] for s in samples)
+            if lag_max > lag_bound:
+                problems.append(f"lag exceeded 30 s of traffic: {lag_max:,} > {lag_bound:,.0f}")
+            out(f"  max lag {lag_max:,} records ({lag_max / rate:.1f} s of traffic; bound 30 s)")
+            figures["lag_max"] = lag_max
+        if check_bounds is None:
+            check_bounds = minutes >= 3
         if len(samples) >= 6:
-            third = len(samples) // 3
+            third, half = len(samples) // 3, len(samples) // 2
             mid, last = samples[third:2 * third], samples[2 * third:]
             rss_mid, rss_last = max(s["rss_mb"] for s in mid), max(s["rss_mb"] for s in last)
             db_mid, db_last = max(s["rocksdb_mb"] for s in mid), max(s["rocksdb_mb"] for s in last)
-            lag_bound = rate * 30  # 30 s of traffic
-            lag_max = max(s["lag"] for s in samples[1:])
-            out(f"  bounded? RSS peak middle third {rss_mid:.0f} MiB, last third {rss_last:.0f} MiB; RocksDB "
-                f"{db_mid:.1f} -> {db_last:.1f} MiB; max lag {lag_max:,} (bound {lag_bound:,.0f} = 30 s of traffic)")
-            # still growing within the last third (beyond 10% + 64 MiB of noise)?
-            rss_growth = max(s["rss_mb"] for s in last) - min(s["rss_mb"] for s in last)
-            if rss_last > rss_mid * 1.25 + 64 or rss_growth > 0.1 * min(s["rss_mb"] for s in last) + 64:
-                problems.append(f"RSS keeps growing: middle third peak {rss_mid:.0f} MiB, last third "
-                                f"{min(s['rss_mb'] for s in last):.0f} -> {rss_last:.0f} MiB")
-            if db_last > db_mid * 2 + 32:
-                problems.append(f"RocksDB keeps growing: {db_mid:.1f} -> {db_last:.1f} MiB")
-            if lag_max > lag_bound:
-                problems.append(f"lag exceeded 30 s of traffic: {lag_max}")
+            slope = _slope_per_min(samples[half:], "rss_mb")
+            db_slope = _slope_per_min(samples[half:], "rocksdb_mb")
+            figures.update(rss_slope_mb_per_min=round(slope, 1), rss_peak_mid_mb=rss_mid, rss_peak_last_mb=rss_last,
+                           rocksdb_peak_mid_mb=db_mid, rocksdb_peak_last_mb=db_last,
+                           rocksdb_peak_mb=max(s["rocksdb_mb"] for s in samples))
+            out(f"  bounded? RSS slope over the second half {slope:+.1f} MiB/min (limit {rss_slope_mb_per_min:g}); "
+                f"RSS peak middle third {rss_mid:.0f} MiB, last third {rss_last:.0f} MiB; RocksDB on disk peak "
+                f"{db_mid:.1f} -> {db_last:.1f} MiB (slope {db_slope:+.1f} MiB/min)"
+                + ("" if check_bounds else " [not checked: run too short]"))
+            if check_bounds:
+                if slope > rss_slope_mb_per_min:
+                    problems.append(f"RSS keeps growing: {slope:+.1f} MiB/min over the second half "
+                                    f"(limit {rss_slope_mb_per_min:g})")
+                if rss_last > rss_mid * 1.1 + 32:
+                    problems.append(f"RSS peak of the last third {rss_last:.0f} MiB > middle third {rss_mid:.0f} "
+                                    f"MiB + 10% + 32 MiB")
+                if db_last > db_mid * 1.5 + 32:
+                    problems.append(f"RocksDB keeps growing: peak {db_mid:.1f} -> {db_last:.1f} MiB")
     finally:
-        stop_scoring.set()
+        scorer.stop_flag.set()
+        if producer is not None and producer.proc.is_alive():
+            producer.stop()
         w.stop()
     peak = max((s["rss_mb"] for s in samples), default=0.0)
     _verdict(out, "load", problems)
-    return {"scenario": "load", "minutes": minutes, "rate": rate, "events_sent": producer.sent,
-            "prediction_logs": preds,
-            "events_acked": n_acked, "valid": valid, "dead_lettered": dead, "accounted": accounted,
-            "score_ok": score["ok"], "score_failed": score["failed"], "score_p50_ms": p50, "score_p99_ms": p99,
-            "peak_rss_mb": peak, "samples": samples, "problems": problems}
+    return {"scenario": "load", "minutes": minutes, "rate": rate, "max_rate": max_rate, "max_rate_basis": basis,
+            "max_rate_measurement": measured, "events_sent": producer.sent if producer else 0,
+            "prediction_logs": preds, "events_acked": n_acked, "valid": valid, "dead_lettered": dead,
+            "accounted": accounted, "score_ok": scorer.ok, "score_failed": scorer.failed, "score_p50_ms": p50,
+            "score_p99_ms": p99, "peak_rss_mb": peak, **figures, "samples": samples, "problems": problems}
 
 
 # -- the command -----------------------------------------------------------------------
@@ -1439,7 +1831,8 @@ def run(args: argparse.Namespace) -> int:
                     results[name] = run_outage(work, outage_s=args.outage_s)
                 elif name == "load":
                     results[name] = run_load(broker.bootstrap, work, model_dir, cal_dir, minutes=args.minutes,
-                                             max_rate=args.max_rate, seed=args.seed + 3)
+                                             max_rate=args.max_rate, calibrate_s=args.calibrate_s,
+                                             clients=args.load_clients, seed=args.seed + 3)
             except Exception as exc:  # one scenario failing must not stop the others
                 results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
@@ -1467,12 +1860,17 @@ def run(args: argparse.Namespace) -> int:
     if "outage" in r and "producer_sent" in r["outage"]:
         o = r["outage"]
         print(f"  outage {o['outage_s']:.0f}s: producer {o['producer_ok']} acked / {o['producer_failed_loudly']} failed "
-              f"loudly / {o['producer_unresolved']} unresolved; running worker processed new events after the "
-              f"restart: {o.get('running_worker_processed_new')}; SIGTERM -> exit {o.get('stop_code')} after "
-              f"{o.get('stop_s')}s; restarted worker got partitions: {o.get('restarted_partitions') is not None}")
+              f"loudly / {o['producer_unresolved']} unresolved ({o.get('producer_after_restart_ok')}/"
+              f"{o.get('producer_after_restart_sent')} sent after the restart delivered); broker reset detected "
+              f"{o.get('reset_detected_s')}s after the restart; running worker processed the new events: "
+              f"{o.get('running_worker_processed_new')} ({o.get('running_worker_impressions')} of "
+              f"{o.get('impressions_expected')} impressions in its tables); SIGTERM -> exit {o.get('stop_code')} after "
+              f"{o.get('stop_s')}s; restarted worker: {o.get('restarted_impressions')}, fresh worker from the "
+              f"changelog: {o.get('fresh_impressions')} impressions")
     if "load" in r and "events_acked" in r["load"]:
         ld = r["load"]
-        print(f"  load {ld['minutes']:g} min: {ld['events_acked']:,} events in, {ld['accounted']:,} accounted; "
+        print(f"  load {ld['minutes']:g} min at {ld['rate']:,.0f}/s (80% of {ld['max_rate']:,.0f}/s, "
+              f"{ld['max_rate_basis']}): {ld['events_acked']:,} events in, {ld['accounted']:,} accounted; "
               f"/score {ld['score_ok']:,} ok / {ld['score_failed']} failed; peak RSS {ld['peak_rss_mb']:.0f} MiB")
     failed = {n: x["problems"] for n, x in results.items() if x.get("problems")}
     for n, probs in failed.items():
@@ -1488,8 +1886,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs in the crash scenario")
     p.add_argument("--outage-s", type=float, default=30.0, help="seconds the broker stays down")
     p.add_argument("--minutes", type=float, default=10.0, help="duration of the sustained-load scenario")
-    p.add_argument("--max-rate", type=float, default=2000.0,
-                   help="maximum event rate (events/s, e.g. from `feedrank bench ingest`); load runs at 80%%")
+    p.add_argument("--max-rate", type=float, default=None,
+                   help="maximum sustained event rate (events/s); load runs at 80%% of it. Default: measure it "
+                        "first on this box (producer + worker + broker + /score together, --calibrate-s)")
+    p.add_argument("--calibrate-s", type=float, default=60.0,
+                   help="seconds of unpaced production that measure the maximum rate (when --max-rate is unset)")
+    p.add_argument("--load-clients", type=int, default=4,
+                   help="aiokafka producers in the load producer process (one record per batch each)")
     p.add_argument("--seed", type=int, default=0, help="seed of streams, kill points and fuzz inputs")
     p.add_argument("--model-dir", default=os.environ.get("FEEDRANK_MODEL_DIR", "var/models"),
                    help="model artifacts root for the workers that serve /score")

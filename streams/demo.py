@@ -27,47 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from .broker import EmbeddedBroker, _pdeathsig, free_port
+from .metrics import hist_quantile, scrape
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
 WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
+#: the background producer's traffic (other users of the platform)
+BACKGROUND = {"--users": "20000", "--seed": "1"}
 
 
 def _get(url: str, timeout: float = 2.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read()
-
-
-def _metrics(url: str) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(_get(url + "/metrics").decode()):
-        for s in family.samples:
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
-            out[key] = out.get(key, 0.0) + s.value
-            out[s.name] = out.get(s.name, 0.0) + s.value if s.labels else out[key]
-    return out
-
-
-def hist_quantile(now: dict[str, float], prev: dict[str, float], name: str, q: float) -> float | None:
-    """The ``q`` quantile (upper bucket bound) of a Prometheus histogram between two scrapes."""
-    prefix = f"{name}_bucket{{le="
-    buckets = []
-    for key, value in now.items():
-        if key.startswith(prefix):
-            le = float(key[len(prefix):-1])
-            buckets.append((le, value - prev.get(key, 0.0)))
-    buckets.sort()
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    for le, cum in buckets:
-        if cum >= q * total:
-            return le
-    return None
 
 
 class Demo:
@@ -110,10 +83,16 @@ class Demo:
         log_path = self.run_dir / "replay-log.npz"
         print("model: first run, training one on the synthetic world while the stream starts "
               "(a few minutes on 2 cores); /score answers 503 until it is published", flush=True)
+        # The calibration log stands in for the serving logs the calibrators are fit on, so it must
+        # look like what the worker will serve: the same score path and policy (top 10 of 100 by
+        # blended utility, recalibrated at the shown rank) and the same tables, which the background
+        # producer's traffic feeds too. A log of other picks mis-calibrated the served items 1.5-2.8x.
+        background = ["--background-rate", str(self.background_rate),
+                      "--background-users", BACKGROUND["--users"], "--background-seed", BACKGROUND["--seed"]]
         return [
             ("train", ["train", "--out", str(staging), *world, "--train-hours", "12", "--epochs", "2"]),
             ("calibration-log", ["calibration", "log", "--model", str(staging), "--out", str(log_path),
-                                 "--hours", "1", *world]),
+                                 "--hours", "1", *world, *background]),
             ("replay", ["replay", "--model", str(staging), "--log", str(log_path), "--out", str(s.calibrator_dir)]),
         ]
 
@@ -172,8 +151,8 @@ class Demo:
         print(f"simulated users   {self.requests_per_s:g} feed requests/s in a closed loop "
               f"(log {self.run_dir / 'simulate.log'})", flush=True)
         if self.background_rate > 0:
-            self._spawn("producer", ["produce", "--rate", str(self.background_rate), "--users", "20000",
-                                     "--duration", str(10 ** 9), "--seed", "1"], env)
+            self._spawn("producer", ["produce", "--rate", str(self.background_rate), "--users", BACKGROUND["--users"],
+                                     "--duration", str(10 ** 9), "--seed", BACKGROUND["--seed"]], env)
             print(f"background events {self.background_rate:g}/s from other users", flush=True)
         print(f"\ninspect:  {url}/status   {url}/feedback-loop   {url}/calibration   {url}/metrics\n"
               f"          {url}/users/u1/sequence   feedrank inspect user u1 --url {url}\n"
@@ -219,7 +198,7 @@ class Demo:
             if now - last_t < 5.0:
                 continue
             try:
-                m = _metrics(url)
+                m = scrape(url)
                 cal = json.loads(_get(url + "/calibration"))
             except OSError:
                 print(f"[{now - start:5.0f}s] waiting for the worker to start ...", flush=True)
@@ -296,7 +275,8 @@ class Demo:
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings()
     duration = float(args.duration) if args.duration else None
-    return Demo(settings, float(args.requests_per_s), float(args.background_rate), duration).run()
+    return Demo(settings, float(args.requests_per_s), float(args.background_rate), duration,
+                run_dir=Path(args.run_dir)).run()
 
 
 def register(sub) -> None:
@@ -307,4 +287,7 @@ def register(sub) -> None:
     env_flag(p, "--background-rate", envvar="FEEDRANK_DEMO_RATE", default=300,
              help="extra synthetic events per second from other users (0 = none)")
     env_flag(p, "--duration", envvar="FEEDRANK_DEMO_DURATION", default=None, help="stop after N seconds")
+    env_flag(p, "--run-dir", envvar="FEEDRANK_DEMO_DIR", default="var/demo",
+             help="logs, state and the first run's staging files (models and calibrators: FEEDRANK_MODEL_DIR, "
+                  "FEEDRANK_CALIBRATOR_DIR)")
     p.set_defaults(func=_cmd_demo)

@@ -26,6 +26,24 @@ FRESHNESS_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
 )
 
+LOOP_LAG_SECONDS = Histogram(
+    "feedrank_event_loop_lag_seconds", "How late a 10 ms event-loop tick ran (time the loop was blocked)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
+)
+GC_PAUSE_SECONDS = Histogram(
+    "feedrank_gc_pause_seconds", "Python garbage-collector pauses by generation",
+    ["generation"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=REGISTRY,
+)
+BROKER_RESETS = Counter(
+    "feedrank_broker_resets",
+    "Broker data losses the table engine detected (what = changelog | input | retention), by policy action",
+    ["what", "action"], registry=REGISTRY,
+)
+STOP_ABANDONED = Counter(
+    "feedrank_stop_steps_abandoned", "Waits of a stop or revocation that ran out of time and were abandoned",
+    ["step"], registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The registry in Prometheus text exposition format."""
@@ -41,3 +59,43 @@ CALIBRATION_ERROR = Gauge("feedrank_calibration_error", "sum(p)/sum(y) over the 
                           ["task"], registry=REGISTRY)
 CALIBRATION_ALERT = Gauge("feedrank_calibration_alert", "1 while a task's calibration is out of band",
                           ["task"], registry=REGISTRY)
+
+
+def parse_text(text: str) -> dict[str, float]:
+    """Prometheus text -> ``{"name{k=v,...}": value}`` plus ``{"name": sum over labels}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+            out[key] = out.get(key, 0.0) + s.value
+            out[s.name] = out.get(s.name, 0.0) + s.value if s.labels else out[key]
+    return out
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
+    """``parse_text`` of a worker's ``<url>/metrics``."""
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as resp:
+        return parse_text(resp.read().decode())
+
+
+def hist_quantile(now: dict[str, float], prev: dict[str, float], name: str, q: float,
+                  labels: str = "") -> float | None:
+    """The ``q`` quantile (upper bucket bound) of a histogram between two scrapes (``labels``: "k=v,")."""
+    prefix = f"{name}_bucket{{{labels}le="
+    buckets = []
+    for key, value in now.items():
+        if key.startswith(prefix):
+            le = float(key[len(prefix):-1])
+            buckets.append((le, value - prev.get(key, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    for le, cum in buckets:
+        if cum >= q * total:
+            return le
+    return None

@@ -7,6 +7,16 @@
 
 Against the embedded broker every record travels in its own batch (its end
 offsets are wrong for multi-record batches); against real Kafka it batches.
+
+Broker outages: sends are buffered and retried (``retries``, bounded by
+``delivery_timeout_ms``); every future ends in success or an error, none
+hangs. Against the embedded broker the producer is not idempotent: tansu
+forgets producer ids when it restarts and answers kafka-python's epoch bump
+(KIP-360 InitProducerId) with an unknown error, which kafka-python treats as
+fatal; without idempotence the buffered records are simply retried into the
+restarted broker. Should the underlying producer still reach a fatal state
+(any broker), the next ``send`` replaces it with a new one (its unfinished
+sends fail with an error) and logs a WARNING: ``feedrank produce`` keeps going.
 """
 
 from __future__ import annotations
@@ -59,9 +69,13 @@ class EventProducer:
             "request_timeout_ms": 30_000,
             **kafka_python_batch_config(single_record_batches),
         }
+        if single_record_batches:  # the embedded-broker mode (module doc); real Kafka keeps the default (on)
+            config["enable_idempotence"] = False
         config.update(producer_config)
+        self._config = config
         self._producer = KafkaProducer(**config)
         self.sent = 0
+        self.recreated = 0
 
     @classmethod
     def connect(cls, settings: Settings | None = None, **kw: Any) -> "EventProducer":
@@ -81,11 +95,43 @@ class EventProducer:
     def send(self, event: Event) -> Any:
         """Queue one event; returns the kafka-python future."""
         self.sent += 1
-        return self._producer.send(self.topic_for(event), key=event.user_id.encode(), value=encode_event(event))
+        return self._live().send(self.topic_for(event), key=event.user_id.encode(), value=encode_event(event))
 
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
         """Send arbitrary bytes (tests and fuzzing of the consumer side)."""
-        return self._producer.send(topic, key=key, value=value)
+        return self._live().send(topic, key=key, value=value)
+
+    def is_fatal(self) -> bool:
+        """Whether the underlying kafka-python producer is in its fatal state (it would fail every send)."""
+        tm = getattr(self._producer, "_transaction_manager", None)
+        try:
+            return bool(tm is not None and tm.has_fatal_error())
+        except Exception:  # a kafka-python without that API: never replace
+            return False
+
+    def _live(self) -> Any:
+        """The underlying producer; a fatal one is replaced first (its unfinished sends fail with an error)."""
+        if self.is_fatal():
+            from kafka import KafkaProducer
+
+            old = self._producer
+            try:
+                reason = old._transaction_manager.last_error()
+            except Exception:
+                reason = None
+            log.warning("the kafka producer hit a fatal error (%s); replacing it with a new one (its unfinished "
+                        "sends fail with an error)", reason or "see the kafka.producer log")
+            try:  # a fatal producer aborts its batches at once: the flush inside close() is short
+                old.close(timeout=2)
+            except Exception as exc:
+                log.warning("closing the failed producer: %s; forcing it", exc)
+                try:
+                    old._sender.force_close()
+                except Exception:
+                    pass
+            self._producer = KafkaProducer(**self._config)
+            self.recreated += 1
+        return self._producer
 
     def flush(self, timeout_s: float | None = 30.0) -> None:
         self._producer.flush(timeout=timeout_s)

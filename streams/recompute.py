@@ -183,8 +183,11 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
 def dump_state(state: PartitionState) -> dict[str, Any]:
     """Every store's content plus the comparable part of the metadata."""
     out: dict[str, Any] = {s.name: dict(state.items(s)) for s in ALL_STORES}
+    from streams.state.recovery import BOOKKEEPING_KEYS
+
     meta = state.meta
-    out["meta"] = {"offsets": meta.offsets, "extra": meta.extra}
+    out["meta"] = {"offsets": meta.offsets,
+                   "extra": {k: v for k, v in meta.extra.items() if k not in BOOKKEEPING_KEYS}}
     return out
 
 

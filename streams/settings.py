@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     topic_labeled: str = Field("labeled-impressions", description="One labeled example per impression when its attribution window closes.")
     topic_feedback_deltas: str = Field("feedback-deltas", description="Per-partition feedback-loop tile deltas (key = segment), read by every worker.")
     state_backend: str = Field("rocksdb://", description="State backend URL: rocksdb:// (under data_dir) or memory://.")
+    rocksdb_memory_mb: int = Field(128, ge=8, le=1 << 20, description="RocksDB memory budget of a worker process (MiB), shared by all its partitions' DBs: half block cache (index and filter blocks included), half memtables.")
     sequence_len: int = Field(256, ge=1, le=4096, description="Actions kept per user in user_sequences.")
     attribution_window_s: float = Field(600.0, gt=0, description="How long an impression waits for its engagements (event time).")
     allowed_lateness_s: float = Field(60.0, ge=0, description="Event-time lateness tolerated per input partition before an event counts as late.")
@@ -53,6 +54,12 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(1.0, gt=0, description="State checkpoint (changelog + RocksDB + feedback delta shipping) interval.")
     consume_max_records: int = Field(4000, ge=1, description="Records per consumer poll of the table engine.")
     consume_partition_fetch_bytes: int = Field(262144, ge=1024, description="Max bytes fetched per partition per request (bounds how far one input runs ahead).")
+    consume_fetch_max_wait_ms: int | None = Field(None, ge=1, le=10_000, description="How long the broker may hold a fetch that has no new records. Unset: 500 on Kafka (which answers as soon as a record arrives), 10 on the embedded broker (which holds an empty fetch for the whole wait even when records arrive, so this bounds freshness).")
+    on_broker_reset: Literal["reseed", "fail"] = Field(
+        "reseed",
+        description="What a worker does when the broker lost data its state depends on (the changelog ends below the local state's marker, an input ends below the stored offset: an embedded broker restarted, a topic re-created): reseed = keep the local state, re-seed the changelog from it and read re-created inputs from their start, with a WARNING and `feedrank_broker_resets_total`; fail = exit non-zero with the reason.",
+    )
+    shutdown_timeout_s: float = Field(5.0, gt=0, description="Bound on each wait of a graceful stop or a partition revocation (final checkpoint, consumer stop, producer flush); a wait that runs out is abandoned with a WARNING (the state stays crash-consistent and replays from its stored offsets).")
     # -- serving, calibration, routing (issues 5 and 6) --
     model_dir: Path = Field(Path("var/models"), description="Model artifacts root; serving loads `<model_dir>/latest`.")
     calibrator_dir: Path = Field(Path("var/calibrators"), description="Offline-fit calibrator sets (`feedrank replay --out`), by model version.")

@@ -35,6 +35,14 @@ def build_worker_app(settings: Settings, bootstrap: str):
         await app.add_runtime_dependency(directory)
         await app.add_runtime_dependency(calibration)
 
+    @app.task
+    async def _loop_monitor() -> None:  # pragma: no cover - exercised by broker tests
+        from .loopmon import install_gc_monitor, tune_runtime, watch_loop_lag
+
+        install_gc_monitor()
+        tune_runtime()
+        await watch_loop_lag()
+
     install_web(app, settings, views, serving, directory)
     return app
 

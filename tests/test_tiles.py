@@ -89,3 +89,26 @@ def test_feedback_merge_adds_deltas() -> None:
             total.merge(seg, tiles)
     assert total.window("all", T0 + MINUTE_MS).impressions == 2
     assert total.window("all", T0 + MINUTE_MS).actions == {"click": 1}
+
+
+def test_feedback_view_snapshot_is_cached_until_the_tiles_change() -> None:
+    from features.tiles import FeedbackView
+
+    view = FeedbackView(window_min=30, grace_min=1)
+    t0 = 100 * MINUTE_MS
+    delta = FeedbackTiles()
+    delta.add(segment_keys("US", "f"), t0, None)
+    delta.add(segment_keys("US", "f"), t0, "click")
+    tiles = {int(k): v for k, v in delta.to_json()["all"].items()}
+    assert view.apply(0, 1, "all", tiles)
+    first = view.snapshot()
+    assert view.snapshot() is first  # unchanged tiles: the same object, no recomputation
+    assert first.get("all").impressions == 1
+    assert view.apply(1, 1, "all", tiles)  # another origin's delta changes the counts
+    second = view.snapshot()
+    assert second is not first and second.get("all").impressions == 2
+    assert not view.apply(1, 1, "all", tiles)  # a duplicate changes nothing
+    assert view.snapshot() is second
+    view.watermark = t0 + 40 * MINUTE_MS
+    assert view.expire() > 0  # expiry drops the tiles: the next snapshot sees it
+    assert view.snapshot().get("all").impressions == 0

@@ -11,7 +11,7 @@
   replay that applies only complete checkpoints.
 """
 
-from .backend import Backend, MemoryBackend, RocksDBBackend, open_backend
+from .backend import Backend, MemoryBackend, RocksDBBackend, configure_rocksdb, open_backend, rocksdb_memory
 from .exceptions import BackendURLError, StateError, StoreClosedError, TransactionStateError
 from .partition import Meta, PartitionState, StoreSpec
 from .transaction import RecordCache, Snapshot, Transaction, TxKV
@@ -31,5 +31,7 @@ __all__ = [
     "Transaction",
     "TransactionStateError",
     "TxKV",
+    "configure_rocksdb",
     "open_backend",
+    "rocksdb_memory",
 ]

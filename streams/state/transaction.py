@@ -168,6 +168,15 @@ class RecordCache:
     ``max_entries``. One snapshot may be in flight at a time: entries of an
     unfinished checkpoint are never evicted, so a cache miss always reads the
     store's latest committed value.
+
+    Raw values (stores without a codec: impressions waiting for their window,
+    orphan engagements, prediction logs of tens of KB) and deletes are kept
+    only until the checkpoint that wrote them is committed, and raw values read
+    from the store only until the next commit: they are written once and read
+    about once more, so keeping them saves no decoding, and it used to hold
+    every impression and log of the window (and a key per closed one) in
+    Python memory until ``max_entries`` was reached (measured: +315 MiB in 4
+    minutes of the load scenario).
     """
 
     def __init__(self, state: PartitionState, codecs: dict[str, Codec] | None = None,
@@ -178,6 +187,9 @@ class RecordCache:
         self._cache: dict[bytes, Any] = {}
         self._dirty: dict[bytes, str] = {}
         self._snap: Snapshot | None = None
+        #: clean raw/deleted entries to drop at the next commit; those of the in-flight snapshot
+        self._evict_next: list[bytes] = []
+        self._evict_snap: list[bytes] = []
 
     def get(self, store: StoreSpec, key: str, default: Any = None) -> Any:
         fk = store.prefix + key.encode()
@@ -192,7 +204,11 @@ class RecordCache:
         if raw is None:
             return default
         codec = self.codecs.get(store.name)
-        v = codec[0](raw) if codec is not None else raw
+        if codec is None:
+            self._evict_next.append(fk)  # a raw read: kept until the next commit only
+            cache[fk] = raw
+            return raw
+        v = codec[0](raw)
         cache[fk] = v
         return v
 
@@ -230,28 +246,46 @@ class RecordCache:
         changes: list[tuple[bytes, bytes | None]] = []
         pending: dict[bytes, tuple[str, Any]] = {}
         cache, codecs = self._cache, self.codecs
+        evict = self._evict_snap = []
         for fk, store in self._dirty.items():
             v = cache[fk]
             if v is _DELETED:
                 changes.append((fk, None))
+                evict.append(fk)
             elif store in codecs:
                 pending[fk] = (store, v)
             else:
                 changes.append((fk, v))
+                evict.append(fk)
         self._dirty = {}
         self._snap = Snapshot(changes, pending, codecs)
         return self._snap
 
     def committed(self) -> None:
-        """The in-flight snapshot is in the local store: forget it; evict clean entries if too many."""
+        """The in-flight snapshot is in the local store: forget it and evict what is clean and not worth keeping.
+
+        Raw values and deletes of that snapshot, and raw values read since the
+        last commit, leave the cache unless written again meanwhile (dirty);
+        all clean entries leave when the cache holds more than ``max_entries``.
+        """
         self._snap = None
-        if len(self._cache) > self.max_entries:
-            dirty = self._dirty
-            self._cache = {fk: v for fk, v in self._cache.items() if fk in dirty}
+        cache, dirty = self._cache, self._dirty
+        evict, self._evict_snap = self._evict_snap, []
+        reads, self._evict_next = self._evict_next, []
+        if len(cache) > self.max_entries:
+            self._cache = {fk: v for fk, v in cache.items() if fk in dirty}
+            return
+        for keys in (evict, reads):
+            for fk in keys:
+                if fk not in dirty:
+                    v = cache.get(fk, _MISSING)
+                    if v is _DELETED or type(v) is bytes:
+                        del cache[fk]
 
     def failed(self) -> None:
         """The in-flight checkpoint did not make it: its keys are dirty again (written next time)."""
         snap, self._snap = self._snap, None
+        self._evict_snap = []
         if snap is not None:
             for fk, _v in snap.changes:
                 self._dirty.setdefault(fk, fk.partition(b"\x01")[0].decode())
