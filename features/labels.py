@@ -118,7 +118,11 @@ def decode_pending(blob: bytes) -> tuple[int, int, str, str, bytes]:
 
 
 def labels_dict(bits: int) -> dict[str, int]:
-    return {a: 1 if bits & b else 0 for a, b in _BIT.items()}
+    return dict(_LABELS[bits])
+
+
+_LABELS: Final[list[dict[str, int]]] = [{a: 1 if bits & b else 0 for a, b in _BIT.items()}
+                                        for bits in range(1 << len(ACTIONS))]
 
 
 def _encode_orphans(items: list[tuple[int, int, str]]) -> bytes:

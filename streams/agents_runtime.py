@@ -273,8 +273,9 @@ class TableEngine(mode.Service):
             return self.settings.consume_fetch_max_wait_ms
         from .producer import one_record_per_batch
 
-        # the embedded broker does not answer a waiting fetch when records arrive: wait briefly, poll often
-        return 10 if one_record_per_batch(self.settings, self.bootstrap) else 500
+        # the embedded broker holds a fetch ~the whole wait (measured: produce->consume p99 268 ms at 500, 28 ms
+        # at 50, throughput falls below ~50 ms): keep the wait short
+        return 50 if one_record_per_batch(self.settings, self.bootstrap) else 500
 
     # -- partitions ----------------------------------------------------------------
     def _data_dir(self) -> Path:

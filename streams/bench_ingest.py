@@ -138,6 +138,9 @@ async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
 
 async def _engine_rate(settings: Any, bootstrap: str, n: int) -> tuple[float, dict[str, Any]]:
     from .agents_runtime import TableEngine
+    from .loopmon import tune_runtime
+
+    tune_runtime()  # as in a worker
 
     engine = TableEngine(settings, bootstrap)
     await engine.start()
@@ -188,6 +191,9 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
                        warmup_s: float, step_ms: int, producers: int = 1) -> dict[str, Any]:
     from .agents_runtime import TableEngine
     from .views import StreamViews
+    from .loopmon import tune_runtime
+
+    tune_runtime()  # as in a worker
 
     engine = TableEngine(settings, bootstrap)
     await engine.start()
@@ -256,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             checkpoint_interval_s=args.checkpoint_interval)
 
         single = one_record_per_batch(fresh("x"), broker.bootstrap)
-        live_single = single and not args.live_batching
+        live_single = single
         result["one_record_per_batch"] = single
         s = fresh("max")
         ensure_topics(broker.bootstrap, topic_specs(s))
@@ -292,11 +298,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-rate", type=float, default=None, help="freshness load in events/s (overrides --load)")
     p.add_argument("--seconds", type=float, default=15.0, help="duration of the freshness run")
     p.add_argument("--checkpoint-interval", type=float, default=1.0, help="checkpoint interval (s)")
-    p.add_argument("--live-batching", action="store_true",
-                   help="let the freshness run's producer batch (linger 5 ms) even on the embedded broker: a "
-                        "one-record-per-batch producer tops out near 5k records/s on 2 cores and its own "
-                        "queue then dominates the delay")
-    p.add_argument("--producers", type=int, default=2,
+    p.add_argument("--producers", type=int, default=3,
                    help="producer processes of the freshness run, each with its own users and a share of the rate "
                         "(one producer sending one record per batch tops out near 4k records/s on 2 cores)")
     p.add_argument("--event-ms-per-request", type=int, default=200,

@@ -29,8 +29,14 @@ and reads a re-created input from its start; ``fail`` stops the worker with a
 non-zero exit and the reason. See docs/reliability.md.
 
 Not detectable by offsets: an input re-created and refilled *past* the stored
-offset before the worker fetches it again. Its first records then look
-processed and are skipped (topic ids, KIP-516, would tell; not used yet).
+offset before the worker fetches it again. Its first records would look
+processed and be skipped, so every checkpoint also records the topic ids
+(KIP-516) its offsets refer to, and a changed id on assignment is a reset.
+
+The high-watermark signal assumes true end offsets. The embedded broker
+reports them only for one-record batches (DESIGN.md), which is why every
+producer to it must send one record per batch: a batching producer would make
+inputs look reset.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = Field(1.0, gt=0, description="State checkpoint (changelog + RocksDB + feedback delta shipping) interval.")
     consume_max_records: int = Field(4000, ge=1, description="Records per consumer poll of the table engine.")
     consume_partition_fetch_bytes: int = Field(262144, ge=1024, description="Max bytes fetched per partition per request (bounds how far one input runs ahead).")
-    consume_fetch_max_wait_ms: int | None = Field(None, ge=1, le=10_000, description="How long the broker may hold a fetch that has no new records. Unset: 500 on Kafka (which answers as soon as a record arrives), 10 on the embedded broker (which holds an empty fetch for the whole wait even when records arrive, so this bounds freshness).")
+    consume_fetch_max_wait_ms: int | None = Field(None, ge=1, le=10_000, description="How long the broker may hold a fetch that has no new records. Unset: 500 on Kafka (which answers as soon as a record arrives), 50 on the embedded broker (which holds a fetch for about the whole wait and answers with what arrived meanwhile, so this bounds freshness; below ~50 ms its fetches come back small and throughput drops).")
     on_broker_reset: Literal["reseed", "fail"] = Field(
         "reseed",
         description="What a worker does when the broker lost data its state depends on (the changelog ends below the local state's marker, an input ends below the stored offset: an embedded broker restarted, a topic re-created): reseed = keep the local state, re-seed the changelog from it and read re-created inputs from their start, with a WARNING and `feedrank_broker_resets_total`; fail = exit non-zero with the reason.",
