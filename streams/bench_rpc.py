@@ -88,8 +88,12 @@ def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
     key = "feedrank_gc_pause_seconds_{}{{generation=2}}"
     n = after.get(key.format("count"), 0.0) - before.get(key.format("count"), 0.0)
     total = after.get(key.format("sum"), 0.0) - before.get(key.format("sum"), 0.0)
+    stages = {}
+    for stage in ("parse", "state", "wait", "score", "log"):
+        v = hist_quantile(after, before, "feedrank_score_stage_seconds", 0.99, labels={"stage": stage})
+        stages[stage] = "-" if v is None else f"{v * 1000:g}"
     return {"score_p99": q("feedrank_score_latency_seconds"), "loop_p99": q("feedrank_event_loop_lag_seconds"),
-            "full_gc": f"{n:.0f}/{total * 1000:.0f}ms"}
+            "full_gc": f"{n:.0f}/{total * 1000:.0f}ms", "stages": "/".join(stages.values())}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -138,9 +142,10 @@ def main(args: argparse.Namespace) -> int:
         _run(url, bodies, 1, 3.0, None)  # warm-up
         print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores")
-        print("worker side: in-worker /score p99, event-loop lag p99 (10 ms ticks), full GC pauses (count, total)")
+        print("worker side (upper bucket bounds, ms): in-worker /score p99, event-loop lag p99 (10 ms ticks), full "
+              "GC pauses (count/total), p99 per stage parse/state/wait/score/log")
         print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-              f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}")
+              f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p99")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in (1, 2, 4)]
         for label, threads, rate in runs:
@@ -148,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
             r = _run(url, bodies, threads, float(args.seconds), rate)
             w = _worker_side(before, scrape(url))
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                  f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}", flush=True)
+                  f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}",
+                  flush=True)
         return 0
     finally:
         for p in procs:

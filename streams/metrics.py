@@ -44,6 +44,12 @@ STOP_ABANDONED = Counter(
     ["step"], registry=REGISTRY,
 )
 
+SCORE_STAGE_SECONDS = Histogram(
+    "feedrank_score_stage_seconds", "Where POST /score time goes: read+parse, state, wait (score thread busy), "
+    "score (model, calibration, blend), log (prediction log handed to the producer)",
+    ["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     """The registry in Prometheus text exposition format."""
@@ -83,14 +89,18 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
 
 
 def hist_quantile(now: dict[str, float], prev: dict[str, float], name: str, q: float,
-                  labels: str = "") -> float | None:
-    """The ``q`` quantile (upper bucket bound) of a histogram between two scrapes (``labels``: "k=v,")."""
-    prefix = f"{name}_bucket{{{labels}le="
+                  labels: dict[str, str] | None = None) -> float | None:
+    """The ``q`` quantile (upper bucket bound) of a histogram between two scrapes, for one label set."""
+    prefix = f"{name}_bucket{{"
+    want = labels or {}
     buckets = []
     for key, value in now.items():
-        if key.startswith(prefix):
-            le = float(key[len(prefix):-1])
-            buckets.append((le, value - prev.get(key, 0.0)))
+        if not key.startswith(prefix):
+            continue
+        got = dict(kv.split("=", 1) for kv in key[len(prefix):-1].split(","))
+        if any(got.get(k) != v for k, v in want.items()) or len(got) != len(want) + 1:
+            continue
+        buckets.append((float(got["le"]), value - prev.get(key, 0.0)))
     buckets.sort()
     if not buckets or buckets[-1][1] <= 0:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,16 +105,25 @@ class Serving:
         return self.scorer.model.version if self.scorer else None
 
     def _score_and_encode(self, req, user, feedback):
+        t0 = time.perf_counter()
         scored = self.scorer.score(req, user, feedback)
-        return scored, encode_prediction(scored.prediction_log)
+        return scored, encode_prediction(scored.prediction_log), t0, time.perf_counter()
 
     async def score(self, req, user, feedback):
         """Score in the executor (the log is encoded there too: ~1 ms off the event loop), then log it."""
+        from .metrics import SCORE_STAGE_SECONDS
+
         loop = asyncio.get_running_loop()
-        scored, log_value = await loop.run_in_executor(self._executor, self._score_and_encode, req, user, feedback)
+        t_submit = time.perf_counter()
+        scored, log_value, t_start, t_end = await loop.run_in_executor(
+            self._executor, self._score_and_encode, req, user, feedback)
+        SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
+        SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
         if self.app is not None:
+            t_log = time.perf_counter()
             await self.app.producer.send(self.settings.topic_predictions, key=req.user_id.encode(),
                                          value=log_value, partition=None, timestamp=None, headers=None)
+            SCORE_STAGE_SECONDS.labels("log").observe(time.perf_counter() - t_log)
         return scored
 
     # -- calibrators and drift (fed by streams.calibration_loop) -------------------------

@@ -25,7 +25,7 @@ from typing import Any
 from features.events import ACTIONS
 from features.rpc import RequestError, parse_score_request
 
-from .metrics import SCORE_LATENCY, SCORE_REQUESTS, render
+from .metrics import SCORE_LATENCY, SCORE_REQUESTS, SCORE_STAGE_SECONDS, render
 from .views import NotLocalError, StreamViews, partition_for
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class WebApi:
         except RequestError as exc:
             SCORE_REQUESTS.labels(str(exc.status)).inc()
             return web.json(exc.to_json(), status=exc.status)
+        t_parsed = time.perf_counter()
         partition = partition_for(req.user_id, self.settings.partitions)
         try:
             user = self.views.get_user_state(req.user_id)
@@ -94,6 +95,8 @@ class WebApi:
         if self.serving is None or self.serving.scorer is None:
             return _error(web, 503, "model", "no model loaded on this worker; run `feedrank train` and restart")
         feedback = self.views.get_feedback_snapshot()
+        SCORE_STAGE_SECONDS.labels("parse").observe(t_parsed - t0)
+        SCORE_STAGE_SECONDS.labels("state").observe(time.perf_counter() - t_parsed)
         scored = await self.serving.score(req, user, feedback)
         response = scored.response
         response.served_by = self.directory.url if self.directory else ""
