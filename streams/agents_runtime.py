@@ -129,6 +129,8 @@ class TableEngine(mode.Service):
         self.processors = list(processors)
         self.tables: dict[int, PartitionTables] = {}
         self.freshness = FreshnessLog()
+        #: produce-to-received delays (ms) of engagements: the broker's and producer's share of freshness
+        self.delivery = FreshnessLog()
         self.processed = 0
         self.dead_lettered = 0
         self.checkpoints = 0
@@ -658,6 +660,9 @@ class TableEngine(mode.Service):
             EVENTS_CONSUMED.labels(topic).inc(len(all_msgs))
             fence = tables.offsets.get(topic, -1)
             held = self._held[p] if kind == "engagement" else None
+            if held is not None:
+                now_ms = time.time() * 1000.0
+                self.delivery.add_many([now_ms - m.timestamp for m in all_msgs])
             for start in range(0, len(all_msgs), SLICE):
                 msgs = all_msgs[start:start + SLICE]
                 items = []

@@ -11,7 +11,9 @@
    time just before ``send``) to a probe task in the engine's process that
    polls ``streams.views.get_user_state`` (the read-your-own-writes API the
    scorer uses) every 2 ms until the action is there: p50/p99 of that delay.
-   The engine's own apply-time delay is printed beside it.
+   The engine's own apply-time delay is printed beside it, and the delivery
+   delay (produced -> returned by the engine's fetch): the producer's and the
+   broker's share (the embedded broker holds a fetch for about its whole wait).
 
 Event time advances ``--event-ms-per-request`` per request (default 200 ms),
 so attribution windows (600 s) close during the runs and the steady-state
@@ -215,6 +217,7 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
     try:
         await asyncio.sleep(warmup_s)
         engine.freshness.samples.clear()
+        engine.delivery.samples.clear()
         delays.clear()
         processed0, t0 = engine.processed, time.perf_counter()
         while any(proc.is_alive() for proc in procs):
@@ -226,10 +229,13 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
         data = sorted(delays)
         pct = (lambda q: data[min(len(data) - 1, int(q * len(data)))] if data else float("nan"))
         a50, a99 = engine.freshness.percentiles(0.5, 0.99)
+        d50, d99 = engine.delivery.percentiles(0.5, 0.99)
         out = {"freshness_p50_ms": round(pct(0.5), 1), "freshness_p99_ms": round(pct(0.99), 1),
                "freshness_max_ms": round(data[-1], 1) if data else float("nan"),
                "freshness_samples": len(data), "freshness_missing": missing[0],
                "engine_apply_delay_p50_ms": round(a50, 1), "engine_apply_delay_p99_ms": round(a99, 1),
+               # of which the producer and the broker: produced -> in the engine's hands (fetch returned)
+               "delivery_delay_p50_ms": round(d50, 1), "delivery_delay_p99_ms": round(d99, 1),
                "live_labeled_examples": sum(
                    t.join.stats.counts["labeled_examples"] for t in engine.tables.values())}
     finally:
