@@ -43,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import mode
 import orjson
@@ -65,6 +65,7 @@ from .tables import PartitionTables
 log = logging.getLogger(__name__)
 
 Processor = Callable[[Sequence[Decoded]], Awaitable[None]]
+_T = TypeVar("_T")
 
 #: held engagements of one partition above which its engagement input is paused / below which resumed
 HOLD_PAUSE = 20_000
@@ -468,16 +469,9 @@ class TableEngine(mode.Service):
         if self._changelog in self._ids:  # the marker now refers to the current changelog (inputs: unchanged)
             ids[self._changelog] = self._ids[self._changelog]
             self._part_ids.setdefault(p, {})[self._changelog] = self._ids[self._changelog]
-        deadline = t0 + CHANGELOG_RETRY_S
-        while True:
-            try:
-                n = await reseed_changelog(state, self.producer, self._changelog, extra={TOPIC_IDS: ids})
-                break
-            except ChangelogError as exc:
-                if time.monotonic() > deadline or self.should_stop:
-                    raise
-                log.warning("partition %d: re-seeding the changelog failed (%s); retrying", p, exc)
-                await asyncio.sleep(0.5)
+        n = await self._retrying(f"partition {p}: re-seeding the changelog",
+                                 lambda: reseed_changelog(state, self.producer, self._changelog,
+                                                          extra={TOPIC_IDS: ids}), ChangelogError)
         self._reset_seen.add(p)
         log.warning("partition %d: re-seeded the changelog %s from the local state: %d keys in %.1fs (marker at "
                     "offset %d); a later recovery restores the whole state from it", p, self._changelog, n,
@@ -870,23 +864,19 @@ class TableEngine(mode.Service):
         while not snap.serialize(2000):  # in chunks: fresh events are processed in between
             await asyncio.sleep(0)
         changes = snap.changes
-        reset = False
-        deadline = time.monotonic() + CHANGELOG_RETRY_S
-        while True:
+
+        async def write() -> bool:
+            """Write the delta; True when the broker lost the changelog (raises under on_broker_reset=fail)."""
             try:
                 meta.changelog_offset = await write_checkpoint(self.producer, self._changelog, p, changes, meta,
                                                                after=tables.state.meta.changelog_offset)
-                break
-            except ChangelogResetError as exc:  # the broker lost the changelog (raises under on_broker_reset=fail)
+                return False
+            except ChangelogResetError as exc:
                 self._broker_reset("changelog", p, str(exc))
                 meta.changelog_offset = exc.marker
-                reset = True
-                break
-            except ChangelogError as exc:
-                if time.monotonic() > deadline or self.should_stop:
-                    raise
-                log.warning("partition %d: changelog write failed (%s); retrying the checkpoint", p, exc)
-                await asyncio.sleep(0.5)
+                return True
+
+        reset = await self._retrying(f"partition {p}: changelog write of the checkpoint", write, ChangelogError)
         if self.tables.get(p) is not tables:
             return  # revoked meanwhile (the revocation awaited us; nothing else to do)
         if reset:
@@ -906,18 +896,25 @@ class TableEngine(mode.Service):
 
     async def _ship_outbox(self, outbox: dict[str, Any]) -> None:
         """Send a checkpoint's feedback delta; failures are retried (the view dedups by origin and ckpt)."""
-        if not outbox:
-            return
+        if outbox:
+            await self._retrying(f"shipping the feedback delta of checkpoint {outbox.get('ckpt')}",
+                                 lambda: self._send_outbox(outbox), Exception)
+
+    async def _retrying(self, what: str, op: Callable[[], Awaitable[_T]],
+                        retry_on: type[BaseException] | tuple[type[BaseException], ...]) -> _T:
+        """``await op()``, retried every 0.5 s for ``CHANGELOG_RETRY_S`` on ``retry_on`` (not after stop).
+
+        Safe for the writes it wraps: an unfinished changelog attempt is a tail
+        without marker, and feedback deltas are deduplicated by origin and checkpoint.
+        """
         deadline = time.monotonic() + CHANGELOG_RETRY_S
         while True:
             try:
-                await self._send_outbox(outbox)
-                return
-            except Exception as exc:
+                return await op()
+            except retry_on as exc:
                 if time.monotonic() > deadline or self.should_stop:
                     raise
-                log.warning("shipping the feedback delta of checkpoint %s failed (%s: %s); retrying",
-                            outbox.get("ckpt"), type(exc).__name__, exc)
+                log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
 
     async def _send_outbox(self, outbox: dict[str, Any]) -> None:

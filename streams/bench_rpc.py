@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
                                                              app_id=f"bench{port}")))
         url = f"http://127.0.0.1:{port}"
         for name, cmd in (("worker", ["worker"]),
-                          ("producer", ["produce", "--rate", str(args.event_rate), "--users", "20000",
+                          ("producer", ["produce", "--rate", str(args.event_rate), "--pace", "rate", "--users", "20000",
                                         "--duration", str(10 ** 6)])):
             logf = open(run_dir / f"{name}.log", "wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", *cmd], env=env, stdout=logf,

@@ -50,20 +50,30 @@ def decode_snapshot(raw: bytes):
 
 
 class SeenIds:
-    """A bounded set of recent ids (oldest forgotten first)."""
+    """A bounded set of recent ids (oldest forgotten first), ~100 bytes an id.
 
-    def __init__(self, capacity: int = 1_000_000) -> None:
+    Repeats of a labeled example come from a worker re-processing the records
+    after its last checkpoint (seconds of input), so a window of the last
+    ``capacity`` ids is enough; ids are kept as 64-bit hashes (a false repeat
+    among 100k ids: ~3e-10).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[int, None] = OrderedDict()
 
     def add(self, key: str) -> bool:
         """True when ``key`` is new."""
-        if key in self._ids:
+        h = hash(key)
+        if h in self._ids:
             return False
-        self._ids[key] = None
+        self._ids[h] = None
         if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
         return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class CalibrationLoop(mode.Service):

@@ -263,9 +263,9 @@ class PacedProducer(threading.Thread):
                     futs.append(producer.send(e))
                     self.sent = i + 1
                     if i % 100 == 99:
-                        due = t0 + (i + 1) / self.rate
-                        if due > time.monotonic():
-                            time.sleep(due - time.monotonic())
+                        wait = t0 + (i + 1) / self.rate - time.monotonic()
+                        if wait > 0:  # one clock read: a second could make the wait negative
+                            time.sleep(wait)
                 producer.flush()
                 for f in futs:
                     md = f.get(timeout=60)
@@ -1490,6 +1490,32 @@ def _cpu_s(pid: int | None) -> float:
         return 0.0
 
 
+def _rss_mb(pid: int | None) -> float:
+    """Resident set size of a process (MiB); 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def embedded_broker_pid(bootstrap: str) -> int | None:
+    """The pid of the embedded broker (tansu) listening on ``bootstrap``, when it runs on this box."""
+    needle = f"tcp://{bootstrap}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tansu" in cmd and needle in cmd:
+            return int(d.name)
+    return None
+
+
 def _lag(stats: dict[str, Any], acked: dict[str, dict[int, int]]) -> int:
     offs = stats["offsets"]
     return sum(max(0, n - 1 - offs.get(str(p), {}).get(t, -1)) for t, per in acked.items() for p, n in per.items())
@@ -1555,11 +1581,20 @@ class _ScoreLoad(threading.Thread):
         return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
 
 
-def _load_settings(work: Path, bootstrap: str, model_dir: Path, calibrator_dir: Path) -> Settings:
+#: one-record batches per partition above which the embedded broker's fetches collapse (memory storage
+#: engine; measured on one partition, 240-byte records: 46k records/s read at 50k batches, 5k/s at 80k,
+#: 0 at 110k; the same 160k batches over 8 partitions still read at 49k/s): long runs spread over partitions
+EMBEDDED_PARTITION_BATCHES = 50_000
+#: partitions of the load scenario: 10 minutes at ~1,000 events/s stay under half that per partition
+LOAD_PARTITIONS = 16
+
+
+def _load_settings(work: Path, bootstrap: str, model_dir: Path, calibrator_dir: Path,
+                   partitions: int = LOAD_PARTITIONS) -> Settings:
     # windows short enough that pending impressions close within the run: state reaches its steady size
     # after ~1 minute instead of growing for the 11 minutes of the default 600 s + 60 s window
     return make_settings(work, bootstrap, model_dir=Path(model_dir).resolve(),
-                         calibrator_dir=Path(calibrator_dir).resolve(), partitions=4,
+                         calibrator_dir=Path(calibrator_dir).resolve(), partitions=partitions,
                          attribution_window_s=60.0, allowed_lateness_s=5.0)
 
 
@@ -1573,7 +1608,8 @@ def rocksdb_memory_mb(w: Worker) -> float | None:
 
 def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
                      warmup_s: float = 20.0, score_rps: float = 10.0, users: int = 200, clients: int = 1,
-                     seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     partitions: int = LOAD_PARTITIONS, seed: int = 3,
+                     echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
 
     A throwaway worker (own app, topics and state) with ``/score`` at ``score_rps``; the load producer
@@ -1582,7 +1618,7 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
     applies less than is delivered, lag grows without bound at that offered rate).
     """
     out = _Out(echo)
-    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir)
+    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir, partitions)
     from .topics import ensure_topics, topic_specs
 
     ensure_topics(bootstrap, topic_specs(settings))
@@ -1642,7 +1678,8 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              max_rate: float | None = None, load_factor: float = 0.8, calibrate_s: float = 60.0,
              score_rps: float = 10.0, users: int = 200, clients: int = 1, sample_s: float = 10.0,
              rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
-             seed: int = 3, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+             partitions: int = LOAD_PARTITIONS, seed: int = 3,
+             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
 
     ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
@@ -1660,18 +1697,24 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     measured: dict[str, Any] | None = None
     if max_rate is None:
         measured = measure_max_rate(bootstrap, work, model_dir, calibrator_dir, seconds=calibrate_s,
-                                    score_rps=score_rps, users=users, clients=clients, seed=seed, echo=echo)
+                                    score_rps=score_rps, users=users, clients=clients, partitions=partitions,
+                                    seed=seed, echo=echo)
         max_rate = float(measured["max_rate"])
         basis = "measured just now on this box with producer + worker + broker + /score together"
     else:
         basis = "given (--max-rate)"
     rate = load_factor * max_rate
-    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir)
+    settings = _load_settings(work, bootstrap, model_dir, calibrator_dir, partitions)
     ensure_topics(bootstrap, topic_specs(settings))
     events = (settings.topic_impressions, settings.topic_engagements)
     out(f"[load] {minutes:g} min: events at {rate:,.0f}/s ({load_factor:.0%} of the maximum {max_rate:,.0f}/s, "
-        f"{basis}), /score (50 candidates) at {score_rps:g}/s, {users} users, 4 partitions, attribution window "
-        f"60 s; load {machine_load()}; app {settings.app_id}")
+        f"{basis}), /score (50 candidates) at {score_rps:g}/s, {users} users, {partitions} partitions, attribution "
+        f"window 60 s; load {machine_load()}; app {settings.app_id}")
+    per_partition = rate * minutes * 60 / partitions
+    if per_partition > EMBEDDED_PARTITION_BATCHES:
+        out(f"  note: ~{per_partition:,.0f} records per partition by the end; the embedded broker's fetches collapse "
+            f"beyond ~{EMBEDDED_PARTITION_BATCHES:,} one-record batches in a partition (docs/reliability.md): on it, "
+            f"give more --load-partitions")
     w = Worker(settings, work / "log" / f"{settings.app_id}-load.log", "worker").start()
     problems: list[str] = []
     samples: list[dict[str, Any]] = []
@@ -1687,14 +1730,15 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         data_dir = Path(settings.data_dir) / "tables"
         rss0 = w.rss_mb()
         out(f"  worker RSS before traffic {rss0:.0f} MiB")
+        bpid = embedded_broker_pid(bootstrap)
         out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'RDB mem':>8} "
-            f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p':>9} {'load':>5}")
+            f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p/b':>14} {'broker MiB':>10} {'load':>5}")
         scorer.start()
         producer.go()
         t_start = time.monotonic()
         prev_acked, prev_t = 0, t_start
         wpid, ppid = w.proc.pid if w.proc else None, producer.proc.pid
-        cpu_start = prev_cpu = (_cpu_s(wpid), _cpu_s(ppid))
+        cpu_start = prev_cpu = (_cpu_s(wpid), _cpu_s(ppid), _cpu_s(bpid))
         while time.monotonic() - t_start < minutes * 60:
             time.sleep(sample_s)
             try:
@@ -1706,24 +1750,28 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             now = time.monotonic()
             n = sum(sum(v.values()) for v in acked.values())
             mem = rocksdb_memory_mb(w)
-            cpu = (_cpu_s(wpid), _cpu_s(ppid))
+            cpu = (_cpu_s(wpid), _cpu_s(ppid), _cpu_s(bpid))
             smp = {"t": round(now - t_start), "sent": producer.sent, "acked": n,
                    "rate": round((n - prev_acked) / (now - prev_t)), "lag": _lag(st, acked),
                    "rss_mb": round(w.rss_mb(), 1), "rocksdb_mem_mb": None if mem is None else round(mem, 1),
                    "rocksdb_mb": round(_dir_mb(data_dir), 1), "score_ok": scorer.ok,
                    "worker_cpu": round((cpu[0] - prev_cpu[0]) / (now - prev_t), 2),
                    "producer_cpu": round((cpu[1] - prev_cpu[1]) / (now - prev_t), 2),
+                   "broker_cpu": round((cpu[2] - prev_cpu[2]) / (now - prev_t), 2) if bpid else None,
+                   "broker_rss_mb": round(_rss_mb(bpid)) if bpid else None,
                    "load1": round(os.getloadavg()[0], 2)}
             prev_acked, prev_t, prev_cpu = n, now, cpu
             samples.append(smp)
             out(f"  {smp['t']:>5}s {smp['sent']:>10,} {smp['acked']:>10,} {smp['rate']:>7,} {smp['lag']:>7,} "
                 f"{smp['rss_mb']:>8.1f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
-                f"{smp['worker_cpu']:>4.2f}/{smp['producer_cpu']:<4.2f} {smp['load1']:>5.2f}")
+                f"{smp['worker_cpu']:>4.2f}/{smp['producer_cpu']:.2f}/{smp['broker_cpu'] or 0:<4.2f} "
+                f"{smp['broker_rss_mb'] or 0:>10,} {smp['load1']:>5.2f}")
             if not w.alive:
                 problems.append(f"worker died: {w.log_tail()}")
                 break
         elapsed = time.monotonic() - t_start
         cpu_w, cpu_p = ((_cpu_s(wpid) - cpu_start[0]) / elapsed, (_cpu_s(ppid) - cpu_start[1]) / elapsed)
+        cpu_b = (_cpu_s(bpid) - cpu_start[2]) / elapsed if bpid else None
         producer.stop()
         scorer.stop_flag.set()
         scorer.join(timeout=60)
@@ -1757,6 +1805,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         ends = _end_offsets(bootstrap, events, settings.partitions)
         achieved = n_acked / elapsed
         figures.update(achieved_rate=round(achieved), worker_cpu=round(cpu_w, 2), producer_cpu=round(cpu_p, 2),
+                       broker_cpu=None if cpu_b is None else round(cpu_b, 2),
                        lag_drained_s=None if drained is None else round(drained, 1),
                        end_offsets=sum(sum(v.values()) for v in ends.values()))
         if achieved < min_rate_fraction * rate:
@@ -1765,7 +1814,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         drain = "not drained" if drained is None else f"drained {drained:.1f}s after the producer stopped"
         out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({achieved:,.0f}/s delivered over "
             f"{elapsed:.0f}s = {achieved / max_rate:.0%} of the maximum; CPU worker {cpu_w:.2f}, producer "
-            f"{cpu_p:.2f} cores), {producer.failed} failed; topic end offsets sum to {figures['end_offsets']:,}; "
+            f"{cpu_p:.2f}{'' if cpu_b is None else f', embedded broker {cpu_b:.2f}'} cores), {producer.failed} failed; topic end offsets sum to {figures['end_offsets']:,}; "
             f"lag {drain}; the worker's stored offsets account for {accounted:,} events and {preds:,} prediction "
             f"logs (from /score); it counted {valid:,} valid records (events + logs) and {dead} dead-lettered")
         if accounted != n_acked or valid + dead != n_acked + preds or producer.failed or producer.sent != n_acked:
@@ -1845,6 +1894,12 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or (Path("var/chaos") / time.strftime("%Y%m%dT%H%M%S"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model_dir, cal_dir = Path(args.model_dir).resolve(), Path(args.calibrator_dir).resolve()
+    serving = sorted(set(names) & {"rebalance", "fuzz", "load"})
+    if serving and not (model_dir / "latest").exists():
+        print(f"scenarios {', '.join(serving)} serve /score and need a model: none under {model_dir}. Run "
+              f"`make demo` once (it trains and caches one there), or `feedrank train --out {model_dir}`, or pass "
+              f"--model-dir", file=sys.stderr)
+        return 2
     print(f"feedrank chaos: {', '.join(names)}; work dir {work}; uptime load {machine_load()}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     broker = None
@@ -1867,7 +1922,8 @@ def run(args: argparse.Namespace) -> int:
                 elif name == "load":
                     results[name] = run_load(broker.bootstrap, work, model_dir, cal_dir, minutes=args.minutes,
                                              max_rate=args.max_rate, calibrate_s=args.calibrate_s,
-                                             clients=args.load_clients, seed=args.seed + 3)
+                                             clients=args.load_clients, partitions=args.load_partitions,
+                                             seed=args.seed + 3)
             except Exception as exc:  # one scenario failing must not stop the others
                 results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
@@ -1926,6 +1982,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "first on this box (producer + worker + broker + /score together, --calibrate-s)")
     p.add_argument("--calibrate-s", type=float, default=60.0,
                    help="seconds of unpaced production that measure the maximum rate (when --max-rate is unset)")
+    p.add_argument("--load-partitions", type=int, default=LOAD_PARTITIONS,
+                   help="partitions of the load scenario's topics (the embedded broker's fetches collapse beyond "
+                        f"~{EMBEDDED_PARTITION_BATCHES:,} one-record batches in a partition)")
     p.add_argument("--load-clients", type=int, default=1,
                    help="aiokafka producers in the load producer process (one record per batch; each "
                         "topic-partition written by one of them)")

@@ -117,7 +117,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         ensure_topics(broker.bootstrap, topic_specs(settings), settings.replication_factor)
         with EventProducer(broker.bootstrap, settings) as producer:
             counts = produce_steady(producer, synthetic_events(int(args.users), int(args.seed), float(args.rate)),
-                                    float(args.rate), float(args.duration))
+                                    float(args.rate), float(args.duration), event_time=args.pace == "event-time")
         print(f"sent {counts['impression']} impressions and {counts['engagement']} engagements")
     finally:
         broker.stop()
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("produce", help="send a steady synthetic event stream")
     env_flag(p, "--rate", envvar="FEEDRANK_PRODUCE_RATE", default=1000, help="events per second")
+    env_flag(p, "--pace", envvar="FEEDRANK_PRODUCE_PACE", default="event-time", choices=("event-time", "rate"),
+             help="event-time: send each event when the clock reaches its timestamp (the world is scaled to about "
+                  "--rate; its sessions and time of day move the rate around it; nothing arrives late); rate: "
+                  "--rate events/s (event time drifts from the clock)")
     env_flag(p, "--users", envvar="FEEDRANK_PRODUCE_USERS", default=1000, help="distinct users")
     env_flag(p, "--duration", envvar="FEEDRANK_PRODUCE_DURATION", default=60, help="seconds to run")
     env_flag(p, "--seed", envvar="FEEDRANK_PRODUCE_SEED", default=0, help="world seed")

@@ -19,9 +19,10 @@ def synthetic_events(users: int, seed: int = 0, rate: float = 1000.0, start_ms: 
 
     Event time starts at ``start_ms`` (default: now) with user sessions already
     in steady state, and the world's request rate is scaled so that event time
-    advances at about ``rate`` events per event-time second: a stream paced at
-    ``rate`` keeps event time at wall time (engagements trail their impression
-    by seconds).
+    advances at about ``rate`` events per event-time second at the start (it
+    drifts with the world's sessions and time of day: from 221 to 370 events/s
+    over the first 8 minutes when scaled to 250), so send it by event time
+    (``produce_steady``); engagements trail their impression by seconds.
     """
     from features.world import World
 
@@ -49,12 +50,14 @@ def synthetic_events(users: int, seed: int = 0, rate: float = 1000.0, start_ms: 
 
 def produce_steady(producer: EventProducer, events: Iterable[Event], rate: float, duration_s: float,
                    progress: bool = True, event_time: bool = True) -> dict[str, int]:
-    """Send ``events`` at up to ``rate`` events/s for ``duration_s`` seconds.
+    """Send ``events`` for ``duration_s`` seconds.
 
-    With ``event_time`` an event is never sent before the wall clock reaches
-    its timestamp, so the stream's event time cannot run ahead of real time
-    (a producer whose clock runs ahead would close every other producer's
-    attribution windows early); the rate is then at most ``rate``.
+    With ``event_time`` (the synthetic world's stream) each event is sent when
+    the wall clock reaches its timestamp: the stream's event time stays at real
+    time, neither ahead (that would close other producers' attribution windows
+    early) nor behind (its impressions would arrive late), and the rate is the
+    world's (``synthetic_events`` scales it to about ``rate``; the world's
+    sessions and time of day move it). Without, events go at ``rate``/s.
     """
     counts = {"impression": 0, "engagement": 0}
     start = time.monotonic()
@@ -69,9 +72,7 @@ def produce_steady(producer: EventProducer, events: Iterable[Event], rate: float
             event = next(it)
         except StopIteration:
             break
-        due = start + i / rate
-        if event_time:
-            due = max(due, now + (event.ts / 1000.0 - time.time()))
+        due = now + (event.ts / 1000.0 - time.time()) if event_time else start + i / rate
         if due > now:
             time.sleep(min(due - now, max(0.0, start + duration_s - now)))
         producer.send(event)

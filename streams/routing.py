@@ -69,12 +69,29 @@ class OwnerDirectory(mode.Service):
             local = set(self.local_partitions())
             now = time.monotonic()
             if local != last or now - last_t >= self.announce_every_s:
-                ts = int(time.time() * 1000)
-                for p in sorted(local):
-                    value = json.dumps({"url": self.url, "ts": ts}).encode()
-                    await self._producer.send(self.topic, key=str(p).encode(), value=value)
-                last, last_t = local, now
+                if await self._announce(local):
+                    last, last_t = local, now
             await asyncio.sleep(0.2)
+
+    async def _announce(self, local: set[int]) -> bool:
+        """Announce ``local``; False (and retried by the loop) when the broker did not take it."""
+        ts = int(time.time() * 1000)
+        try:
+            futs = [await self._producer.send(self.topic, key=str(p).encode(),
+                                              value=json.dumps({"url": self.url, "ts": ts}).encode())
+                    for p in sorted(local)]
+            results = await asyncio.gather(*futs, return_exceptions=True)  # every outcome retrieved
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            results = [exc]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("announcing partitions %s failed (%s: %s); retrying", sorted(local),
+                        type(failed[0]).__name__, failed[0])
+            await asyncio.sleep(1.0)
+            return False
+        return True
 
     async def _read_loop(self) -> None:
         while not self.should_stop:

@@ -170,3 +170,13 @@ def test_scoring_continues_across_concurrent_swaps() -> None:
     th.join(timeout=30)
     assert not errors, errors[0]
     assert scored > 0 and holder.swaps == 200 and len(seen) >= 2
+
+
+def test_seen_ids_drops_repeats_within_its_window_and_stays_bounded():
+    from streams.calibration_loop import SeenIds
+
+    seen = SeenIds(capacity=3)
+    assert [seen.add(k) for k in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]
+    assert len(seen) == 3  # "a" forgotten first
+    assert seen.add("a") is True and seen.add("d") is False
+    assert len(seen) == 3
