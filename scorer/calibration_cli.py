@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
     _flag(lg, "--feed-size", "FEED_SIZE", 10, int, "items shown per request (the top_k of /score)")
     _flag(lg, "--explore-frac", "REPLAY_LOG_EXPLORE_FRAC", 0.1, float,
           "share of requests shown a random candidate subset instead of the policy's pick")
-    _flag(lg, "--refit-every-s", "REPLAY_LOG_REFIT_S", 900.0, float,
+    _flag(lg, "--refit-every-s", "REPLAY_LOG_REFIT_S", 300.0, float,
           "without --calibrators: explore this long, then serve with calibrators refit on the log so far, every as long")
     _flag(lg, "--background-rate", "REPLAY_LOG_BACKGROUND_RATE", 0.0, float,
           "other users' events per second fed into the state twin, as `feedrank produce` sends them (0 = none)")

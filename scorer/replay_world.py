@@ -97,7 +97,7 @@ class _Background:
 
 def world_replay_log(world: World, artifact: Any, calibrators: CalibratorSet | None = None, hours: float = 1.0,
                      requests_per_s: float = 1.0, feed_size: int = 10, n_candidates: int = 100,
-                     start_ms: int = DEFAULT_START_MS, explore_frac: float = 0.1, refit_every_s: float = 900.0,
+                     start_ms: int = DEFAULT_START_MS, explore_frac: float = 0.1, refit_every_s: float = 300.0,
                      background: Iterable[Event] | None = None, blender: Any = None, seed: int = 0) -> ReplayLog:
     """``hours`` of world traffic served by ``artifact`` (``scorer.artifact.Artifact``) through the serving path.
 

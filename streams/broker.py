@@ -158,6 +158,21 @@ def resolve_broker(
     return ResolvedBroker(broker.bootstrap, "embedded", broker.stop)
 
 
+def embedded_broker_pid(bootstrap: str) -> int | None:
+    """The pid of the embedded broker (tansu) listening on ``bootstrap``, when it runs on this box."""
+    needle = f"tcp://{bootstrap}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"tansu" in cmd and needle in cmd:
+            return int(d.name)
+    return None
+
+
 def is_embedded_broker(bootstrap: str, timeout_s: float = 10.0) -> bool:
     """True when the broker at ``bootstrap`` is tansu (its cluster id says so)."""
     from kafka.admin import KafkaAdminClient

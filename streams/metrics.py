@@ -47,7 +47,8 @@ STOP_ABANDONED = Counter(
 SCORE_STAGE_SECONDS = Histogram(
     "feedrank_score_stage_seconds", "Where POST /score time goes: read+parse, state, wait (score thread busy), "
     "score (model, calibration, blend), log (prediction log handed to the producer)",
-    ["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=REGISTRY,
+    ["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
 )
 
 
@@ -57,7 +58,7 @@ def render() -> bytes:
 
 SCORE_LATENCY = Histogram(
     "feedrank_score_latency_seconds", "POST /score latency inside the worker",
-    buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
+    buckets=(0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY,
 )
 SCORE_REQUESTS = Counter("feedrank_score_requests", "POST /score requests by HTTP status", ["status"],
                          registry=REGISTRY)

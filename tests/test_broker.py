@@ -63,6 +63,18 @@ def test_auto_mode_detects_the_embedded_broker(kafka_bootstrap: str) -> None:
     assert one_record_per_batch(Settings(one_record_per_batch="off"), kafka_bootstrap) is False
 
 
+def test_embedded_broker_pid_finds_the_broker_on_that_address(kafka_bootstrap: str) -> None:
+    from streams.broker import embedded_broker_pid
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("external broker: not a process on this box")
+    pid = embedded_broker_pid(kafka_bootstrap)
+    assert pid is not None
+    assert b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    host, port = kafka_bootstrap.rsplit(":", 1)
+    assert embedded_broker_pid(f"{host}:{int(port) + 1}") is None
+
+
 def _get_sum(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/sum", timeout=2) as resp:
         return json.loads(resp.read())
