@@ -160,15 +160,7 @@ class Worker:
 
     def rss_mb(self) -> float:
         """Resident set size of the worker process (MiB), 0 when it is gone."""
-        if not self.alive:
-            return 0.0
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-        return 0.0
+        return _rss_mb(self.proc.pid) if self.alive else 0.0  # type: ignore[union-attr]
 
     def log_tail(self, n: int = 3000) -> str:
         try:
