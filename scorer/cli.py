@@ -130,8 +130,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .artifact import ArtifactError, load_artifact
     from .bench import bench_module, format_bench
     from .export import export_serving, load_serving
+    from .heap import keep_heap_pages
     from .model import ModelConfig, build_model
 
+    keep_heap_pages()  # as in a worker (streams.loopmon.tune_runtime)
     ns = [int(x) for x in str(args.n).split(",") if x.strip()]
     try:
         art = load_artifact(args.model)

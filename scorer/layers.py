@@ -174,9 +174,18 @@ class SplitLinear(nn.Module):
         self.activation = activation
 
     def forward(self, u: Tensor, c: Tensor) -> Tensor:
-        """-> ``[N, out_dim]`` (``u`` broadcast when it has one row)."""
-        y = torch.addmm(self.user(u), c, self.cand.weight.t())
-        return torch.relu(y) if self.activation else y
+        """-> ``[N, out_dim]`` (``u`` broadcast when it has one row).
+
+        Serving has one user row: as a 1-D bias it is copied into the output
+        and the GEMM accumulates onto it (a 2-D ``[1, out]`` bias made it a
+        matmul plus a separate broadcast add over ``[N, out]``). The ReLU runs
+        in place on the fresh output (no second ``[N, out]`` buffer).
+        """
+        bias = self.user(u)
+        if bias.shape[0] == 1:
+            bias = bias.squeeze(0)
+        y = torch.addmm(bias, c, self.cand.weight.t())
+        return torch.relu_(y) if self.activation else y
 
 
 class StackedExperts(nn.Module):
@@ -197,7 +206,7 @@ class StackedExperts(nn.Module):
         h = self.first(u, c)  # [N, K*h1]
         h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)  # [K, N, h1]
         for w, b in zip(self.w, self.b):
-            h = torch.relu(torch.baddbmm(b, h, w))
+            h = torch.relu_(torch.baddbmm(b, h, w))  # in place: the baddbmm output is fresh
         return h
 
 
@@ -210,8 +219,10 @@ class Gates(nn.Module):
         self.logits = SplitLinear(user_dim, cand_dim, n_tasks * n_experts, activation=False)
 
     def forward(self, u: Tensor, c: Tensor) -> Tensor:
-        g = self.logits(u, c)
-        return g.reshape(g.shape[0], self.t, self.k).softmax(dim=-1)
+        g = self.logits(u, c).reshape(-1, self.t, self.k)
+        # softmax over K (6) by hand: torch's kernel took 0.34 ms on [500, 6, 6], this 0.07 ms (1 thread)
+        e = torch.exp(g - g.amax(dim=-1, keepdim=True))
+        return e / e.sum(dim=-1, keepdim=True)
 
 
 class SharedBottom(nn.Module):
@@ -243,5 +254,5 @@ class Towers(nn.Module):
         self.b2 = nn.Parameter(torch.full((n_tasks, 1, 1), -3.0))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(torch.baddbmm(self.b1, x, self.w1))
+        h = torch.relu_(torch.baddbmm(self.b1, x, self.w1))
         return torch.baddbmm(self.b2, h, self.w2).squeeze(-1).transpose(0, 1)

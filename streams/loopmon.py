@@ -13,6 +13,8 @@ import gc
 import sys
 import time
 
+from scorer.heap import keep_heap_pages
+
 from .metrics import GC_PAUSE_SECONDS, LOOP_LAG_SECONDS
 
 TICK_S = 0.010
@@ -59,8 +61,10 @@ def tune_runtime() -> None:
     The score function runs in a thread beside the event loop (torch releases
     the GIL); each time it needs the GIL back while the loop is busy it waited
     up to 5 ms, several times a request: the switch interval is 1 ms instead.
+    Freed heap pages are kept for reuse (``keep_heap_pages``).
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    keep_heap_pages()
     gc.collect()
     gc.freeze()
     _, g1, g2 = gc.get_threshold()

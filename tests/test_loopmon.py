@@ -56,3 +56,37 @@ def test_tune_runtime_freezes_start_up_objects_and_raises_the_young_threshold() 
         gc.unfreeze()
         gc.set_threshold(*old_threshold)
         sys.setswitchinterval(old_interval)
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from scorer.heap import keep_heap_pages
+ok = keep_heap_pages() if sys.argv[1] == "keep" else None
+def round_():  # a forward's temporaries: several MB-sized buffers alive at once, then all freed
+    bufs = [np.ones(3 << 18, dtype=np.float32) for _ in range(4)]  # 4 x 3 MB
+    return sum(float(b[0]) for b in bufs)
+for _ in range(5):
+    round_()
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    round_()
+print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+"""
+
+
+def test_keep_heap_pages_stops_the_per_request_page_faults() -> None:
+    """Without it glibc gives the freed megabytes back and faults them in again every round."""
+    import platform
+    import subprocess
+
+    if platform.libc_ver()[0] != "glibc":
+        import pytest
+
+        pytest.skip("mallopt thresholds are glibc's")
+    out = {mode: subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+           .stdout.split() for mode in ("default", "keep")}
+    assert out["keep"][0] == "True", "mallopt refused a threshold"
+    default_faults, kept_faults = int(out["default"][1]), int(out["keep"][1])
+    assert default_faults > 50 * 1000, out  # ~3 MB re-faulted per round (4 KiB pages)
+    assert kept_faults < default_faults / 20, out
