@@ -1286,11 +1286,14 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
 
 def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
                         world_rate: float, rate: float | None, clients: int, single: bool, acked: Any,
-                        counters: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
+                        ends: Any, counters: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
     """Body of the load producer process: synthetic events through ``clients`` aiokafka producers.
 
     One record per batch (``max_batch_size=1``) when ``single``: the embedded broker's end offsets
-    stay exact. Each topic-partition is written by exactly one client (the key's partition is
+    stay exact. Otherwise records are batched as feed servers would against real Kafka
+    (``LOAD_LINGER_MS``), and ``ends`` gets each partition's true end (the highest offset the
+    broker acknowledged + 1), which the embedded broker's own end offsets are not then.
+    Each topic-partition is written by exactly one client (the key's partition is
     computed here, murmur2 like every Kafka client): measured on the embedded broker, several
     connections appending to one partition at the same time make a consumer skip records now and
     then (4 clients sharing every partition: 4 to 7 of ~40,000 impressions per minute never reached
@@ -1311,10 +1314,12 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
     from .produce import synthetic_events
 
     local = [0] * (2 * partitions)
+    local_ends = [0] * (2 * partitions)
     state = {"acked": 0, "failed": 0, "sent": 0}
 
     def publish() -> None:
         acked[:] = local
+        ends[:] = local_ends
         counters[0], counters[1] = state["sent"], state["failed"]
 
     def done(fut: Any, idx: int) -> None:
@@ -1324,7 +1329,10 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
             if state["failed"] <= 3:
                 errors.put(f"send failed: {exc!r}")
         else:
-            local[idx * partitions + fut.result().partition] += 1
+            md = fut.result()
+            k = idx * partitions + md.partition
+            local[k] += 1
+            local_ends[k] = max(local_ends[k], md.offset + 1)
             state["acked"] += 1
 
     async def pump(client: Any, topic: str, idx: int, p: int, q: Any) -> None:
@@ -1338,7 +1346,7 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
             fut.add_done_callback(lambda f: done(f, idx))
 
     async def main() -> None:
-        batch_kw: dict[str, Any] = {"max_batch_size": 1, "linger_ms": 0} if single else {"linger_ms": 5}
+        batch_kw: dict[str, Any] = {"max_batch_size": 1, "linger_ms": 0} if single else {"linger_ms": LOAD_LINGER_MS}
         producers = [AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=30_000,
                                       **batch_kw) for _ in range(clients)]
         for p in producers:
@@ -1403,7 +1411,7 @@ class LoadProducer:
     """The load producer as a separate process (the worker, this process and the broker share the cores)."""
 
     def __init__(self, bootstrap: str, settings: Settings, *, users: int, seed: int, world_rate: float,
-                 rate: float | None, clients: int = 1) -> None:
+                 rate: float | None, clients: int = 1, batches: bool = True) -> None:
         import multiprocessing as mp
 
         from .producer import one_record_per_batch
@@ -1411,15 +1419,16 @@ class LoadProducer:
         ctx = mp.get_context("spawn")
         self.topics = (settings.topic_impressions, settings.topic_engagements)
         self.partitions = settings.partitions
-        self.single = one_record_per_batch(settings, bootstrap)
+        self.single = not batches and one_record_per_batch(settings, bootstrap)
         self.rate = rate
         self._acked = ctx.RawArray("q", 2 * self.partitions)
+        self._ends = ctx.RawArray("q", 2 * self.partitions)
         self._counters = ctx.RawArray("q", 2)
         self._ready, self._go, self._stop = ctx.Event(), ctx.Event(), ctx.Event()
         self._errors = ctx.Queue()
         self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
             bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single,
-            self._acked, self._counters, self._ready, self._go, self._stop, self._errors))
+            self._acked, self._ends, self._counters, self._ready, self._go, self._stop, self._errors))
         self.errors: list[str] = []
 
     def start(self, timeout_s: float = 300.0) -> "LoadProducer":
@@ -1469,6 +1478,12 @@ class LoadProducer:
 
     def acked(self) -> int:
         return sum(self._acked)
+
+    def ends(self) -> dict[str, dict[int, int]]:
+        """Each partition's true end offset: its highest acknowledged offset + 1."""
+        vals = list(self._ends)
+        n = self.partitions
+        return {t: {p: vals[i * n + p] for p in range(n) if vals[i * n + p]} for i, t in enumerate(self.topics)}
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -1564,6 +1579,9 @@ class _ScoreLoad(threading.Thread):
 EMBEDDED_PARTITION_BATCHES = 50_000
 #: partitions of the load scenario: 10 minutes at ~1,000 events/s stay under half that per partition
 LOAD_PARTITIONS = 16
+#: how long the load producer lets a partition's batch fill (when it batches): at 2,000 events/s over
+#: 2 x 16 partitions, 5 ms gave ~1 record per batch, i.e. no batching at all
+LOAD_LINGER_MS = 50
 
 
 def _load_settings(work: Path, bootstrap: str, model_dir: Path, calibrator_dir: Path,
@@ -1588,7 +1606,7 @@ def rocksdb_memory_mb(w: Worker) -> float | None:
 
 def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
                      warmup_s: float = 20.0, score_rps: float = 10.0, users: int = 200, clients: int = 1,
-                     partitions: int = LOAD_PARTITIONS, seed: int = 3,
+                     partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
                      echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
 
@@ -1611,7 +1629,7 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
         producer = LoadProducer(bootstrap, settings, users=users, seed=seed + 100, world_rate=3000.0, rate=None,
-                                clients=clients).start()
+                                clients=clients, batches=batches).start()
         scorer.start()
         producer.go()
         t0 = time.monotonic()
@@ -1658,13 +1676,16 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              max_rate: float | None = None, load_factor: float = 0.8, calibrate_s: float = 60.0,
              score_rps: float = 10.0, users: int = 200, clients: int = 1, sample_s: float = 10.0,
              rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
-             partitions: int = LOAD_PARTITIONS, seed: int = 3,
+             partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
 
     ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
-    RSS, RocksDB memory and size every ``sample_s``. Checks: nothing lost (acked = end offsets = the
-    worker's stored offsets; valid + dead-lettered = events + prediction logs), the lag drains and
+    RSS, RocksDB memory and size every ``sample_s``. ``batches``: the producer batches records as feed
+    servers do against real Kafka (else one record per batch on the embedded broker). Checks: nothing
+    lost (per partition: acked records = the true end offset, i.e. the highest acknowledged offset + 1,
+    and the broker's own end offset too when records travel one per batch = the worker's stored
+    offsets; valid + dead-lettered = events + prediction logs), the lag drains and
     stays below 30 s of traffic, the delivered rate reaches ``min_rate_fraction`` of the target, and
     (runs of 3 minutes or more, or ``check_bounds``) RSS and RocksDB are bounded: the RSS slope over
     the second half of the run is below ``rss_slope_mb_per_min`` and neither the RSS nor the RocksDB
@@ -1678,7 +1699,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     if max_rate is None:
         measured = measure_max_rate(bootstrap, work, model_dir, calibrator_dir, seconds=calibrate_s,
                                     score_rps=score_rps, users=users, clients=clients, partitions=partitions,
-                                    seed=seed, echo=echo)
+                                    seed=seed, batches=batches, echo=echo)
         max_rate = float(measured["max_rate"])
         basis = "measured just now on this box with producer + worker + broker + /score together"
     else:
@@ -1691,7 +1712,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         f"{basis}), /score (50 candidates) at {score_rps:g}/s, {users} users, {partitions} partitions, attribution "
         f"window 60 s; load {machine_load()}; app {settings.app_id}")
     per_partition = rate * minutes * 60 / partitions
-    if per_partition > EMBEDDED_PARTITION_BATCHES:
+    if per_partition > EMBEDDED_PARTITION_BATCHES and not batches:
         out(f"  note: ~{per_partition:,.0f} records per partition by the end; the embedded broker's fetches collapse "
             f"beyond ~{EMBEDDED_PARTITION_BATCHES:,} one-record batches in a partition (docs/reliability.md): on it, "
             f"give more --load-partitions")
@@ -1706,7 +1727,8 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
         producer = LoadProducer(bootstrap, settings, users=users, seed=seed, world_rate=rate, rate=rate,
-                                clients=clients).start()
+                                clients=clients, batches=batches).start()
+        out(f"  producer: {'one record per batch' if producer.single else f'batches (linger {LOAD_LINGER_MS} ms)'}")
         data_dir = Path(settings.data_dir) / "tables"
         rss0 = w.rss_mb()
         out(f"  worker RSS before traffic {rss0:.0f} MiB")
@@ -1785,18 +1807,28 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             pass  # reported as a mismatch below
         accounted, preds, valid, dead = counts["accounted"], counts["preds"], counts["valid"], counts["dead"]
         ends = _end_offsets(bootstrap, events, settings.partitions)
+        true_ends = producer.ends()
+        stored: dict[str, dict[int, int]] = {}
+        for p, per in w.stats()["offsets"].items():
+            for t, o in per.items():
+                if t in events and o >= 0:
+                    stored.setdefault(t, {})[int(p)] = o + 1
         achieved = n_acked / elapsed
         figures.update(achieved_rate=round(achieved), worker_cpu=round(cpu_w, 2), producer_cpu=round(cpu_p, 2),
                        broker_cpu=None if cpu_b is None else round(cpu_b, 2),
                        lag_drained_s=None if drained is None else round(drained, 1),
-                       end_offsets=sum(sum(v.values()) for v in ends.values()))
+                       end_offsets=sum(sum(v.values()) for v in ends.values()),
+                       true_end_offsets=sum(sum(v.values()) for v in true_ends.values()),
+                       producer_batches=not producer.single)
         if achieved < min_rate_fraction * rate:
             problems.append(f"offered rate not reached: {achieved:,.0f}/s delivered, target {rate:,.0f}/s "
                             f"(the producer or this box could not keep up)")
         drain = "not drained" if drained is None else f"drained {drained:.1f}s after the producer stopped"
         out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({achieved:,.0f}/s delivered over "
             f"{elapsed:.0f}s = {achieved / max_rate:.0%} of the maximum; CPU worker {cpu_w:.2f}, producer "
-            f"{cpu_p:.2f}{'' if cpu_b is None else f', embedded broker {cpu_b:.2f}'} cores), {producer.failed} failed; topic end offsets sum to {figures['end_offsets']:,}; "
+            f"{cpu_p:.2f}{'' if cpu_b is None else f', embedded broker {cpu_b:.2f}'} cores), {producer.failed} failed; true end "
+            f"offsets (highest acked + 1) sum to {figures['true_end_offsets']:,}, the broker's to {figures['end_offsets']:,}"
+            f"{'' if producer.single else ' (batched records: not exact on the embedded broker)'}; "
             f"lag {drain}; the worker's stored offsets account for {accounted:,} events and {preds:,} prediction "
             f"logs (from /score); it counted {valid:,} valid records (events + logs) and {dead} dead-lettered")
         if accounted != n_acked or valid + dead != n_acked + preds or producer.failed or producer.sent != n_acked:
@@ -1808,7 +1840,11 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                             f"{accounted} + {preds} logs, valid {valid}, dead {dead}, producer failures "
                             f"{producer.failed}; valid by kind {by_kind}, stored offsets by topic {by_topic}, "
                             f"join stats {st.get('join')}")
-        if ends != acked:
+        if true_ends != acked:
+            problems.append(f"acknowledged offsets have gaps or repeats: true ends {true_ends}, records acked {acked}")
+        if stored != true_ends:
+            problems.append(f"the worker's stored offsets {stored} differ from the topics' true ends {true_ends}")
+        if producer.single and ends != acked:
             problems.append(f"topic end offsets {ends} differ from the acknowledged records {acked} "
                             "(multi-record batches on the embedded broker?)")
         p50, p99 = scorer.percentiles()
@@ -1912,7 +1948,7 @@ def run(args: argparse.Namespace) -> int:
                     results[name] = run_load(broker.bootstrap, work, model_dir, cal_dir, minutes=args.minutes,
                                              max_rate=args.max_rate, calibrate_s=args.calibrate_s,
                                              clients=args.load_clients, partitions=args.load_partitions,
-                                             seed=args.seed + 3)
+                                             seed=args.seed + 3, batches=args.load_batches == "on")
             except Exception as exc:  # one scenario failing must not stop the others
                 results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
@@ -1974,8 +2010,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--load-partitions", type=int, default=LOAD_PARTITIONS,
                    help="partitions of the load scenario's topics (the embedded broker's fetches collapse beyond "
                         f"~{EMBEDDED_PARTITION_BATCHES:,} one-record batches in a partition)")
+    p.add_argument("--load-batches", choices=("on", "off"), default="on",
+                   help=f"on: the load producer batches records (linger {LOAD_LINGER_MS} ms) as feed servers do "
+                        "against real Kafka; the checks use each partition's highest acknowledged offset, not the "
+                        "embedded broker's end offsets (wrong for multi-record batches). off: one record per "
+                        "batch, which costs the embedded broker ~150 us of CPU per event")
     p.add_argument("--load-clients", type=int, default=1,
-                   help="aiokafka producers in the load producer process (one record per batch; each "
+                   help="aiokafka producers in the load producer process (each "
                         "topic-partition written by one of them)")
     p.add_argument("--seed", type=int, default=0, help="seed of streams, kill points and fuzz inputs")
     p.add_argument("--model-dir", default=os.environ.get("FEEDRANK_MODEL_DIR", "var/models"),
