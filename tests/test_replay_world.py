@@ -5,9 +5,14 @@ The demo fits its first calibrators on a replay log of the synthetic world
 itself. What matters to a feed team is the ratio of predicted to observed rates
 on the items serving *shows*, under its own ranking policy; a log of other
 picks over-predicted 1.5-2.2x there (issue #6). This test runs the bootstrap
-(explore, then refit every 5 minutes of event time) on the tiny world and
-checks every task with enough positives on the served rows after the second
-refit.
+(explore, then refit every 5 minutes of event time) on the tiny world for two
+hours and checks every task with enough positives on the served rows after
+the second refit. One hour was not enough for the rarest task: with a model
+retrained after a change that only moved float rounding (the expert softmax
+written out by hand), `hide` came out at 1.258 on 389 served positives after
+one hour and at 1.084 on 937 after two (the other tasks within 0.99-1.03 both
+times): its early calibrators are fit on few positives and their error is
+shared by every row they score.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def test_bootstrapped_calibrators_match_observed_rates_on_served_items(tiny_mode
     artifact = load_artifact(tiny_model_dir / "models")
     world = World(seed=TINY_WORLD["seed"], n_users=TINY_WORLD["users"], n_items=TINY_WORLD["items"])
     refit_s = 300.0
-    log = world_replay_log(world, artifact, None, hours=1.0, requests_per_s=1.0, refit_every_s=refit_s)
+    log = world_replay_log(world, artifact, None, hours=2.0, requests_per_s=1.0, refit_every_s=refit_s)
     b = log.batch
     served = b.extras["served"]
     rows = (b.extras["policy"] == SERVE) & (b.ts >= DEFAULT_START_MS + 2 * refit_s * 1000)
