@@ -1617,7 +1617,7 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
     rate). ``warmup_s`` None: the attribution window + allowed lateness + 30 s, so the measured span
     has the join in its steady state (windows closing and labeled examples going out as fast as
     impressions come in). Measured with a 20 s warm-up, before any window had closed, the maximum
-    was 13,281/s, and 80% of it (10,625/s) built a lag of 500k records in 10 minutes.
+    was 13,281/s, and 80% of it (10,625/s) built a lag of 537k records in 10 minutes.
     """
     out = _Out(echo)
     settings = _load_settings(work, bootstrap, model_dir, calibrator_dir, partitions)
