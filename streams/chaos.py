@@ -1470,20 +1470,21 @@ class LoadProducer:
     def failed(self) -> int:
         return int(self._counters[1])
 
-    def snapshot(self) -> dict[str, dict[int, int]]:
-        """Acknowledged records per topic and partition (published every 0.1 s)."""
-        vals = list(self._acked)
+    def _by_partition(self, arr: Any) -> dict[str, dict[int, int]]:
+        vals = list(arr)
         n = self.partitions
         return {t: {p: vals[i * n + p] for p in range(n) if vals[i * n + p]} for i, t in enumerate(self.topics)}
+
+    def snapshot(self) -> dict[str, dict[int, int]]:
+        """Acknowledged records per topic and partition (published every 0.1 s)."""
+        return self._by_partition(self._acked)
 
     def acked(self) -> int:
         return sum(self._acked)
 
     def ends(self) -> dict[str, dict[int, int]]:
         """Each partition's true end offset: its highest acknowledged offset + 1."""
-        vals = list(self._ends)
-        n = self.partitions
-        return {t: {p: vals[i * n + p] for p in range(n) if vals[i * n + p]} for i, t in enumerate(self.topics)}
+        return self._by_partition(self._ends)
 
 
 def _cpu_s(pid: int | None) -> float:
