@@ -1509,15 +1509,25 @@ def _rss_mb(pid: int | None) -> float:
     return 0.0
 
 
+def _stored_ends(stats: dict[str, Any], topics: Iterable[str]) -> dict[str, dict[int, int]]:
+    """Records the worker's stored offsets cover, per topic and partition (offset + 1; none listed: 0)."""
+    topics = set(topics)
+    out: dict[str, dict[int, int]] = {}
+    for p, per in stats["offsets"].items():
+        for t, o in per.items():
+            if t in topics and o >= 0:
+                out.setdefault(t, {})[int(p)] = o + 1
+    return out
+
+
 def _lag(stats: dict[str, Any], acked: dict[str, dict[int, int]]) -> int:
-    offs = stats["offsets"]
-    return sum(max(0, n - 1 - offs.get(str(p), {}).get(t, -1)) for t, per in acked.items() for p, n in per.items())
+    stored = _stored_ends(stats, acked)
+    return sum(max(0, n - stored.get(t, {}).get(p, 0)) for t, per in acked.items() for p, n in per.items())
 
 
 def _applied(stats: dict[str, Any], topics: Iterable[str]) -> int:
     """Event records the worker's stored offsets cover (offset + 1 per partition)."""
-    topics = set(topics)
-    return sum(o + 1 for per in stats["offsets"].values() for t, o in per.items() if t in topics)
+    return sum(sum(per.values()) for per in _stored_ends(stats, topics).values())
 
 
 def _end_offsets(bootstrap: str, topics: Iterable[str], partitions: int) -> dict[str, dict[int, int]]:
@@ -1816,11 +1826,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         accounted, preds, valid, dead = counts["accounted"], counts["preds"], counts["valid"], counts["dead"]
         ends = _end_offsets(bootstrap, events, settings.partitions)
         true_ends = producer.ends()
-        stored: dict[str, dict[int, int]] = {}
-        for p, per in w.stats()["offsets"].items():
-            for t, o in per.items():
-                if t in events and o >= 0:
-                    stored.setdefault(t, {})[int(p)] = o + 1
+        stored = _stored_ends(w.stats(), events)
         achieved = n_acked / elapsed
         figures.update(achieved_rate=round(achieved), worker_cpu=round(cpu_w, 2), producer_cpu=round(cpu_p, 2),
                        broker_cpu=None if cpu_b is None else round(cpu_b, 2),
