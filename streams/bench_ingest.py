@@ -73,6 +73,11 @@ def _events(n: int, users: int, seed: int, start_ms: int, step_ms: int = 200,
     return out[:n]
 
 
+def _pct(values: list[float], q: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
+
+
 def _topic_of(settings: Any, kind: str) -> str:
     return {"impression": settings.topic_impressions, "engagement": settings.topic_engagements,
             "prediction": settings.topic_predictions}[kind]
@@ -89,13 +94,19 @@ async def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes
     futs = []
     try:
         n_eng = 0
+        acks: list[float] = []  # send -> acknowledged (ms) of the probed records: the producer's and broker's share
         for i, (kind, key, value) in enumerate(records):
+            sent = None
             if probe is not None and kind == "engagement":
                 n_eng += 1
                 if n_eng % probe_every == 0:
                     ev = json.loads(value)
-                    probe.put((ev["user_id"], ev["item_id"], ev["ts"], time.time() * 1000.0))
-            futs.append(await p.send(_topic_of(settings, kind), value=value, key=key))
+                    sent = time.time() * 1000.0
+                    probe.put((ev["user_id"], ev["item_id"], ev["ts"], sent))
+            fut = await p.send(_topic_of(settings, kind), value=value, key=key)
+            if sent is not None:
+                fut.add_done_callback(lambda _f, t=sent: acks.append(time.time() * 1000.0 - t))
+            futs.append(fut)
             if rate and i % 100 == 99:
                 ahead = (i + 1) / rate - (time.perf_counter() - t0)
                 if ahead > 0:
@@ -104,6 +115,8 @@ async def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes
                 await asyncio.gather(*futs)
                 futs.clear()
         await asyncio.gather(*futs)
+        if probe is not None:
+            probe.put(("acks", acks))
     finally:
         await p.stop()
     return time.perf_counter() - t0
@@ -111,8 +124,10 @@ async def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes
 
 def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: float, single: bool,
                   step_ms: int, probe: Any, k: int = 0) -> None:
+    from .broker import _pdeathsig
     from .settings import Settings
 
+    _pdeathsig()  # ends with the bench, also when that is killed
     settings = Settings(**json.loads(settings_json))
     # each producer process owns its users (a user's events keep their order) and its share of the rate
     records = _events(n, users, seed=2 + k, start_ms=int(time.time() * 1000), step_ms=step_ms,
@@ -159,17 +174,26 @@ async def _engine_rate(settings: Any, bootstrap: str, n: int) -> tuple[float, di
     return n / dt if dt > 0 else float("nan"), stats
 
 
-async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int], stop: asyncio.Event) -> None:
-    """Poll ``get_user_state`` for sampled engagements; record produce -> visible delays (ms)."""
+async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int], stop: asyncio.Event,
+                 acks: list[float] | None = None) -> None:
+    """Poll ``get_user_state`` for sampled engagements; record produce -> visible delays (ms).
+
+    The producers' acknowledgement delays of the same records arrive at their end (``("acks", [...])``).
+    """
     import queue as _q
 
     pending: list[tuple[str, str, int, float]] = []
     while not stop.is_set() or pending:
         while True:
             try:
-                pending.append(queue.get_nowait())
+                msg = queue.get_nowait()
             except _q.Empty:
                 break
+            if msg[0] == "acks":
+                if acks is not None:
+                    acks.extend(msg[1])
+            else:
+                pending.append(msg)
         now = time.time() * 1000.0
         keep = []
         for user, item, ts, sent in pending:
@@ -213,7 +237,8 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
     stop = asyncio.Event()
     for proc in procs:
         proc.start()
-    probe = asyncio.ensure_future(_probe(views, queue, delays, missing, stop))
+    acks: list[float] = []
+    probe = asyncio.ensure_future(_probe(views, queue, delays, missing, stop, acks))
     try:
         await asyncio.sleep(warmup_s)
         engine.freshness.samples.clear()
@@ -223,19 +248,21 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
         while any(proc.is_alive() for proc in procs):
             await asyncio.sleep(0.1)
         rate_seen = (engine.processed - processed0) / (time.perf_counter() - t0)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # the producers' last messages (their acknowledgement delays) reach the probe
         stop.set()
         await asyncio.wait_for(probe, 15)
         data = sorted(delays)
         pct = (lambda q: data[min(len(data) - 1, int(q * len(data)))] if data else float("nan"))
         a50, a99 = engine.freshness.percentiles(0.5, 0.99)
         d50, d99 = engine.delivery.percentiles(0.5, 0.99)
-        out = {"freshness_p50_ms": round(pct(0.5), 1), "freshness_p99_ms": round(pct(0.99), 1),
+        out = {"freshness_rate_seen_events_per_s": round(rate_seen), "freshness_p50_ms": round(pct(0.5), 1), "freshness_p99_ms": round(pct(0.99), 1),
                "freshness_max_ms": round(data[-1], 1) if data else float("nan"),
                "freshness_samples": len(data), "freshness_missing": missing[0],
                "engine_apply_delay_p50_ms": round(a50, 1), "engine_apply_delay_p99_ms": round(a99, 1),
                # of which the producer and the broker: produced -> in the engine's hands (fetch returned)
                "delivery_delay_p50_ms": round(d50, 1), "delivery_delay_p99_ms": round(d99, 1),
+               # of which the producer and the broker's append: send -> acknowledged (all of the run, warm-up too)
+               "produce_ack_p50_ms": round(_pct(acks, 0.5), 1), "produce_ack_p99_ms": round(_pct(acks, 0.99), 1),
                "live_labeled_examples": sum(
                    t.join.stats.counts["labeled_examples"] for t in engine.tables.values())}
     finally:
@@ -283,6 +310,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["engine_labeled_examples"] = sum(j["labeled_examples"] for j in stats["join"].values())
         load = args.load_rate or max(100.0, rate * args.load)
         s2 = fresh("live")
+        if args.live_fetch_wait_ms is not None:
+            s2 = s2.model_copy(update={"consume_fetch_max_wait_ms": args.live_fetch_wait_ms})
+        result["live_fetch_max_wait_ms"] = s2.consume_fetch_max_wait_ms or "default"
         ensure_topics(broker.bootstrap, topic_specs(s2))
         n_live = int(load * args.seconds)
         result["freshness_load_events_per_s"] = round(load)
@@ -312,6 +342,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "Kafka; off: one record per batch on the embedded broker (its safe mode for end offsets, "
                         "which freshness does not read; it costs the producers and the broker most of the 2 cores "
                         "at half the maximum rate)")
+    p.add_argument("--live-fetch-wait-ms", type=int, default=None,
+                   help="the freshness run's consumer fetch wait (FEEDRANK_CONSUME_FETCH_MAX_WAIT_MS for that run "
+                        "only; default: the setting's)")
     p.add_argument("--event-ms-per-request", type=int, default=200,
                    help="event time between requests (windows of 600 s close during the run)")
 

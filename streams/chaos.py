@@ -1311,8 +1311,12 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
 
     from features.events import Impression, encode_event
 
+    from .broker import _pdeathsig
     from .produce import synthetic_events
 
+    # a daemon process outlives a parent killed by a signal (seen: a SIGTERM'd `feedrank chaos` left its
+    # producer writing to a broker that was gone): end with the parent instead
+    _pdeathsig()
     local = [0] * (2 * partitions)
     local_ends = [0] * (2 * partitions)
     state = {"acked": 0, "failed": 0, "sent": 0}

@@ -89,3 +89,4 @@ def test_the_engine_between_slices_waits_for_a_score_in_flight() -> None:
 
     assert asyncio.run(main(True)) >= 0.14
     assert asyncio.run(main(False)) < 0.05
+
