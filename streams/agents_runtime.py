@@ -60,7 +60,6 @@ from .state.changelog import changelog_topic
 from .state.exceptions import BrokerResetError, ChangelogError, ChangelogResetError, TopologyError
 from .state.recovery import (RESEED_PENDING, TOPIC_IDS, recover_partition, reseed_changelog, reseed_pending,
                              send_records, write_checkpoint)
-from .priority import ServingGate
 from .tables import PartitionTables
 
 log = logging.getLogger(__name__)
@@ -171,8 +170,6 @@ class TableEngine(mode.Service):
         self._slice_t0 = 0.0
         #: the fetch wait follows the backlog (``fetch_wait_ms``): embedded broker, no wait configured
         self._adaptive_wait = False
-        #: serving before ingestion: set by the worker to its ``Serving.gate`` (``streams.priority``)
-        self.gate: ServingGate | None = None
         self._lock = asyncio.Lock()
         self.consumer: Any = None
         self.producer: Any = None
@@ -639,8 +636,6 @@ class TableEngine(mode.Service):
                     if any(h.items for h in self._held.values()):
                         await self._process({})  # the predictions input may have reached its end
                 if time.monotonic() - self._last_ckpt >= interval:
-                    if self.gate is not None:
-                        await self.gate.step_aside()
                     await self._checkpoint_all()
 
     def _decode(self, kind: str, topic: str, p: int, m: Any) -> Any:
@@ -666,15 +661,7 @@ class TableEngine(mode.Service):
         return ev
 
     async def _yield(self) -> None:
-        """Let the event loop run (``/score`` requests) when this batch has held it ``YIELD_S``.
-
-        While a score computes (``self.gate``, set by the worker), wait for it first.
-        """
-        gate = self.gate
-        if gate is not None and gate.busy:
-            await gate.step_aside()
-            self._slice_t0 = time.perf_counter()
-            return
+        """Let the event loop run (``/score`` requests) when this batch has held it ``YIELD_S``."""
         now = time.perf_counter()
         if now - self._slice_t0 >= YIELD_S:
             await asyncio.sleep(0)

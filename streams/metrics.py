@@ -50,10 +50,6 @@ SCORE_STAGE_SECONDS = Histogram(
     ["stage"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )
-INGEST_PAUSED_SECONDS = Counter(
-    "feedrank_ingest_paused_for_serving_seconds", "Time the table engine waited between slices of a batch "
-    "for a /score computation to finish (serving before ingestion)", registry=REGISTRY,
-)
 
 
 def render() -> bytes:

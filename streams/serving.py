@@ -20,8 +20,6 @@ from typing import Any
 
 from features.predictions import encode_prediction
 
-from .priority import ServingGate
-
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +33,6 @@ class Serving:
         self.app = None  # set by install; used to produce prediction logs
         self._drift: dict[str, Any] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
-        self.gate = ServingGate(max(0.0, float(getattr(settings, "serve_first_max_pause_ms", 0.0))) / 1000.0)
         self.load_error: str | None = None
 
     @classmethod
@@ -118,9 +115,8 @@ class Serving:
 
         loop = asyncio.get_running_loop()
         t_submit = time.perf_counter()
-        with self.gate.serving():  # the table engine steps aside meanwhile (streams.priority)
-            scored, log_value, t_start, t_end = await loop.run_in_executor(
-                self._executor, self._score_and_encode, req, user, feedback)
+        scored, log_value, t_start, t_end = await loop.run_in_executor(
+            self._executor, self._score_and_encode, req, user, feedback)
         SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
         SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
         if self.app is not None:

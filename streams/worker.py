@@ -27,7 +27,6 @@ def build_worker_app(settings: Settings, bootstrap: str):
     views = install_ingest(app, settings, [], bootstrap=bootstrap)
     serving = Serving.load(settings)
     serving.app = app
-    views.engine.gate = serving.gate  # serving before ingestion (streams.priority)
     directory = OwnerDirectory(settings.app_id, bootstrap, settings.url, lambda: set(views.engine.tables))
     calibration = CalibrationLoop(settings, bootstrap, serving, is_leader=lambda: 0 in views.engine.tables)
 
