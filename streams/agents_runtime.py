@@ -80,23 +80,6 @@ YIELD_S = 0.004
 #: a fetch response must be this much newer than a held engagement to prove the predictions input
 #: has nothing older left (margin for clock skew between producers and this worker)
 EXHAUSTED_MARGIN_MS = 1000
-#: the embedded broker answers a fetch only when its wait is over (with what arrived meanwhile), so the wait
-#: is the freshness floor: EMBEDDED_LIVE_WAIT_MS while the engine is caught up; EMBEDDED_BACKLOG_WAIT_MS
-#: while it works through a backlog (a poll, or what its partitions still hold behind it, of a quarter of
-#: ``consume_max_records`` or more), where short waits return small fetches (measured: 1,509 events/s at
-#: 20 ms against ~20,000 at 50). `feedrank bench ingest`, ~10,000 events/s live: freshness p50 28 / 31 ms
-#: at 20 against 44 / 39 at 50
-EMBEDDED_LIVE_WAIT_MS = 20
-EMBEDDED_BACKLOG_WAIT_MS = 50
-
-
-def fetch_wait_ms(n_records: int, behind: int, max_records: int) -> int:
-    """The embedded broker's fetch wait after a poll of ``n_records`` (of at most ``max_records``) that left
-    its partitions ``behind`` records short of their high watermarks."""
-    quarter = max(1, max_records // 4)
-    return EMBEDDED_BACKLOG_WAIT_MS if n_records >= quarter or behind >= quarter else EMBEDDED_LIVE_WAIT_MS
-
-
 #: how often the inputs' high watermarks are compared with the stored offsets (broker reset detection)
 WATCH_INTERVAL_S = 0.5
 #: the informational consumer offset commit of a checkpoint gives up after this long
@@ -168,8 +151,6 @@ class TableEngine(mode.Service):
         self._align_ms = int((settings.attribution_window_s + settings.allowed_lateness_s) * 1000)
         self._last_ckpt = time.monotonic()
         self._slice_t0 = 0.0
-        #: the fetch wait follows the backlog (``fetch_wait_ms``): embedded broker, no wait configured
-        self._adaptive_wait = False
         self._lock = asyncio.Lock()
         self.consumer: Any = None
         self.producer: Any = None
@@ -296,25 +277,8 @@ class TableEngine(mode.Service):
         from .producer import one_record_per_batch
 
         # the embedded broker holds a fetch ~the whole wait (measured: produce->consume p99 268 ms at 500, 28 ms
-        # at 50, throughput falls below ~50 ms): keep the wait short, and shorter still once caught up
-        if one_record_per_batch(self.settings, self.bootstrap):
-            self._adaptive_wait = True
-            return EMBEDDED_BACKLOG_WAIT_MS
-        return 500
-
-    def _tune_fetch_wait(self, data: dict[Any, list[Any]]) -> None:
-        """Embedded broker, no wait configured: the next fetches wait as ``fetch_wait_ms`` says for this poll."""
-        fetcher = getattr(self.consumer, "_fetcher", None)  # aiokafka reads it for every fetch request it builds
-        if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
-            return
-        n = behind = 0
-        for tp, msgs in data.items():
-            if msgs:
-                n += len(msgs)
-                hw = self.consumer.highwater(tp)
-                if hw is not None:
-                    behind += max(0, hw - msgs[-1].offset - 1)
-        fetcher._fetch_max_wait_ms = fetch_wait_ms(n, behind, self.settings.consume_max_records)
+        # at 50, throughput falls below ~50 ms): keep the wait short
+        return 50 if one_record_per_batch(self.settings, self.bootstrap) else 500
 
     # -- partitions ----------------------------------------------------------------
     def _data_dir(self) -> Path:
@@ -625,8 +589,6 @@ class TableEngine(mode.Service):
                 if self._fatal is not None:
                     raise self._fatal from exc
                 raise
-            if self._adaptive_wait:
-                self._tune_fetch_wait(data)
             async with self._lock:
                 if data:
                     await self._process(data)
