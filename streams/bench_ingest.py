@@ -13,7 +13,9 @@
    scorer uses) every 2 ms until the action is there: p50/p99 of that delay.
    The engine's own apply-time delay is printed beside it, and the delivery
    delay (produced -> returned by the engine's fetch): the producer's and the
-   broker's share (the embedded broker holds a fetch for about its whole wait).
+   broker's share (the embedded broker holds a fetch for about its whole wait);
+   of that, the producers' acknowledgement delay of the same sampled records
+   (send -> acked: linger, the produce request and the broker's append).
 
 Event time advances ``--event-ms-per-request`` per request (default 200 ms),
 so attribution windows (600 s) close during the runs and the steady-state
@@ -251,13 +253,12 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
         await asyncio.sleep(1.0)  # the producers' last messages (their acknowledgement delays) reach the probe
         stop.set()
         await asyncio.wait_for(probe, 15)
-        data = sorted(delays)
-        pct = (lambda q: data[min(len(data) - 1, int(q * len(data)))] if data else float("nan"))
         a50, a99 = engine.freshness.percentiles(0.5, 0.99)
         d50, d99 = engine.delivery.percentiles(0.5, 0.99)
-        out = {"freshness_rate_seen_events_per_s": round(rate_seen), "freshness_p50_ms": round(pct(0.5), 1), "freshness_p99_ms": round(pct(0.99), 1),
-               "freshness_max_ms": round(data[-1], 1) if data else float("nan"),
-               "freshness_samples": len(data), "freshness_missing": missing[0],
+        out = {"freshness_rate_seen_events_per_s": round(rate_seen),
+               "freshness_p50_ms": round(_pct(delays, 0.5), 1), "freshness_p99_ms": round(_pct(delays, 0.99), 1),
+               "freshness_max_ms": round(max(delays), 1) if delays else float("nan"),
+               "freshness_samples": len(delays), "freshness_missing": missing[0],
                "engine_apply_delay_p50_ms": round(a50, 1), "engine_apply_delay_p99_ms": round(a99, 1),
                # of which the producer and the broker: produced -> in the engine's hands (fetch returned)
                "delivery_delay_p50_ms": round(d50, 1), "delivery_delay_p99_ms": round(d99, 1),
