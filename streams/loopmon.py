@@ -1,9 +1,11 @@
-"""Runtime health of a worker process: event-loop lag and garbage-collector pauses.
+"""Runtime health of a worker process: event-loop lag, garbage-collector pauses, free heap given back.
 
 Every request handler and the table engine share one event loop, so anything
 that blocks it (a big batch, a checkpoint, a full GC) shows up directly in
 ``/score`` tail latency. Both are exported as histograms
 (``feedrank_event_loop_lag_seconds``, ``feedrank_gc_pause_seconds``).
+``trim_heap`` gives glibc's free heap pages back to the kernel now and then,
+so RSS tracks the memory in use (``feedrank_heap_released_bytes_total``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import gc
 import sys
 import time
 
-from scorer.heap import keep_heap_pages
+from scorer.heap import keep_heap_pages, release_free_heap
 
-from .metrics import GC_PAUSE_SECONDS, LOOP_LAG_SECONDS
+from .metrics import GC_PAUSE_SECONDS, HEAP_RELEASED_BYTES, HEAP_TRIM_SECONDS, LOOP_LAG_SECONDS
 
 TICK_S = 0.010
 
@@ -78,3 +80,30 @@ async def watch_loop_lag(stop: asyncio.Event | None = None) -> None:
         t0 = loop.time()
         await asyncio.sleep(TICK_S)
         LOOP_LAG_SECONDS.observe(max(0.0, loop.time() - t0 - TICK_S))
+
+
+async def trim_heap(interval_s: float, stop: asyncio.Event | None = None) -> None:
+    """Every ``interval_s``, give the free pages inside glibc's heaps back to the kernel.
+
+    Without it the worker's RSS rose ~5 MiB/min under steady load while the
+    heap's in-use bytes stayed flat (docs/reliability.md): memory freed in
+    the middle of the heap stays resident. The call runs in the default
+    executor (it takes a few ms and ctypes releases the GIL); returns at once
+    where the C library is not glibc or ``interval_s`` is 0.
+    """
+    if interval_s <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        t0 = time.perf_counter()
+        released = await loop.run_in_executor(None, release_free_heap)
+        if released is None:
+            return
+        HEAP_TRIM_SECONDS.observe(time.perf_counter() - t0)
+        HEAP_RELEASED_BYTES.inc(released)

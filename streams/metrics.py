@@ -34,6 +34,14 @@ GC_PAUSE_SECONDS = Histogram(
     "feedrank_gc_pause_seconds", "Python garbage-collector pauses by generation",
     ["generation"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=REGISTRY,
 )
+HEAP_TRIM_SECONDS = Histogram(
+    "feedrank_heap_trim_seconds", "How long giving free heap pages back to the kernel took (malloc_trim)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=REGISTRY,
+)
+HEAP_RELEASED_BYTES = Counter(
+    "feedrank_heap_released_bytes", "Resident bytes of free heap given back to the kernel (malloc_trim)",
+    registry=REGISTRY,
+)
 BROKER_RESETS = Counter(
     "feedrank_broker_resets",
     "Broker data losses the table engine detected (what = changelog | input | retention), by policy action",

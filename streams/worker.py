@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .broker import ResolvedBroker, resolve_broker
@@ -37,11 +38,11 @@ def build_worker_app(settings: Settings, bootstrap: str):
 
     @app.task
     async def _loop_monitor() -> None:  # pragma: no cover - exercised by broker tests
-        from .loopmon import install_gc_monitor, tune_runtime, watch_loop_lag
+        from .loopmon import install_gc_monitor, trim_heap, tune_runtime, watch_loop_lag
 
         install_gc_monitor()
         tune_runtime()
-        await watch_loop_lag()
+        await asyncio.gather(watch_loop_lag(), trim_heap(settings.heap_trim_interval_s))
 
     install_web(app, settings, views, serving, directory)
     return app
