@@ -96,8 +96,20 @@ def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
             out.append("-" if v is None else f"{v * 1000:g}")
         return "/".join(out)
 
+    def thread_split() -> str:
+        out = []
+        for part in ("cpu", "runnable", "blocked"):
+            count, total_s = (after.get(f"feedrank_score_thread_seconds_{s}{{part={part}}}", 0.0)
+                              - before.get(f"feedrank_score_thread_seconds_{s}{{part={part}}}", 0.0)
+                              for s in ("count", "sum"))
+            out.append("-" if count <= 0 else f"{total_s / count * 1000:.1f}")
+        p99 = (hist_quantile(after, before, "feedrank_score_thread_seconds", 0.99, labels={"part": part})
+               for part in ("cpu", "runnable", "blocked"))
+        return "/".join(out) + "  " + "/".join("-" if v is None else f"{v * 1000:g}" for v in p99)
+
     return {"score_p99": q("feedrank_score_latency_seconds"), "loop_p99": q("feedrank_event_loop_lag_seconds"),
-            "full_gc": f"{n:.0f}/{total * 1000:.0f}ms", "stages": f"{stages(0.5)}  {stages(0.99)}"}
+            "full_gc": f"{n:.0f}/{total * 1000:.0f}ms", "stages": f"{stages(0.5)}  {stages(0.99)}",
+            "thread": thread_split()}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -165,9 +177,10 @@ def main(args: argparse.Namespace) -> int:
               f"({'standing in for machines of their own' if infra_nice else 'competing with the worker as equals'}); "
               f"producer batches: {'on (as against real Kafka)' if batching == 'on' else 'off (one record per batch)'}")
         print("worker side (upper bucket bounds, ms): in-worker /score p99, event-loop lag p99 (10 ms ticks), full "
-              "GC pauses (count/total), p50 and p99 per stage parse/state/wait/score/log")
+              "GC pauses (count/total), p50 and p99 per stage parse/state/wait/score/log, and the score stage's "
+              "mean and p99 on the score thread: running / runnable but waiting for a core / blocked (mostly the GIL)")
         print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-              f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99")
+              f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in (1, 2, 4)]
         for label, threads, rate in runs:
@@ -175,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
             r = _run(url, bodies, threads, float(args.seconds), rate)
             w = _worker_side(before, scrape(url))
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                  f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}",
+                  f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}  {w['thread']}",
                   flush=True)
         return 0
     finally:

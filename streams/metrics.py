@@ -34,6 +34,12 @@ GC_PAUSE_SECONDS = Histogram(
     "feedrank_gc_pause_seconds", "Python garbage-collector pauses by generation",
     ["generation"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=REGISTRY,
 )
+SCORE_THREAD_SECONDS = Histogram(
+    "feedrank_score_thread_seconds", "The score stage split on the score thread: cpu (running), runnable "
+    "(ready, waiting for a core), blocked (the rest: mostly waiting for the GIL)",
+    ["part"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)
 HEAP_TRIM_SECONDS = Histogram(
     "feedrank_heap_trim_seconds", "How long giving free heap pages back to the kernel took (malloc_trim)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=REGISTRY,

@@ -23,6 +23,20 @@ from features.predictions import encode_prediction
 log = logging.getLogger(__name__)
 
 
+def thread_clock() -> tuple[int, int]:
+    """The calling thread's CPU time and time spent runnable but waiting for a core, both in ns.
+
+    The second comes from the kernel's scheduler statistics
+    (``/proc/thread-self/schedstat``); 0 where they are not available.
+    """
+    cpu = time.thread_time_ns()
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return cpu, int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return cpu, 0
+
+
 class Serving:
     """Scorer + calibrator holder + drift view of one worker."""
 
@@ -105,20 +119,27 @@ class Serving:
         return self.scorer.model.version if self.scorer else None
 
     def _score_and_encode(self, req, user, feedback):
+        c0 = thread_clock()
         t0 = time.perf_counter()
         scored = self.scorer.score(req, user, feedback)
-        return scored, encode_prediction(scored.prediction_log), t0, time.perf_counter()
+        encoded = encode_prediction(scored.prediction_log)
+        t1 = time.perf_counter()
+        c1 = thread_clock()
+        return scored, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
 
     async def score(self, req, user, feedback):
         """Score in the executor (the log is encoded there too: ~1 ms off the event loop), then log it."""
-        from .metrics import SCORE_STAGE_SECONDS
+        from .metrics import SCORE_STAGE_SECONDS, SCORE_THREAD_SECONDS
 
         loop = asyncio.get_running_loop()
         t_submit = time.perf_counter()
-        scored, log_value, t_start, t_end = await loop.run_in_executor(
+        scored, log_value, t_start, t_end, cpu, runnable = await loop.run_in_executor(
             self._executor, self._score_and_encode, req, user, feedback)
         SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
         SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
+        SCORE_THREAD_SECONDS.labels("cpu").observe(cpu)
+        SCORE_THREAD_SECONDS.labels("runnable").observe(runnable)
+        SCORE_THREAD_SECONDS.labels("blocked").observe(max(0.0, t_end - t_start - cpu - runnable))
         if self.app is not None:
             t_log = time.perf_counter()
             await self.app.producer.send(self.settings.topic_predictions, key=req.user_id.encode(),

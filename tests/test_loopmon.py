@@ -138,3 +138,16 @@ def test_trim_heap_runs_on_its_interval_and_counts_what_it_released() -> None:
     trims = after["feedrank_heap_trim_seconds_count"] - before.get("feedrank_heap_trim_seconds_count", 0.0)
     assert 3 <= trims <= 6
     assert "feedrank_heap_released_bytes_total" in after
+
+
+def test_thread_clock_counts_this_threads_cpu_and_not_its_sleep() -> None:
+    from streams.serving import thread_clock
+
+    c0, w0 = thread_clock()
+    time.sleep(0.05)
+    c1, w1 = thread_clock()
+    sum(range(3_000_000))  # tens of ms of CPU however busy the box is
+    c2, w2 = thread_clock()
+    assert c1 - c0 < 10_000_000  # sleeping is not CPU ...
+    assert c2 - c1 >= 15_000_000  # ... working is
+    assert 0 <= w1 - w0 and 0 <= w2 - w1  # runnable-but-waiting never goes backwards

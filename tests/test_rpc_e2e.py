@@ -16,6 +16,7 @@ import pytest
 
 from features.events import Engagement
 from streams.client import ScorerClient, ScorerError
+from streams.metrics import scrape
 from streams.producer import EventProducer
 from streams.topics import ensure_topics, topic_specs
 
@@ -202,6 +203,11 @@ def test_a_user_with_no_history_still_gets_a_ranking(worker) -> None:
                              "candidates": [{"item_id": f"i{i}", "item_type": "video" if i % 3 else "organic"}
                                             for i in range(30)]})
         assert len(resp.items) == 30 and resp.history_len == 0
+        # the score stage is split on the score thread: running, waiting for a core, blocked
+        m = scrape(worker.url)
+        assert m["feedrank_score_thread_seconds_count{part=cpu}"] >= 1
+        assert m["feedrank_score_thread_seconds_sum{part=cpu}"] > 0
+        assert m["feedrank_score_thread_seconds_count{part=blocked}"] == m["feedrank_score_thread_seconds_count{part=cpu}"]
         with pytest.raises(ScorerError) as info:
             client.score({"user_id": "x", "context": {}, "candidates": []})
         assert info.value.status == 422
