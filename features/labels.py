@@ -283,6 +283,10 @@ class LabelJoin:
         return True
 
     # -- deadlines -------------------------------------------------------------
+    def open_deadlines(self) -> int:
+        """Entries in the in-memory deadline heaps (pending impressions, orphans, prediction logs; stale ones too)."""
+        return len(self._close_heap) + len(self._orphan_heap) + len(self._pred_heap)
+
     def _close_due(self) -> None:
         heap = self._close_heap
         wm = self.wm_eng

@@ -936,6 +936,7 @@ class TableEngine(mode.Service):
         return {"partitions": sorted(self.tables), "processed": self.processed,
                 "dead_lettered": self.dead_lettered, "checkpoints": self.checkpoints,
                 "held_engagements": sum(len(h.items) for h in self._held.values()),
+                "open_deadlines": sum(s.get("open_deadlines", 0) for s in per.values()),
                 "held_releases_forced": self.held_releases_forced,
                 "freshness_ms": {"p50": p50, "p99": p99}, "join": per,
                 "offsets": {p: dict(t.offsets) for p, t in sorted(self.tables.items())}}

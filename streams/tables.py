@@ -298,7 +298,8 @@ class PartitionTables:
 
     def stats(self) -> dict[str, int]:
         return {**self.join.stats.counts, "skipped_replayed": self.skipped, "duplicate_engagements": self.duplicates,
-                "expired_events": self.expired_events, "swept_users": self.swept_users, "sweeps": self.sweeps}
+                "expired_events": self.expired_events, "swept_users": self.swept_users, "sweeps": self.sweeps,
+                "open_deadlines": self.join.open_deadlines()}
 
 
 __all__ = [

@@ -55,8 +55,10 @@ def test_engagement_in_window_labels_its_impression_and_window_close_emits_once(
     h.feed(eng(2, T0 + 6_000, "a", "repin"))
     h.feed(eng(3, T0 + 7_000, "a", "click"))  # second click: label stays 1
     assert h.out == []
+    assert h.join.open_deadlines() == 2  # one close deadline per pending impression
     h.feed(eng(9, T0 + A + L + 1, "zzz"))  # pushes the engagement watermark past the close
     assert len(h.out) == 2
+    assert h.join.open_deadlines() == 1  # both closed; the unmatched engagement waits as an orphan
     lab = h.labels()
     assert lab["imp1"]["click"] == 1 and lab["imp1"]["repin"] == 1 and lab["imp1"]["hide"] == 0
     assert sum(lab["imp2"].values()) == 0
