@@ -47,7 +47,7 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import mode
 import orjson
-from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
 from features.events import Engagement, EventDecodeError, Impression, decode_event_fast
 from features.predictions import PredictionDecodeError, decode_prediction_header
@@ -454,7 +454,11 @@ class TableEngine(mode.Service):
             await self._reseed(p, state)
             return
         try:
-            await recover_partition(state, self.producer, self.bootstrap, self._changelog)
+            # a broker error (e.g. the embedded broker's colliding produces to a re-created topic) is retried:
+            # recovery writes a new fence each time and resumes from the last checkpoint it committed
+            await self._retrying(f"partition {p}: recovery from {self._changelog}",
+                                 lambda: recover_partition(state, self.producer, self.bootstrap, self._changelog),
+                                 KafkaError)
         except ChangelogResetError as exc:
             self._broker_reset("changelog", p, str(exc))
             await self._reseed(p, state)

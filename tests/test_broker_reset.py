@@ -364,3 +364,33 @@ def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new
     finally:
         broker.stop()
         shutil.rmtree(tmp_path / "fresh", ignore_errors=True)
+
+
+@pytest.mark.broker
+def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kafka_bootstrap: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in the outage scenario: the embedded broker failed the recovery's fence write (UnknownError:
+    a produce colliding with records sent before the topic was re-created) and the engine exited."""
+    from aiokafka.errors import UnknownError
+
+    import streams.agents_runtime as runtime
+    from streams.chaos import make_settings
+    from streams.topics import ensure_topics, topic_specs
+
+    settings = make_settings(tmp_path, kafka_bootstrap, partitions=2, checkpoint_interval_s=0.2,
+                             shutdown_timeout_s=5.0)
+    ensure_topics(kafka_bootstrap, topic_specs(settings))
+    _produce(kafka_bootstrap, settings, _imps("rec", 40))
+    real, failed = runtime.recover_partition, []
+
+    async def flaky(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state.partition not in failed:
+            failed.append(state.partition)
+            raise UnknownError("injected: the fence write failed")
+        return await real(state, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "recover_partition", flaky)
+    seen = asyncio.run(_run_engine(settings, kafka_bootstrap, want=40))
+    assert sorted(failed) == [0, 1]  # every partition's first recovery attempt failed ...
+    assert not seen["crashed"], seen["reason"]  # ... and was retried
+    assert seen["impressions"] == 40 and seen["partitions"] == [0, 1]
