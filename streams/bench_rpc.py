@@ -86,9 +86,13 @@ def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
         v = hist_quantile(after, before, name, 0.99)
         return "-" if v is None else f"<={v * 1000:g}"
 
-    key = "feedrank_gc_pause_seconds_{}{{generation=2}}"
-    n = after.get(key.format("count"), 0.0) - before.get(key.format("count"), 0.0)
-    total = after.get(key.format("sum"), 0.0) - before.get(key.format("sum"), 0.0)
+    def delta(histogram: str, label: str) -> tuple[float, float]:
+        """(count, sum) of one labeled histogram over the run."""
+        return tuple(after.get(f"{histogram}_{s}{{{label}}}", 0.0) - before.get(f"{histogram}_{s}{{{label}}}", 0.0)
+                     for s in ("count", "sum"))  # type: ignore[return-value]
+
+    n, total = delta("feedrank_gc_pause_seconds", "generation=2")
+
     def stages(quantile: float) -> str:
         out = []
         for stage in ("parse", "state", "wait", "score", "log"):
@@ -99,9 +103,7 @@ def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str,
     def thread_split() -> str:
         out = []
         for part in ("cpu", "runnable", "blocked"):
-            count, total_s = (after.get(f"feedrank_score_thread_seconds_{s}{{part={part}}}", 0.0)
-                              - before.get(f"feedrank_score_thread_seconds_{s}{{part={part}}}", 0.0)
-                              for s in ("count", "sum"))
+            count, total_s = delta("feedrank_score_thread_seconds", f"part={part}")
             out.append("-" if count <= 0 else f"{total_s / count * 1000:.1f}")
         p99 = (hist_quantile(after, before, "feedrank_score_thread_seconds", 0.99, labels={"part": part})
                for part in ("cpu", "runnable", "blocked"))
