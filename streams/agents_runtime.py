@@ -43,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 import mode
 import orjson
@@ -91,6 +91,14 @@ COMMIT_TIMEOUT_S = 5.0
 CHANGELOG_RETRY_S = 30.0
 
 
+def percentiles(values: Iterable[float], *qs: float) -> list[float]:
+    """Nearest-rank percentiles of ``values`` (NaN when there are none)."""
+    data = sorted(values)
+    if not data:
+        return [float("nan")] * len(qs)
+    return [data[min(len(data) - 1, int(q * len(data)))] for q in qs]
+
+
 class FreshnessLog:
     """Produce-to-visible delays (ms) of engagements: a bounded sample ring and counters."""
 
@@ -101,10 +109,7 @@ class FreshnessLog:
         self.samples.extend(values)
 
     def percentiles(self, *qs: float) -> list[float]:
-        data = sorted(self.samples)
-        if not data:
-            return [float("nan")] * len(qs)
-        return [data[min(len(data) - 1, int(q * len(data)))] for q in qs]
+        return percentiles(self.samples, *qs)
 
 
 class _Held:
@@ -908,8 +913,9 @@ class TableEngine(mode.Service):
                         retry_on: type[BaseException] | tuple[type[BaseException], ...]) -> _T:
         """``await op()``, retried every 0.5 s for ``CHANGELOG_RETRY_S`` on ``retry_on`` (not after stop).
 
-        Safe for the writes it wraps: an unfinished changelog attempt is a tail
-        without marker, and feedback deltas are deduplicated by origin and checkpoint.
+        Safe for what it wraps: an unfinished changelog attempt is a tail
+        without marker, feedback deltas are deduplicated by origin and checkpoint,
+        and a recovery attempt writes a new fence and resumes from its last commit.
         """
         deadline = time.monotonic() + CHANGELOG_RETRY_S
         while True:

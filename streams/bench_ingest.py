@@ -212,7 +212,7 @@ async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int]
 
 async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: float, single: bool,
                        warmup_s: float, step_ms: int, producers: int = 1) -> dict[str, Any]:
-    from .agents_runtime import FreshnessLog, TableEngine
+    from .agents_runtime import TableEngine, percentiles
     from .views import StreamViews
     from .loopmon import tune_runtime
 
@@ -248,11 +248,8 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
         await asyncio.sleep(1.0)  # the producers' last messages (their acknowledgement delays) reach the probe
         stop.set()
         await asyncio.wait_for(probe, 15)
-        seen, acked = FreshnessLog(), FreshnessLog()  # the engine's percentile rule for the probe's samples too
-        seen.add_many(delays)
-        acked.add_many(acks)
-        f50, f99 = seen.percentiles(0.5, 0.99)
-        k50, k99 = acked.percentiles(0.5, 0.99)
+        f50, f99 = percentiles(delays, 0.5, 0.99)  # the engine's percentile rule for the probe's samples too
+        k50, k99 = percentiles(acks, 0.5, 0.99)
         a50, a99 = engine.freshness.percentiles(0.5, 0.99)
         d50, d99 = engine.delivery.percentiles(0.5, 0.99)
         out = {"freshness_rate_seen_events_per_s": round(rate_seen),
