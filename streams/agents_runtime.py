@@ -82,6 +82,8 @@ YIELD_S = 0.004
 EXHAUSTED_MARGIN_MS = 1000
 #: how often the inputs' high watermarks are compared with the stored offsets (broker reset detection)
 WATCH_INTERVAL_S = 0.5
+#: how long a partition assignment or a changelog reset waits for the topic ids while the broker is not ready
+TOPIC_IDS_PATIENCE_S = 15.0
 #: the informational consumer offset commit of a checkpoint gives up after this long
 COMMIT_TIMEOUT_S = 5.0
 #: a changelog write that fails (not a reset) is retried this long before the checkpoint fails; retrying is
@@ -171,6 +173,11 @@ class TableEngine(mode.Service):
         self._admin: Any = None
         self._admin_lock = threading.Lock()  # the kafka-python admin client is not thread-safe
         self._reset_seen: set[int] = set()  # partitions whose changelog was found reset in this process
+        #: partitions whose inputs' topic ids the watch must compare with the ones their offsets refer to (a
+        #: changelog reset proved that the broker lost data: its inputs were probably re-created too), with
+        #: when that began; their inputs stay paused until then
+        self._verify_ids: dict[int, float] = {}
+        self._watch_wake = asyncio.Event()
         self.broker_resets = 0
 
     # -- lifecycle ---------------------------------------------------------------
@@ -307,7 +314,7 @@ class TableEngine(mode.Service):
             s = self.settings
             self._check_topology(assigned)
             if assigned:
-                self._ids = await self._topic_ids([*self._kinds, self._changelog])
+                self._ids = await self._topic_ids([*self._kinds, self._changelog], patience_s=TOPIC_IDS_PATIENCE_S)
             for p in sorted({tp.partition for tp in assigned}):
                 if p in self.tables:
                     continue
@@ -351,6 +358,7 @@ class TableEngine(mode.Service):
                         await self._checkpoint_before_close(p)
                         self.tables.pop(p).state.close()
                     self._outputs.pop(p, None)  # (acknowledged by the checkpoint, or replayed by the next owner)
+                    self._verify_ids.pop(p, None)
                     held = self._held.pop(p, None)
                     if held is not None and held.paused:
                         self._resume(p)
@@ -420,8 +428,26 @@ class TableEngine(mode.Service):
         log.warning("BROKER RESET on partition %d: %s. FEEDRANK_ON_BROKER_RESET=reseed: %s", p, detail,
                     consequence(what))
 
-    async def _topic_ids(self, topics: list[str]) -> dict[str, str]:
-        """Current topic ids (KIP-516; real Kafka 2.8+ and tansu have them); {} when unavailable."""
+    async def _topic_ids(self, topics: list[str], patience_s: float = 0.0) -> dict[str, str]:
+        """Current topic ids (KIP-516; real Kafka 2.8+ and tansu have them); {} when unavailable.
+
+        A failed describe (the broker just came back and its node is not ready yet) is retried for up to
+        ``patience_s``: without the ids, an input re-created and refilled past the stored offset would look
+        processed.
+        """
+        deadline = time.monotonic() + patience_s
+        pause = 0.25
+        while True:
+            ids, err = await self._describe_ids(topics)
+            if err is None or time.monotonic() + pause > deadline:
+                if err is not None:
+                    log.info("topic ids unavailable (%s); re-created topics are found by their offsets only", err)
+                return ids
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    async def _describe_ids(self, topics: list[str]) -> tuple[dict[str, str], str | None]:
+        """One describe: (topic -> id, None), or ({}, the error)."""
 
         def describe() -> dict[str, str]:
             from kafka.admin import KafkaAdminClient
@@ -434,11 +460,9 @@ class TableEngine(mode.Service):
                     if not d.get("error_code") and d.get("topic_id") and d.get("name")}
 
         try:
-            return await asyncio.wait_for(asyncio.to_thread(describe), 15.0)
+            return await asyncio.wait_for(asyncio.to_thread(describe), 15.0), None
         except Exception as exc:
-            log.info("topic ids unavailable (%s: %s); re-created topics are found by their offsets only",
-                     type(exc).__name__, exc)
-            return {}
+            return {}, f"{type(exc).__name__}: {exc}"
 
     def _recreated_topics(self, state: PartitionState) -> dict[str, str]:
         """Topics whose id differs from the one ``state``'s offsets / changelog marker refer to: topic -> new id."""
@@ -482,6 +506,7 @@ class TableEngine(mode.Service):
                                  lambda: reseed_changelog(state, self.producer, self._changelog,
                                                           extra={TOPIC_IDS: ids}), ChangelogError)
         self._reset_seen.add(p)
+        self._quarantine(p)
         log.warning("partition %d: re-seeded the changelog %s from the local state: %d keys in %.1fs (marker at "
                     "offset %d); a later recovery restores the whole state from it", p, self._changelog, n,
                     time.monotonic() - t0, state.meta.changelog_offset)
@@ -490,12 +515,18 @@ class TableEngine(mode.Service):
         # UnknownError). `ensure_topics` runs at every worker start (docs/reliability.md).
 
     async def _watch_inputs(self) -> None:
-        """Compare each input's fetch high watermark with the stored offset (``InputWatch``)."""
+        """Find re-created inputs: by topic id after a proven reset, else by the fetch high watermark falling to
+        or below the stored offset (``InputWatch``)."""
         while not self.should_stop:
-            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                await asyncio.wait_for(self._watch_wake.wait(), WATCH_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._watch_wake.clear()
             if self._fatal is not None or not self.tables:
                 continue
             try:
+                await self._verify_input_ids()
                 async with self._lock:
                     now = time.monotonic()
                     for tp in list(self.consumer.assignment()):
@@ -513,6 +544,36 @@ class TableEngine(mode.Service):
                 raise
             except BaseException as exc:
                 self._set_fatal(exc, "input watch")
+
+    async def _verify_input_ids(self) -> None:
+        """For the partitions in ``_verify_ids``: an input whose topic id is not the one its stored offset refers
+        to was re-created, possibly refilled past that offset already; read it from its start. Retried on the
+        next tick while the ids cannot be read."""
+        todo = set(self._verify_ids)
+        if not todo:
+            return
+        ids, err = await self._describe_ids(sorted(self._kinds))
+        if err is not None:
+            for p in todo:
+                if time.monotonic() - self._verify_ids.get(p, time.monotonic()) > TOPIC_IDS_PATIENCE_S:
+                    log.warning("partition %d: the inputs' topic ids are still unavailable (%s); resuming, re-created "
+                                "inputs are found by their offsets only", p, err)
+                    self._unquarantine(p)
+            return
+        async with self._lock:
+            for tp in sorted(self.consumer.assignment()):
+                p = tp.partition
+                if p not in todo or p not in self.tables:
+                    continue
+                was, now = self._part_ids.get(p, {}).get(tp.topic), ids.get(tp.topic)
+                if was and now and was != now and self.tables[p].offsets.get(tp.topic) is None:
+                    self._part_ids[p][tp.topic] = now  # nothing read from it yet: nothing to redo
+                elif was and now and was != now:
+                    await self._reset_input(
+                        tp, f"input {tp.topic} was re-created (topic id {now}, not {was} that this partition's "
+                            f"stored offset {self.tables[p].offsets.get(tp.topic)} refers to)")
+            for p in todo:
+                self._unquarantine(p)
 
     async def _reset_input(self, tp: Any, detail: str) -> None:
         """Forget the stored offset of input ``tp`` (a new topic) and read it from its start."""
@@ -782,6 +843,23 @@ class TableEngine(mode.Service):
             self._resume(p)
         return applied, bool(q) and len(batch) >= limit
 
+    def _quarantine(self, p: int) -> None:
+        """Pause ``p``'s inputs until the watch has compared their topic ids (``_verify_input_ids``)."""
+        self._verify_ids.setdefault(p, time.monotonic())
+        tps = [tp for tp in self.consumer.assignment() if tp.partition == p]
+        if tps:
+            self.consumer.pause(*tps)
+        self._watch_wake.set()
+
+    def _unquarantine(self, p: int) -> None:
+        if self._verify_ids.pop(p, None) is None:
+            return
+        held = self._held.get(p)
+        tps = [tp for tp in self.consumer.assignment() if tp.partition == p
+               and not (tp.topic == self.settings.topic_engagements and held is not None and held.paused)]
+        if tps:
+            self.consumer.resume(*tps)
+
     def _pause(self, p: int) -> None:
         from aiokafka import TopicPartition
 
@@ -792,7 +870,7 @@ class TableEngine(mode.Service):
         from aiokafka import TopicPartition
 
         tp = TopicPartition(self.settings.topic_engagements, p)
-        if tp in self.consumer.assignment():
+        if tp in self.consumer.assignment() and p not in self._verify_ids:  # (else ``_unquarantine`` resumes it)
             self.consumer.resume(tp)
         if p in self._held:
             self._held[p].paused = False
@@ -891,7 +969,7 @@ class TableEngine(mode.Service):
         if reset:
             # the delta is valid: commit it flagged, then write the whole state after it
             tables.committed(changes, replace(meta, extra={**meta.extra, RESEED_PENDING: True}))
-            self._ids.update(await self._topic_ids([self._changelog]))
+            self._ids.update(await self._topic_ids([self._changelog], patience_s=TOPIC_IDS_PATIENCE_S))
             await self._reseed(p, tables.state)
         else:
             tables.committed(changes, meta)

@@ -32,6 +32,8 @@ Not detectable by offsets: an input re-created and refilled *past* the stored
 offset before the worker fetches it again. Its first records would look
 processed and be skipped, so every checkpoint also records the topic ids
 (KIP-516) its offsets refer to, and a changed id on assignment is a reset.
+A running worker that finds a partition's changelog reset pauses that
+partition's inputs until it has compared their ids too.
 
 The high-watermark signal assumes true end offsets. The embedded broker
 reports them only for one-record batches (DESIGN.md), which is why every

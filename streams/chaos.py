@@ -969,6 +969,18 @@ class _TrickleProducer(threading.Thread):
         self.outcomes.append((time.monotonic() - t0, what, t0))
 
 
+_CLIENT_NOISE = ("Heartbeat", "oordinator", "Unable connect", "NodeNotReady", "etadata", "OffsetCommit",
+                 "Connection", "produce response", "Failed fetch", "topic_id changed")
+
+
+def _last_warnings(log_text: str, n: int = 8) -> list[str]:
+    """The last ``n`` WARNING/ERROR/CRITICAL lines of a worker log that are not client reconnection noise."""
+    lines = [ln[:300] for ln in log_text.splitlines()
+             if any(m in ln for m in ("[WARNING]", "[ERROR]", "[CRITICAL]", "Traceback", "Error:"))
+             and not any(m in ln for m in _CLIENT_NOISE)]
+    return lines[-n:]
+
+
 def _is_error_line(ln: str) -> bool:
     return any(m in ln for m in (" ERROR ", "[ERROR]", "Traceback", "CRITICAL"))
 
@@ -1200,10 +1212,14 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         res["running_worker_processed_new"] = False
         if w.alive and before_valid is not None:
             try:
-                took = wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + post_ok,
-                                  new_wait_s, "the running worker to process the new events")
+                # by the tables, not the events count: a re-created input read from its start (a reset found
+                # after ``before_valid`` was read) counts its records again without adding impressions twice
+                took = wait_until(lambda: w.metric("feedrank_events_valid_total") >= before_valid + post_ok
+                                  and impressions_in_state(w) >= want, new_wait_s,
+                                  "the running worker to process the new events", interval_s=0.5)
                 res["running_worker_processed_new"] = True
                 res["running_worker_new_s"] = round(took, 1)
+                time.sleep(1.0)  # anything counted twice shows by now
             except ChaosError:
                 pass
             got = w.metric("feedrank_events_valid_total") - before_valid
@@ -1231,6 +1247,8 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
         elif res.get("running_worker_impressions") != want:
             problems.append(f"the running worker's tables hold {res.get('running_worker_impressions')} impressions, "
                             f"not {want}")
+        if problems:
+            note("the running worker's last warnings: " + " | ".join(_last_warnings(w.log_tail(2_000_000))))
         # stop it: must not hang
         res["stop_s"], res["stop_code"] = _timed_stop(w, stop_wait_s)
         note(f"SIGTERM: worker {'stopped' if res['stop_code'] != -9 else 'did NOT stop, SIGKILLed'} after "
@@ -1261,7 +1279,9 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
                 if res[f"{key}_impressions"] != want:
                     problems.append(f"{key} worker: {res[f'{key}_impressions']} impressions, not {want}")
             except (ChaosError, OSError, KeyError, ValueError) as exc:
-                note(f"{key} worker ({what}) failed: {str(exc)[:300]}")
+                note(f"{key} worker ({what}) failed: {str(exc)[:300]}; exit code "
+                     f"{wk.proc.poll() if wk.proc else None}; its last warnings: "
+                     + " | ".join(_last_warnings(wk.log_tail(2_000_000))))
                 res[f"{key}_partitions"] = None
                 res[f"{key}_alive"] = wk.alive
                 problems.append(f"{key} worker: {str(exc)[:200]}")

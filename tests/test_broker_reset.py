@@ -394,3 +394,75 @@ def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kaf
     assert sorted(failed) == [0, 1]  # every partition's first recovery attempt failed ...
     assert not seen["crashed"], seen["reason"]  # ... and was retried
     assert seen["impressions"] == 40 and seen["partitions"] == [0, 1]
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI failure of the outage scenario: the broker is away longer than the group session and comes back
+    empty; the engine's partitions are re-assigned while the topic ids cannot be read yet (injected here: in
+    the scenario the admin client's node was not ready), and more events than the stored offsets refill the
+    inputs right after the changelog reset. The high-watermark signal never sees those inputs below their
+    stored offsets; the engine keeps them paused until it has compared the topic ids, then reads them from
+    their start: every event counts once."""
+    import streams.agents_runtime as runtime
+    from streams.agents_runtime import TableEngine
+    from streams.broker import EmbeddedBroker
+    from streams.chaos import make_settings
+    from streams.topics import ensure_topics, topic_specs
+
+    failing = {"on": False, "injected": 0}
+    real = TableEngine._describe_ids
+
+    async def describe(self: Any, topics: list[str]) -> tuple[dict[str, str], str | None]:
+        if failing["on"]:
+            failing["injected"] += 1
+            return {}, "NodeNotReadyError: injected"
+        return await real(self, topics)
+
+    monkeypatch.setattr(TableEngine, "_describe_ids", describe)
+    monkeypatch.setattr(runtime, "TOPIC_IDS_PATIENCE_S", 8.0)
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+    settings = make_settings(tmp_path, broker.bootstrap, partitions=2, checkpoint_interval_s=0.2,
+                             shutdown_timeout_s=5.0)
+    ensure_topics(broker.bootstrap, topic_specs(settings))
+
+    async def until(what: str, cond: Any, engine: Any, timeout_s: float = 60.0) -> None:
+        t0 = time.monotonic()
+        while not cond():
+            assert not engine.crashed, engine.crash_reason
+            assert time.monotonic() - t0 < timeout_s, f"timed out waiting for {what}: {_impressions(engine)}"
+            await asyncio.sleep(0.02)
+
+    async def go() -> dict[str, Any]:
+        nonlocal broker
+        engine = TableEngine(settings, broker.bootstrap)
+        await engine.start()
+        try:
+            await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("pre", 60))
+            await until("the first events", lambda: len(engine.tables) == 2 and _impressions(engine) >= 60, engine)
+            failing["on"] = True
+            await asyncio.to_thread(broker.stop)
+            await asyncio.sleep(12.0)  # past the group session (10 s): the engine's partitions are re-assigned
+            broker = await asyncio.to_thread(
+                lambda: EmbeddedBroker(port=broker.port, log_path=tmp_path / "broker.log").start())
+            await asyncio.to_thread(ensure_topics, broker.bootstrap, topic_specs(settings))
+            await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("few", 4))
+            await until("the changelog reset", lambda: engine.broker_resets > 0, engine, 90.0)
+            # 60 per partition: past the ~30 stored per partition before anything could see a low watermark
+            await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("refill", 120))
+            failing["on"] = False
+            await until("every event", lambda: _impressions(engine) >= 184, engine)
+            await asyncio.sleep(2.0)  # anything read twice would show by now
+            return {"impressions": _impressions(engine), "resets": engine.broker_resets}
+        finally:
+            await asyncio.wait_for(engine.stop(), 60)
+
+    try:
+        seen = asyncio.run(go())
+    finally:
+        broker.stop()
+    assert failing["injected"] > 0  # the ids were unavailable for a while
+    assert seen["impressions"] == 60 + 4 + 120, seen
+    assert seen["resets"] >= 4, seen  # the changelog and the impressions input of both partitions

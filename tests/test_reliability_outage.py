@@ -26,6 +26,11 @@ def outage(tmp_path_factory):
                       new_wait_s=30.0, stop_wait_s=20.0, restart_wait_s=90.0)
 
 
+def _why(outage: dict) -> str:
+    """The scenario's timeline and problems, so a failure in CI says what happened."""
+    return "\n".join([*outage.get("timeline", []), *(f"problem: {p}" for p in outage.get("problems", []))])
+
+
 def test_producers_deliver_or_fail_loudly_and_none_hangs(outage) -> None:
     assert not outage["producer_hung"]
     assert outage["producer_unresolved"] == 0
@@ -54,9 +59,9 @@ def test_worker_survives_the_outage_and_logs_it(outage) -> None:
 def test_running_worker_detects_the_reset_and_resumes(outage) -> None:
     assert outage["reset_detected_s"] is not None
     assert outage["broker_resets_metric"]["changelog"] > 0
-    assert outage["running_worker_processed_new"]
+    assert outage["running_worker_processed_new"], _why(outage)
     # its tables hold every impression acknowledged before the outage (kept local state) and after it
-    assert outage["running_worker_impressions"] == outage["impressions_expected"]
+    assert outage["running_worker_impressions"] == outage["impressions_expected"], _why(outage)
 
 
 def test_sigterm_stops_the_worker_after_restart(outage) -> None:
@@ -64,14 +69,14 @@ def test_sigterm_stops_the_worker_after_restart(outage) -> None:
 
 
 def test_restarted_worker_recovers(outage) -> None:
-    assert outage["restarted_partitions"] == [0, 1, 2, 3]
-    assert outage["restarted_impressions"] == outage["impressions_expected"]
+    assert outage["restarted_partitions"] == [0, 1, 2, 3], _why(outage)
+    assert outage["restarted_impressions"] == outage["impressions_expected"], _why(outage)
     assert outage["restarted_stop_code"] == 0
 
 
 def test_worker_without_local_state_restores_the_reseeded_changelog(outage) -> None:
-    assert outage["fresh_partitions"] == [0, 1, 2, 3]
-    assert outage["fresh_impressions"] == outage["impressions_expected"]
+    assert outage["fresh_partitions"] == [0, 1, 2, 3], _why(outage)
+    assert outage["fresh_impressions"] == outage["impressions_expected"], _why(outage)
     assert outage["fresh_stop_code"] == 0
     assert not outage["problems"], outage["problems"]
 
