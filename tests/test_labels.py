@@ -146,3 +146,23 @@ def test_labels_do_not_depend_on_how_the_two_inputs_interleave() -> None:
     assert len(results) == 1
     labels = dict(next(iter(results))[0])
     assert len(labels) == 41
+
+
+def test_packed_deadline_entries_sort_and_fall_due_like_deadline_key_tuples() -> None:
+    """The deadline heaps hold one bytes object per entry; its order must be the (deadline, key) order and
+    ``entry < _due(w)`` must mean deadline < w, negative deadlines and non-ASCII keys included."""
+    import heapq
+
+    from features.labels import _due, _entry, _unpack
+
+    rng = random.Random(7)
+    deadlines = [-(1 << 40), -1, 0, 1, 999, 1000, 1_764_489_600_000, (1 << 62)]
+    keys = ["", "a", "a\x1fb", "b", "é", "u1\x1fi2\x1fr3", "z" * 40]
+    pairs = [(d, k) for d in deadlines for k in keys]
+    rng.shuffle(pairs)
+    heap = [_entry(d, k) for d, k in pairs]
+    heapq.heapify(heap)
+    popped = [_unpack(heapq.heappop(heap)) for _ in range(len(pairs))]
+    assert popped == sorted(pairs)
+    for (d, k), w in itertools.product(pairs[:20], deadlines):
+        assert (_entry(d, k) < _due(w)) == (d < w), (d, k, w)
