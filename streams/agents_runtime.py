@@ -547,32 +547,39 @@ class TableEngine(mode.Service):
 
     async def _verify_input_ids(self) -> None:
         """For the partitions in ``_verify_ids``: an input whose topic id is not the one its stored offset refers
-        to was re-created, possibly refilled past that offset already; read it from its start. Retried on the
-        next tick while the ids cannot be read."""
+        to was re-created, possibly refilled past that offset already; read it from its start. While an input
+        this partition has read has no id yet (the describe failed, or the topic is not re-created yet on a
+        broker that has ids), the partition stays paused and this runs again on the next tick, for up to
+        ``TOPIC_IDS_PATIENCE_S``; then it resumes with a WARNING, on the offset signals alone."""
         todo = set(self._verify_ids)
         if not todo:
             return
         ids, err = await self._describe_ids(sorted(self._kinds))
-        if err is not None:
-            for p in todo:
-                if time.monotonic() - self._verify_ids.get(p, time.monotonic()) > TOPIC_IDS_PATIENCE_S:
-                    log.warning("partition %d: the inputs' topic ids are still unavailable (%s); resuming, re-created "
-                                "inputs are found by their offsets only", p, err)
-                    self._unquarantine(p)
-            return
+        has_ids = err is not None or bool(ids)  # False: a broker without topic ids (nothing to wait for)
         async with self._lock:
-            for tp in sorted(self.consumer.assignment()):
-                p = tp.partition
-                if p not in todo or p not in self.tables:
+            for p in sorted(todo):
+                tables = self.tables.get(p)
+                if tables is None or p not in self._verify_ids:
+                    self._unquarantine(p)
                     continue
-                was, now = self._part_ids.get(p, {}).get(tp.topic), ids.get(tp.topic)
-                if was and now and was != now and self.tables[p].offsets.get(tp.topic) is None:
-                    self._part_ids[p][tp.topic] = now  # nothing read from it yet: nothing to redo
-                elif was and now and was != now:
-                    await self._reset_input(
-                        tp, f"input {tp.topic} was re-created (topic id {now}, not {was} that this partition's "
-                            f"stored offset {self.tables[p].offsets.get(tp.topic)} refers to)")
-            for p in todo:
+                tps = sorted(tp for tp in self.consumer.assignment() if tp.partition == p)
+                unknown = [tp.topic for tp in tps if has_ids and tables.offsets.get(tp.topic) is not None
+                           and not ids.get(tp.topic)]
+                if unknown and time.monotonic() - self._verify_ids[p] < TOPIC_IDS_PATIENCE_S:
+                    continue  # next tick
+                for tp in tps:
+                    was, now = self._part_ids.get(p, {}).get(tp.topic), ids.get(tp.topic)
+                    if not (was and now and was != now):
+                        continue
+                    if tables.offsets.get(tp.topic) is None:
+                        self._part_ids[p][tp.topic] = now  # nothing read from it yet: nothing to redo
+                    else:
+                        await self._reset_input(
+                            tp, f"input {tp.topic} was re-created (topic id {now}, not {was} that this partition's "
+                                f"stored offset {tables.offsets.get(tp.topic)} refers to)")
+                if unknown:
+                    log.warning("partition %d: no topic id for %s after %.0fs (%s); resuming, a re-created input is "
+                                "found by its offsets only", p, unknown, TOPIC_IDS_PATIENCE_S, err or "topic absent")
                 self._unquarantine(p)
 
     async def _reset_input(self, tp: Any, detail: str) -> None:
