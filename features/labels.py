@@ -289,8 +289,8 @@ class LabelJoin:
 
     def _close_due(self) -> None:
         heap = self._close_heap
-        wm = _due(self.wm_eng)
-        while heap and heap[0] < wm:
+        due = _due(self.wm_eng)
+        while heap and heap[0] < due:
             deadline, key = _unpack(heapq.heappop(heap))
             blob = self.pending.get(key)
             if blob is None:
@@ -353,8 +353,8 @@ class LabelJoin:
 
     def _expire_predictions(self) -> None:
         heap = self._pred_heap
-        wm = _due(self.wm_eng)
-        while heap and heap[0] < wm:
+        due = _due(self.wm_eng)
+        while heap and heap[0] < due:
             _deadline, key = _unpack(heapq.heappop(heap))
             if self.predictions.get(key) is not None:
                 self.predictions.delete(key)

@@ -576,19 +576,20 @@ class TableEngine(mode.Service):
                     else:
                         await self._reset_input(
                             tp, f"input {tp.topic} was re-created (topic id {now}, not {was} that this partition's "
-                                f"stored offset {tables.offsets.get(tp.topic)} refers to)")
+                                f"stored offset {tables.offsets.get(tp.topic)} refers to)", topic_id=now)
                 if unknown:
                     log.warning("partition %d: no topic id for %s after %.0fs (%s); resuming, a re-created input is "
                                 "found by its offsets only", p, unknown, TOPIC_IDS_PATIENCE_S, err or "topic absent")
                 self._unquarantine(p)
 
-    async def _reset_input(self, tp: Any, detail: str) -> None:
-        """Forget the stored offset of input ``tp`` (a new topic) and read it from its start."""
+    async def _reset_input(self, tp: Any, detail: str, topic_id: str | None = None) -> None:
+        """Forget the stored offset of input ``tp`` (a new topic, whose id is read unless given) and read it
+        from its start."""
         self._broker_reset("input", tp.partition, detail)
         tables = self.tables[tp.partition]
         tables.offsets.pop(tp.topic, None)  # the next checkpoint stores the new topic's offsets
         ids = self._part_ids.setdefault(tp.partition, {})
-        now = (await self._topic_ids([tp.topic])).get(tp.topic)
+        now = topic_id or (await self._topic_ids([tp.topic])).get(tp.topic)
         if now:
             ids[tp.topic] = now
         else:  # unknown: record none rather than the old topic's
