@@ -424,7 +424,9 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
     monkeypatch.setattr(TableEngine, "_describe_ids", describe)
     monkeypatch.setattr(runtime, "TOPIC_IDS_PATIENCE_S", 8.0)
     broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
-    settings = make_settings(tmp_path, broker.bootstrap, partitions=2, checkpoint_interval_s=0.2,
+    # 4 partitions, the embedded broker's count for auto-created topics: the running engine's clients touch
+    # the inputs as soon as the broker is back, before ensure_topics (see run_outage)
+    settings = make_settings(tmp_path, broker.bootstrap, partitions=4, checkpoint_interval_s=0.2,
                              shutdown_timeout_s=5.0)
     ensure_topics(broker.bootstrap, topic_specs(settings))
 
@@ -441,7 +443,7 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
         await engine.start()
         try:
             await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("pre", 60))
-            await until("the first events", lambda: len(engine.tables) == 2 and _impressions(engine) >= 60, engine)
+            await until("the first events", lambda: len(engine.tables) == 4 and _impressions(engine) >= 60, engine)
             failing["on"] = True
             await asyncio.to_thread(broker.stop)
             await asyncio.sleep(12.0)  # past the group session (10 s): the engine's partitions are re-assigned
@@ -450,7 +452,7 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
             await asyncio.to_thread(ensure_topics, broker.bootstrap, topic_specs(settings))
             await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("few", 4))
             await until("the changelog reset", lambda: engine.broker_resets > 0, engine, 90.0)
-            # 60 per partition: past the ~30 stored per partition before anything could see a low watermark
+            # twice the first events of each user: past every partition's stored offset at once
             await asyncio.to_thread(_produce, broker.bootstrap, settings, _imps("refill", 120))
             failing["on"] = False
             await until("every event", lambda: _impressions(engine) >= 184, engine)
@@ -465,4 +467,4 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
         broker.stop()
     assert failing["injected"] > 0  # the ids were unavailable for a while
     assert seen["impressions"] == 60 + 4 + 120, seen
-    assert seen["resets"] >= 4, seen  # the changelog and the impressions input of both partitions
+    assert seen["resets"] >= 2, seen  # changelogs and impressions inputs (of the partitions holding users)
