@@ -976,8 +976,7 @@ _CLIENT_NOISE = ("Heartbeat", "oordinator", "Unable connect", "NodeNotReady", "e
 def _last_warnings(log_text: str, n: int = 8) -> list[str]:
     """The last ``n`` WARNING/ERROR/CRITICAL lines of a worker log that are not client reconnection noise."""
     lines = [ln[:300] for ln in log_text.splitlines()
-             if any(m in ln for m in ("[WARNING]", "[ERROR]", "[CRITICAL]", "Traceback", "Error:"))
-             and not any(m in ln for m in _CLIENT_NOISE)]
+             if ("[WARNING]" in ln or _is_error_line(ln)) and not any(m in ln for m in _CLIENT_NOISE)]
     return lines[-n:]
 
 
