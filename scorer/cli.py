@@ -73,6 +73,7 @@ def register_bench(bench: Any) -> None:
     _flag(b, "--n", "BENCH_N", "100,500,1000", str, "comma-separated candidate counts")
     _flag(b, "--threads", "BENCH_THREADS", 2, int, "torch threads")
     _flag(b, "--seconds", "BENCH_SECONDS", 2.0, float, "timing seconds per N")
+    _flag(b, "--precision", "SCORE_PRECISION", "auto", str, "expert GEMMs: auto, float32 or bfloat16 (as a worker serves)")
     b.set_defaults(func=cmd_bench)
 
 
@@ -129,7 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .artifact import ArtifactError, load_artifact
     from .bench import bench_module, format_bench
-    from .export import export_serving, load_serving
+    from .export import PRECISIONS, export_serving, load_serving, set_precision
     from .heap import keep_heap_pages
     from .model import ModelConfig, build_model
 
@@ -143,9 +144,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory() as d:
             module, _ = load_serving(export_serving(build_model(spec, cfg), Path(d) / "m.pt"))
         source = "untrained default model (no artifact found)"
+    if args.precision not in PRECISIONS:
+        print(f"--precision {args.precision!r}: expected one of {', '.join(PRECISIONS)}", file=sys.stderr)
+        return 2
+    precision = set_precision(module, args.precision)
     results, peak = bench_module(module, spec, cfg, ns, args.threads, args.seconds)
     print(format_bench(results, peak, args.threads, f"{source}: {cfg.arch}, {cfg.n_experts} experts "
-                       f"{cfg.expert_dims}, sequence={cfg.use_sequence} (L={spec.seq_len})"))
+                       f"{cfg.expert_dims}, sequence={cfg.use_sequence} (L={spec.seq_len}), "
+                       f"expert GEMMs in {precision}"))
     return 0
 
 

@@ -173,18 +173,24 @@ class SplitLinear(nn.Module):
         self.cand = nn.Linear(cand_dim, out_dim, bias=False)
         self.activation = activation
 
-    def forward(self, u: Tensor, c: Tensor) -> Tensor:
-        """-> ``[N, out_dim]`` (``u`` broadcast when it has one row).
+    def forward(self, u: Tensor, c: Tensor, bf16: bool = False) -> Tensor:
+        """-> ``[N, out_dim]`` (``u`` broadcast when it has one row); bfloat16 when ``bf16``.
 
         Serving has one user row: as a 1-D bias it is copied into the output
         and the GEMM accumulates onto it (a 2-D ``[1, out]`` bias made it a
         matmul plus a separate broadcast add over ``[N, out]``). The ReLU runs
         in place on the fresh output (no second ``[N, out]`` buffer).
+        ``bf16``: the candidate GEMM takes bfloat16 operands (accumulating in
+        float32 inside the kernel) and returns bfloat16; the weight's cast is a
+        constant, folded once by ``torch.jit.freeze``.
         """
         bias = self.user(u)
         if bias.shape[0] == 1:
             bias = bias.squeeze(0)
-        y = torch.addmm(bias, c, self.cand.weight.t())
+        if bf16:
+            y = torch.addmm(bias.to(torch.bfloat16), c.to(torch.bfloat16), self.cand.weight.t().to(torch.bfloat16))
+        else:
+            y = torch.addmm(bias, c, self.cand.weight.t())
         return torch.relu_(y) if self.activation else y
 
 
@@ -202,12 +208,16 @@ class StackedExperts(nn.Module):
             self.b.append(nn.Parameter(torch.zeros(n_experts, 1, d_out)))
         self.out_dim = dims[-1]
 
-    def forward(self, u: Tensor, c: Tensor) -> Tensor:
-        h = self.first(u, c)  # [N, K*h1]
+    def forward(self, u: Tensor, c: Tensor, bf16: bool = False) -> Tensor:
+        """``bf16``: every expert GEMM in bfloat16 (float32 accumulation), the output back in float32."""
+        h = self.first(u, c, bf16)  # [N, K*h1]
         h = h.reshape(h.shape[0], self.k, -1).transpose(0, 1)  # [K, N, h1]
         for w, b in zip(self.w, self.b):
-            h = torch.relu_(torch.baddbmm(b, h, w))  # in place: the baddbmm output is fresh
-        return h
+            if bf16:
+                h = torch.relu_(torch.baddbmm(b.to(torch.bfloat16), h, w.to(torch.bfloat16)))
+            else:
+                h = torch.relu_(torch.baddbmm(b, h, w))  # in place: the baddbmm output is fresh
+        return h.float() if bf16 else h
 
 
 class Gates(nn.Module):
@@ -238,8 +248,9 @@ class SharedBottom(nn.Module):
         self.rest = nn.Sequential(*layers)
         self.out_dim = dims[-1]
 
-    def forward(self, u: Tensor, c: Tensor) -> Tensor:
-        h = self.rest(self.first(u, c))  # [N, h2]
+    def forward(self, u: Tensor, c: Tensor, bf16: bool = False) -> Tensor:
+        """``bf16``: the first (widest) layer in bfloat16, the rest in float32."""
+        h = self.rest(self.first(u, c, bf16).float())  # [N, h2]
         return h.unsqueeze(0).expand(self.t, -1, -1)
 
 

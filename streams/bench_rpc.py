@@ -80,6 +80,17 @@ def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float
             "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99))}
 
 
+def _clients(spec: object) -> list[int]:
+    """``--clients``: comma-separated closed-loop client counts; empty = the paced run only."""
+    try:
+        counts = [int(x) for x in str(spec).split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--clients {spec!r}: expected comma-separated client counts, e.g. 1,2,4") from None
+    if any(c < 1 for c in counts):
+        raise SystemExit(f"--clients {spec!r}: client counts must be at least 1")
+    return counts
+
+
 def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
     """What the worker's own histograms say about one run (bucket upper bounds, ms)."""
     def q(name: str) -> str:
@@ -184,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
-            (f"closed loop, {c} client(s)", c, None) for c in (1, 2, 4)]
+            (f"closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
         for label, threads, rate in runs:
             before = scrape(url)
             r = _run(url, bodies, threads, float(args.seconds), rate)
@@ -211,6 +222,8 @@ def register_bench(bench) -> None:
     env_flag(p, "--candidates", envvar="FEEDRANK_BENCH_CANDIDATES", default=500, help="candidates per request")
     env_flag(p, "--rate", envvar="FEEDRANK_BENCH_RPS", default=20, help="paced request rate")
     env_flag(p, "--seconds", envvar="FEEDRANK_BENCH_SECONDS", default=20, help="seconds per run")
+    env_flag(p, "--clients", envvar="FEEDRANK_BENCH_CLIENTS", default="1,2,4",
+             help="closed-loop client counts run after the paced run (comma-separated; empty = paced only)")
     env_flag(p, "--event-rate", envvar="FEEDRANK_BENCH_EVENT_RATE", default=2000, help="background events/s")
     env_flag(p, "--infra-nice", envvar="FEEDRANK_BENCH_INFRA_NICE", default=0,
              help="nice value of the event producer and the embedded broker (e.g. 10: they stand in for machines "

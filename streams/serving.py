@@ -76,6 +76,7 @@ class Serving:
         from scorer.blender import BlendConfigSource, Blender
         from scorer.calibration.calset import CalibratorHolder, CalibratorSet
         from scorer.calibration.store import CalibratorStore
+        from scorer.export import set_precision
         from scorer.service import Scorer
 
         settings = self.settings
@@ -91,6 +92,7 @@ class Serving:
             self.load_error = str(exc)
             log.error("model %s not loaded (%s); still serving %s", version, exc, self.model_version)
             return False
+        precision = set_precision(artifact.module, settings.score_precision)
         initial = None
         try:
             initial = CalibratorStore(settings.calibrator_dir).load(artifact.version)
@@ -110,8 +112,8 @@ class Serving:
             self.scorer.swap_model(artifact, holder)
         self.holder = holder
         self.load_error = None
-        log.info("serving model %s with calibrators %s#%d (%s)", artifact.version, initial.model_version,
-                 initial.version, initial.source)
+        log.info("serving model %s (%s expert GEMMs) with calibrators %s#%d (%s)", artifact.version, precision,
+                 initial.model_version, initial.version, initial.source)
         return True
 
     @property

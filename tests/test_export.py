@@ -119,3 +119,45 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     assert np.allclose(_eager_logits(teacher, arrays).numpy(), logits, atol=1e-5)
     with pytest.raises(ArtifactError, match="feedrank train"):
         load_artifact(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "shared_bottom"])
+def test_bfloat16_experts_stay_close_to_float32_and_switch_back(tmp_path: Path, arch: str) -> None:
+    from scorer.export import set_precision
+
+    model = build_model(SPEC, ModelConfig(**{**CFG.to_dict(), "arch": arch}), seed=5).eval()
+    module, _ = load_serving(export_serving(model, tmp_path / "m.pt"))
+    x = {k: torch.from_numpy(v) for k, v in _request_inputs(40).items()}
+    with torch.inference_mode():
+        assert set_precision(module, "float32") == "float32"
+        f32 = module(x)["logits"]
+        assert set_precision(module, "bfloat16") == "bfloat16"
+        bf = module(x)
+        assert set_precision(module, "float32") == "float32"
+        again = module(x)["logits"]
+    assert bf["logits"].dtype == torch.float32 and bf["scores"].dtype == torch.float32
+    diff = (bf["logits"] - f32).abs().max().item()
+    assert 0 < diff < 0.05  # the bfloat16 path ran, and it rounds, not breaks
+    assert torch.equal(again, f32)  # the switch is a flag, not a one-way conversion
+    assert torch.allclose(f32, _eager_logits(model, _request_inputs(40)), atol=1e-5)
+
+
+def test_precision_auto_follows_the_cpu_and_old_files_serve_float32(tmp_path: Path) -> None:
+    from scorer.export import native_bf16, set_precision
+
+    assert native_bf16("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not native_bf16("flags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    assert not native_bf16("")
+    module, _ = load_serving(export_serving(build_model(SPEC, CFG), tmp_path / "m.pt"))
+    assert set_precision(module, "auto") == ("bfloat16" if native_bf16() else "float32")
+    assert module.bf16 is (native_bf16())
+    with pytest.raises(ValueError, match="float16.*expected one of auto, float32, bfloat16"):
+        set_precision(module, "float16")
+
+    class Old(torch.nn.Module):  # a serving file exported before the precision switch existed
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    old = torch.jit.freeze(torch.jit.script(Old()).eval())
+    assert set_precision(old, "bfloat16") == "float32" and set_precision(old, "auto") == "float32"
