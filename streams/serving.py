@@ -37,6 +37,13 @@ def thread_clock() -> tuple[int, int]:
         return cpu, 0
 
 
+def _score_thread_init(settings) -> None:
+    """Each score thread uses the configured torch thread count (OpenMP's is per calling thread)."""
+    import torch
+
+    torch.set_num_threads(settings.score_threads)
+
+
 class Serving:
     """Scorer + calibrator holder + drift view of one worker."""
 
@@ -46,7 +53,8 @@ class Serving:
         self.holder = holder
         self.app = None  # set by install; used to produce prediction logs
         self._drift: dict[str, Any] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score")
+        self._executor = ThreadPoolExecutor(max_workers=settings.score_concurrency, thread_name_prefix="score",
+                                            initializer=_score_thread_init, initargs=(settings,))
         self.load_error: str | None = None
 
     @classmethod
