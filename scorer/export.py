@@ -107,9 +107,10 @@ def set_precision(module: torch.jit.ScriptModule, precision: str) -> str:
 
     ``bfloat16``: the expert GEMMs (~85 % of a request's FLOPs) take bfloat16
     operands and accumulate in float32; gates, towers and logits stay float32.
-    Measured on a 500-candidate request (AVX512-BF16, 1 thread): 5.0-5.6 ms ->
-    3.8-4.1 ms; on 35,900 hold-out rows the probabilities stay within 0.5 % (relative, p99 0.2 %) of float32 and the mean AUC moves 0.66044 -> 0.66042. A file
-    exported before the switch existed serves float32.
+    Measured on a 500-candidate request (AVX512-BF16, 1 thread): 5.1 ms ->
+    3.3-3.8 ms. On 35,900 hold-out rows the probabilities stay within 0.5 %
+    (relative; p99 0.2 %) of float32, and the mean AUC moves 0.66044 ->
+    0.66042. A file exported before the switch existed serves float32.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
