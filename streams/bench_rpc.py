@@ -184,11 +184,14 @@ def main(args: argparse.Namespace) -> int:
         n = int(args.candidates)
         bodies = [_request(world, u, now, n) for u in range(200)]
         _run(url, bodies, 1, 3.0, None)  # warm-up
+        served = next((k[len("feedrank_model_info{"):-1] for k, v in scrape(url).items()
+                       if k.startswith("feedrank_model_info{") and v == 1), "unknown")
         print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.2f}; event producer and embedded broker at nice {infra_nice} "
               f"({'standing in for machines of their own' if infra_nice else 'competing with the worker as equals'}); "
-              f"producer batches: {'on (as against real Kafka)' if batching == 'on' else 'off (one record per batch)'}")
+              f"producer batches: {'on (as against real Kafka)' if batching == 'on' else 'off (one record per batch)'}; "
+              f"model: {served}")
         print("worker side (upper bucket bounds, ms): in-worker /score p99, event-loop lag p99 (10 ms ticks), full "
               "GC pauses (count/total), p50 and p99 per stage parse/state/wait/score/log, and the score stage's "
               "mean and p99 on the score thread: running / runnable but waiting for a core / blocked (mostly the GIL)")

@@ -85,6 +85,8 @@ class Serving:
         from scorer.calibration.calset import CalibratorHolder, CalibratorSet
         from scorer.calibration.store import CalibratorStore
         from scorer.export import set_precision
+
+        from .metrics import MODEL_INFO
         from scorer.service import Scorer
 
         settings = self.settings
@@ -120,6 +122,8 @@ class Serving:
             self.scorer.swap_model(artifact, holder)
         self.holder = holder
         self.load_error = None
+        MODEL_INFO.clear()
+        MODEL_INFO.labels(artifact.version, precision).set(1)
         log.info("serving model %s (%s expert GEMMs) with calibrators %s#%d (%s)", artifact.version, precision,
                  initial.model_version, initial.version, initial.source)
         return True

@@ -208,6 +208,12 @@ def test_a_user_with_no_history_still_gets_a_ranking(worker) -> None:
         assert m["feedrank_score_thread_seconds_count{part=cpu}"] >= 1
         assert m["feedrank_score_thread_seconds_sum{part=cpu}"] > 0
         assert m["feedrank_score_thread_seconds_count{part=blocked}"] == m["feedrank_score_thread_seconds_count{part=cpu}"]
+        # the served model and its expert GEMMs' number format (auto: bfloat16 where the CPU has it)
+        from scorer.export import native_bf16
+
+        want = "bfloat16" if native_bf16() else "float32"
+        assert m[f"feedrank_model_info{{precision={want},version={resp.model_version}}}"] == 1
+        assert m["feedrank_model_info"] == 1  # one model at a time
         with pytest.raises(ScorerError) as info:
             client.score({"user_id": "x", "context": {}, "candidates": []})
         assert info.value.status == 422
