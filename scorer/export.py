@@ -116,9 +116,10 @@ def set_precision(module: torch.jit.ScriptModule, precision: str) -> str:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     want = precision if precision != "auto" else ("bfloat16" if native_bf16() else "float32")
     if not hasattr(module, "bf16"):
-        if want == "bfloat16" and precision == "bfloat16":
-            log.warning("this serving file predates bfloat16 serving (re-export it with `feedrank train`): "
-                        "serving float32")
+        if want == "bfloat16":  # WARNING when asked for, INFO when auto would have picked it
+            log.log(logging.WARNING if precision == "bfloat16" else logging.INFO,
+                    "this serving file predates bfloat16 serving (retrain with `feedrank train` to get it): "
+                    "serving float32")
         return "float32"
     module.bf16 = want == "bfloat16"
     return want

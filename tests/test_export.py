@@ -121,6 +121,16 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
         load_artifact(tmp_path / "nothing")
 
 
+class _Old(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _old_serving_file() -> torch.jit.ScriptModule:
+    """A frozen module without the ``bf16`` attribute: a serving file exported before the precision switch."""
+    return torch.jit.freeze(torch.jit.script(_Old()).eval())
+
+
 @pytest.mark.parametrize("arch", ["mmoe", "shared_bottom"])
 def test_bfloat16_experts_stay_close_to_float32_and_switch_back(tmp_path: Path, arch: str) -> None:
     from scorer.export import set_precision
@@ -154,10 +164,21 @@ def test_precision_auto_follows_the_cpu_and_old_files_serve_float32(tmp_path: Pa
     assert module.bf16 is (native_bf16())
     with pytest.raises(ValueError, match="float16.*expected one of auto, float32, bfloat16"):
         set_precision(module, "float16")
-
-    class Old(torch.nn.Module):  # a serving file exported before the precision switch existed
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    old = torch.jit.freeze(torch.jit.script(Old()).eval())
+    old = _old_serving_file()
     assert set_precision(old, "bfloat16") == "float32" and set_precision(old, "auto") == "float32"
+
+
+def test_an_old_file_says_why_it_serves_float32(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from scorer.export import set_precision
+
+    old = _old_serving_file()
+    with caplog.at_level(logging.INFO, logger="scorer.export"):
+        assert set_precision(old, "bfloat16") == "float32"
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "predates bfloat16 serving" in caplog.records[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scorer.export"):
+        assert set_precision(old, "float32") == "float32"
+    assert not caplog.records  # float32 asked for: nothing to say
