@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .broker import _pdeathsig, embedded_broker_pid, free_port, resolve_broker
+from .loadgen import LoadProducer, cpu_seconds
 from .metrics import hist_quantile, scrape
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
@@ -134,14 +135,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     broker = resolve_broker(log_dir=settings.log_dir)
     procs: list[subprocess.Popen[bytes]] = []
+    load: LoadProducer | None = None
     run_dir = Path("var/bench-rpc")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         port = free_port()
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "FEEDRANK_WEB_PORT": str(port),
                "FEEDRANK_DATA_DIR": str(run_dir / f"data-{port}"), "FEEDRANK_APP_ID": f"bench{port}"}
-        ensure_topics(broker.bootstrap, topic_specs(Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
-                                                             app_id=f"bench{port}")))
+        bench_settings = Settings(KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, app_id=f"bench{port}")
+        ensure_topics(broker.bootstrap, topic_specs(bench_settings))
         url = f"http://127.0.0.1:{port}"
         infra_nice = int(args.infra_nice)
         broker_pid = embedded_broker_pid(broker.bootstrap)
@@ -156,14 +158,16 @@ def main(args: argparse.Namespace) -> int:
             return setup
 
         batching = str(args.producer_batches)
-        producer_env = {**env, "FEEDRANK_ONE_RECORD_PER_BATCH": "off"} if batching == "on" else env
-        for name, cmd, nice, cenv in (("worker", ["worker"], 0, env),
-                                      ("producer", ["produce", "--rate", str(args.event_rate), "--pace", "rate",
-                                                    "--users", "20000", "--duration", str(10 ** 6)], infra_nice,
-                                       producer_env)):
-            logf = open(run_dir / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", *cmd], env=cenv, stdout=logf,
-                                          stderr=subprocess.STDOUT, preexec_fn=child_setup(nice)))
+        logf = open(run_dir / "worker.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=logf,
+                                      stderr=subprocess.STDOUT, preexec_fn=child_setup(0)))
+        # the shared load generator (librdkafka, a process of its own): events paced at --event-rate
+        rate = float(args.event_rate)
+        load = LoadProducer(broker.bootstrap, bench_settings, users=20_000, seed=0, world_rate=rate, rate=rate,
+                            batches=batching == "on").start()
+        if infra_nice:
+            os.setpriority(os.PRIO_PROCESS, load.proc.pid, infra_nice)
+        load.go()
         from .client import ScorerClient
 
         deadline = time.monotonic() + 120
@@ -199,15 +203,23 @@ def main(args: argparse.Namespace) -> int:
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
+        pids = {"worker": procs[0].pid, "producer": load.proc.pid, "broker": broker_pid, "client": os.getpid()}
         for label, threads, rate in runs:
             before = scrape(url)
+            cpu0, acked0, t0 = {k: cpu_seconds(v) for k, v in pids.items()}, load.acked(), time.monotonic()
             r = _run(url, bodies, threads, float(args.seconds), rate)
             w = _worker_side(before, scrape(url))
+            span = time.monotonic() - t0
+            cpu = ", ".join(f"{k} {(cpu_seconds(v) - cpu0[k]) / span:.2f}" for k, v in pids.items() if v)
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                   f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}  {w['thread']}",
                   flush=True)
+            print(f"{'':<24} events acked {(load.acked() - acked0) / span:,.0f}/s; CPU (cores of {os.cpu_count()}): "
+                  f"{cpu}; load {os.getloadavg()[0]:.2f}", flush=True)
         return 0
     finally:
+        if load is not None:
+            load.stop(timeout_s=30)
         for p in procs:
             p.terminate()
         for p in procs:

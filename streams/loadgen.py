@@ -1,0 +1,240 @@
+"""The load generator: synthetic events paced into the event topics from a process of its own.
+
+``feedrank chaos --scenarios load`` and ``feedrank bench rpc`` run it beside the
+worker on the same cores, so it has to cost little: it sends through
+librdkafka (``confluent-kafka``), ~3 us of CPU per record against ~35 for
+aiokafka (measured on this project's 2-core machine, 240-byte records, linger
+50 ms, embedded broker). What is left is the synthetic world (~39 us per
+event). Feed servers keep ``streams.producer.EventProducer``; this module is
+for driving load, and it reports what the broker acknowledged per partition so
+that a scenario can check that nothing was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+#: how long the load producer lets a partition's batch fill (when it batches): at 2,000 events/s over
+#: 2 x 16 partitions, 5 ms gave ~1 record per batch, i.e. no batching at all
+LOAD_LINGER_MS = 50
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class LoadError(AssertionError):
+    """The load producer could not start (a ``ChaosError`` to the scenarios that run it)."""
+
+
+def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER_MS) -> dict[str, Any]:
+    """confluent-kafka producer settings: acks from all replicas, no idempotence, batching on or off.
+
+    ``single``: one record per batch (the embedded broker's end offsets stay exact). Idempotence stays
+    off: the embedded broker forgets producer ids when it restarts (``streams.producer``).
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                            "linger.ms": 0 if single else linger_ms, "message.timeout.ms": 120_000,
+                            "request.timeout.ms": 30_000, "socket.nagle.disable": True}
+    if single:
+        conf["batch.num.messages"] = 1
+    return conf
+
+
+def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
+                        world_rate: float, rate: float | None, clients: int, single: bool, acked: Any,
+                        ends: Any, counters: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
+    """Body of the load producer process: synthetic events through ``clients`` librdkafka producers.
+
+    One record per batch when ``single``: the embedded broker's end offsets stay exact. Otherwise
+    records are batched as feed servers would against real Kafka (``LOAD_LINGER_MS``), and ``ends``
+    gets each partition's true end (the highest offset the broker acknowledged + 1), which the
+    embedded broker's own end offsets are not then. Each topic-partition is written by exactly one
+    client (the key's partition is computed here, murmur2 like every Kafka client): measured on the
+    embedded broker, several connections appending to one partition at the same time make a consumer
+    skip records now and then (4 clients sharing every partition: 4 to 7 of ~40,000 impressions per
+    minute never reached the worker, although the topic held them all). Paced at ``rate`` events/s
+    (None = as fast as it goes), never more than ~2 s of traffic ahead of the acknowledgements.
+    Acked records per (topic, partition) and the sent/failed counters are published to shared memory
+    every 0.1 s and once more after the final flush.
+    """
+    from aiokafka.partitioner import murmur2
+    from confluent_kafka import KafkaException, Producer
+
+    from features.events import Impression, encode_event
+
+    from .broker import _pdeathsig
+    from .produce import synthetic_events
+
+    # a daemon process outlives a parent killed by a signal (seen: a SIGTERM'd `feedrank chaos` left its
+    # producer writing to a broker that was gone): end with the parent instead
+    _pdeathsig()
+    local = [0] * (2 * partitions)
+    local_ends = [0] * (2 * partitions)
+    state = {"acked": 0, "failed": 0, "sent": 0}
+
+    def publish() -> None:
+        acked[:] = local
+        ends[:] = local_ends
+        counters[0], counters[1] = state["sent"], state["failed"]
+
+    def on_delivery(idx: int) -> Any:
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                state["failed"] += 1
+                if state["failed"] <= 3:
+                    errors.put(f"send failed: {err}")
+                return
+            k = idx * partitions + msg.partition()
+            local[k] += 1
+            local_ends[k] = max(local_ends[k], msg.offset() + 1)
+            state["acked"] += 1
+        return done
+
+    try:
+        producers = [Producer(librdkafka_config(bootstrap, single)) for _ in range(clients)]
+        for prod in producers:  # fail early (not at the first flush) when the broker is unreachable
+            prod.list_topics(timeout=30)
+        callbacks = (on_delivery(0), on_delivery(1))
+        events = synthetic_events(users, seed, world_rate)  # the world's warm-up happens here
+        ev = next(events)
+        ready.set()
+        while not go.wait(0.05):
+            if stop.is_set():
+                return
+        limit = int(2 * rate) if rate else 20_000
+        t0 = last_pub = time.monotonic()
+        i = 0
+        part_of: dict[bytes, int] = {}
+        while not stop.is_set():
+            idx = 0 if isinstance(ev, Impression) else 1
+            key = ev.user_id.encode()
+            p = part_of.get(key)
+            if p is None:
+                p = part_of[key] = (murmur2(key) & 0x7FFFFFFF) % partitions
+            prod = producers[(idx * partitions + p) % clients]
+            value = encode_event(ev)
+            while True:
+                try:
+                    prod.produce(topics[idx], value=value, key=key, partition=p, on_delivery=callbacks[idx])
+                    break
+                except BufferError:  # librdkafka's local queue is full: serve callbacks, then retry
+                    prod.poll(0.005)
+            i += 1
+            state["sent"] = i
+            if i % 50 == 0:
+                for pr in producers:
+                    pr.poll(0)
+                now = time.monotonic()
+                if rate:
+                    ahead = t0 + i / rate - now
+                    if ahead > 0:
+                        time.sleep(ahead)
+                while i - state["acked"] - state["failed"] > limit and not stop.is_set():
+                    for pr in producers:
+                        pr.poll(0.005)
+                if now - last_pub >= 0.1:
+                    publish()
+                    last_pub = now
+            ev = next(events)
+        for prod in producers:
+            left = prod.flush(60)
+            if left:
+                errors.put(f"{left} records still unacknowledged 60 s after the load stopped")
+    except (KafkaException, OSError) as exc:  # reported by the scenario
+        errors.put(f"producer process failed: {exc!r}")
+        raise
+    finally:
+        publish()
+
+
+class LoadProducer:
+    """The load producer as a separate process (the worker, this process and the broker share the cores)."""
+
+    def __init__(self, bootstrap: str, settings: Settings, *, users: int, seed: int, world_rate: float,
+                 rate: float | None, clients: int = 1, batches: bool = True) -> None:
+        import multiprocessing as mp
+
+        from .producer import one_record_per_batch
+
+        ctx = mp.get_context("spawn")
+        self.topics = (settings.topic_impressions, settings.topic_engagements)
+        self.partitions = settings.partitions
+        self.single = not batches and one_record_per_batch(settings, bootstrap)
+        self.rate = rate
+        self._acked = ctx.RawArray("q", 2 * self.partitions)
+        self._ends = ctx.RawArray("q", 2 * self.partitions)
+        self._counters = ctx.RawArray("q", 2)
+        self._ready, self._go, self._stop = ctx.Event(), ctx.Event(), ctx.Event()
+        self._errors = ctx.Queue()
+        self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
+            bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single,
+            self._acked, self._ends, self._counters, self._ready, self._go, self._stop, self._errors))
+        self.errors: list[str] = []
+
+    def start(self, timeout_s: float = 300.0) -> "LoadProducer":
+        """Start the process and wait until its events are generated and its clients connected."""
+        self.proc.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.2):
+            if not self.proc.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise LoadError(f"load producer did not get ready: {self._drain_errors()}")
+        return self
+
+    def go(self) -> None:
+        self._go.set()
+
+    def stop(self, timeout_s: float = 180.0) -> None:
+        self._stop.set()
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+            self.errors.append("load producer did not stop in time (killed)")
+        self._drain_errors()
+
+    def _drain_errors(self) -> list[str]:
+        import queue
+
+        while True:
+            try:
+                self.errors.append(self._errors.get_nowait())
+            except (queue.Empty, OSError, ValueError):
+                return self.errors
+
+    @property
+    def sent(self) -> int:
+        return int(self._counters[0])
+
+    @property
+    def failed(self) -> int:
+        return int(self._counters[1])
+
+    def _by_partition(self, arr: Any) -> dict[str, dict[int, int]]:
+        vals = list(arr)
+        n = self.partitions
+        return {t: {p: vals[i * n + p] for p in range(n) if vals[i * n + p]} for i, t in enumerate(self.topics)}
+
+    def snapshot(self) -> dict[str, dict[int, int]]:
+        """Acknowledged records per topic and partition (published every 0.1 s)."""
+        return self._by_partition(self._acked)
+
+    def acked(self) -> int:
+        return sum(self._acked)
+
+    def ends(self) -> dict[str, dict[int, int]]:
+        """Each partition's true end offset: its highest acknowledged offset + 1."""
+        return self._by_partition(self._ends)
