@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 class Blending(Protocol):
     """What the scorer needs of a blender."""
 
-    def utility(self, calibrated: np.ndarray, item_types: Sequence[str],
+    def utility(self, calibrated: np.ndarray, item_types: Sequence[str] | np.ndarray,
                 override: Mapping[str, Mapping[str, float]] | None = None,
                 X: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -44,10 +44,9 @@ class Blending(Protocol):
 _VIDEO_TASK = ACTIONS.index("video_view_10s")
 
 
-def _mask_impossible(p: np.ndarray, item_types: Sequence[str]) -> np.ndarray:
+def _mask_impossible(p: np.ndarray, is_video: np.ndarray) -> np.ndarray:
     """Zero the probability of actions that cannot happen (a 10-second view of an organic item)."""
-    organic = np.fromiter((t != "video" for t in item_types), dtype=bool, count=len(item_types))
-    p[organic, _VIDEO_TASK] = 0.0
+    p[~is_video, _VIDEO_TASK] = 0.0
     return p
 
 
@@ -101,19 +100,19 @@ class Scorer:
         candidates = req.to_candidates()
         logits = model.score(assemble(user, feedback, ctx, candidates, model.spec))  # [N, T]
         X = calibration_features(logits, user, feedback, ctx, candidates)  # [N, F]
-        item_types = [c.item_type for c in candidates]
-        calibrated = _mask_impossible(cal_set.calibrate(X), item_types)  # [N, T]
+        is_video = np.fromiter((c.item_type == "video" for c in candidates), dtype=bool, count=len(candidates))
+        calibrated = _mask_impossible(cal_set.calibrate(X), is_video)  # [N, T]
         override = {k: dict(v) for k, v in req.weights.items()} if req.weights else None
-        utility = self.blender.utility(calibrated, item_types, override, X=X)
+        utility = self.blender.utility(calibrated, is_video, override, X=X)
         k = min(req.top_k or len(candidates), len(candidates))
         order = np.argsort(-utility, kind="stable")[:k]
 
         # the returned items' probabilities at the rank they are returned at
         ranked = [replace(candidates[i], position=r) for r, i in enumerate(order)]
         X_top = calibration_features(logits[order], user, feedback, ctx, ranked)
-        top_types = [item_types[i] for i in order]
-        cal_top = _mask_impossible(cal_set.calibrate(X_top), top_types)
-        raw_top = _mask_impossible(_sigmoid(logits[order]), top_types)
+        top_video = is_video[order]
+        cal_top = _mask_impossible(cal_set.calibrate(X_top), top_video)
+        raw_top = _mask_impossible(_sigmoid(logits[order]), top_video)
 
         request_id = req.request_id or uuid.uuid4().hex[:16]
         items = [

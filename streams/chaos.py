@@ -1394,6 +1394,9 @@ class _ScoreLoad(threading.Thread):
 #: engine; measured on one partition, 240-byte records: 46k records/s read at 50k batches, 5k/s at 80k,
 #: 0 at 110k; the same 160k batches over 8 partitions still read at 49k/s): long runs spread over partitions
 EMBEDDED_PARTITION_BATCHES = 50_000
+#: how far the load producer may run ahead of the worker's stored offsets while the maximum rate is
+#: measured (``measure_max_rate``): ~2 to 3 s of traffic at the rates this box reaches
+MAX_RATE_LAG_WINDOW = 40_000
 #: partitions of the load scenario: 10 minutes at ~1,000 events/s stay under half that per partition
 LOAD_PARTITIONS = 16
 
@@ -1421,12 +1424,17 @@ def rocksdb_memory_mb(w: Worker) -> float | None:
 def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
                      warmup_s: float | None = None, score_rps: float = 10.0, users: int = 200, clients: int = 1,
                      partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
+                     lag_window: int = MAX_RATE_LAG_WINDOW,
                      echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
 
     A throwaway worker (own app, topics and state) with ``/score`` at ``score_rps``; the load producer
-    sends as fast as it can for ``warmup_s`` + ``seconds``; over the last ``seconds``: the rate the
-    broker acknowledged and the rate the worker applied. The maximum sustained rate is the smaller of
+    sends as fast as it can for ``warmup_s`` + ``seconds``, but never more than ``lag_window`` records
+    ahead of the worker's stored offsets; over the last ``seconds``: the rate the broker acknowledged
+    and the rate the worker applied. The window keeps the measurement at a lag the load scenario
+    passes with: with the load producer unbounded (librdkafka and a replayed pool send ~170,000
+    records/s), the worker caught up on a backlog of 24 million records at 17,917/s, a rate its
+    bigger fetches reach only when far behind. The maximum sustained rate is the smaller of
     the two (if the worker applies less than is delivered, lag grows without bound at that offered
     rate). ``warmup_s`` None: the attribution window + allowed lateness + 30 s, so the measured span
     has the join in its steady state (windows closing and labeled examples going out as fast as
@@ -1441,16 +1449,28 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
 
     ensure_topics(bootstrap, topic_specs(settings))
     events = (settings.topic_impressions, settings.topic_engagements)
-    out(f"[load] measuring the maximum rate: producer ({clients} clients, unpaced) + worker + broker + /score "
+    out(f"[load] measuring the maximum rate: producer ({clients} clients, unpaced, at most {lag_window:,} records "
+        f"ahead of the worker) + worker + broker + /score "
         f"{score_rps:g}/s on this box for {warmup_s + seconds:g}s (the first {warmup_s:g}s, until the join's windows "
         f"close at the rate they open, not counted); load {machine_load()}")
     w = Worker(settings, work / "log" / f"{settings.app_id}-maxrate.log", "max-rate worker").start()
     producer = None
     scorer = _ScoreLoad(w.url, score_rps, users, seed)
+    held = threading.Event()
+
+    def hold_to_window() -> None:  # the producer's cap follows the worker's progress
+        while not held.wait(0.2):
+            try:
+                producer.cap(_applied(w.stats(), events) + lag_window)  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                pass
+
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
         producer = LoadProducer(bootstrap, settings, users=users, seed=seed + 100, world_rate=3000.0, rate=None,
                                 clients=clients, batches=batches).start()
+        producer.cap(lag_window)
+        threading.Thread(target=hold_to_window, name="max-rate-window", daemon=True).start()
         scorer.start()
         producer.go()
         t0 = time.monotonic()
@@ -1467,13 +1487,15 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
                "max_rate": round(min(acked_rate, applied_rate)), "lag_end": lag, "seconds": round(tb - t0),
                "rss_mb": round(w.rss_mb()), "load1": round(os.getloadavg()[0], 2), "score_ok": scorer.ok,
                "worker_cpu": round(cw, 2), "producer_cpu": round(cp, 2),
-               "bound_by": "worker" if applied_rate < 0.97 * acked_rate else "producer/broker"}
+               # held at the window (lag near it) or falling behind: the worker sets the pace
+               "bound_by": "worker" if applied_rate < 0.97 * acked_rate or lag >= lag_window // 2 else "producer/broker"}
         out(f"  delivered {acked_rate:,.0f}/s, applied by the worker {applied_rate:,.0f}/s (lag {lag:,} at the "
             f"end), /score {scorer.ok} ok; CPU: worker {cw:.2f} cores, producer {cp:.2f} cores (of "
             f"{os.cpu_count()}; the broker and anything else on the box take the rest); maximum sustained rate of "
             f"this setup = {res['max_rate']:,}/s, bound by the {res['bound_by']}; load {machine_load()}")
         return res
     finally:
+        held.set()
         scorer.stop_flag.set()
         if producer is not None:
             producer.stop()

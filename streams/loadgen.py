@@ -103,7 +103,9 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
     """
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
                             "linger.ms": 0 if single else linger_ms, "message.timeout.ms": 120_000,
-                            "request.timeout.ms": 30_000, "socket.nagle.disable": True}
+                            "request.timeout.ms": 30_000, "socket.nagle.disable": True,
+                            # keyed records go where every Kafka client (and streams.views.partition_for) puts them
+                            "partitioner": "murmur2_random"}
     if single:
         conf["batch.num.messages"] = 1
     return conf
@@ -111,7 +113,7 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
 
 def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
                         world_rate: float, rate: float | None, clients: int, single: bool, acked: Any,
-                        ends: Any, counters: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
+                        ends: Any, counters: Any, cap: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
     """Body of the load producer process: synthetic events through ``clients`` librdkafka producers.
 
     The events: ``POOL_S`` seconds of the world at ``world_rate``, generated before ``ready`` and
@@ -123,7 +125,8 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
     embedded broker, several connections appending to one partition at the same time make a consumer
     skip records now and then (4 clients sharing every partition: 4 to 7 of ~40,000 impressions per
     minute never reached the worker, although the topic held them all). Paced at ``rate`` events/s
-    (None = as fast as it goes), never more than ~2 s of traffic ahead of the acknowledgements.
+    (None = as fast as it goes), never more than ~2 s of traffic ahead of the acknowledgements, and
+    never beyond ``cap`` records in all when it is set (>= 0: the consumer's progress plus a window).
     Acked records per (topic, partition) and the sent/failed counters are published to shared memory
     every 0.1 s and once more after the final flush.
     """
@@ -189,7 +192,7 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
                     ahead = t0 + i / rate - now
                     if ahead > 0:
                         time.sleep(ahead)
-                while i - state["acked"] - state["failed"] > limit and not stop.is_set():
+                while (i - state["acked"] - state["failed"] > limit or 0 <= cap.value < i) and not stop.is_set():
                     for pr in producers:
                         pr.poll(0.005)
                 if now - last_pub >= 0.1:
@@ -223,11 +226,12 @@ class LoadProducer:
         self._acked = ctx.RawArray("q", 2 * self.partitions)
         self._ends = ctx.RawArray("q", 2 * self.partitions)
         self._counters = ctx.RawArray("q", 2)
+        self._cap = ctx.RawValue("q", -1)
         self._ready, self._go, self._stop = ctx.Event(), ctx.Event(), ctx.Event()
         self._errors = ctx.Queue()
         self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
             bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single,
-            self._acked, self._ends, self._counters, self._ready, self._go, self._stop, self._errors))
+            self._acked, self._ends, self._counters, self._cap, self._ready, self._go, self._stop, self._errors))
         self.errors: list[str] = []
 
     def start(self, timeout_s: float = 300.0) -> "LoadProducer":
@@ -242,6 +246,10 @@ class LoadProducer:
 
     def go(self) -> None:
         self._go.set()
+
+    def cap(self, records: int | None) -> None:
+        """Send no more than ``records`` in all (None: no cap); the producer waits at the cap."""
+        self._cap.value = -1 if records is None else int(records)
 
     def stop(self, timeout_s: float = 180.0) -> None:
         self._stop.set()

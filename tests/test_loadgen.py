@@ -1,6 +1,8 @@
-"""``streams.loadgen.EventPool``: the load producer's replayed events are valid, new and still join (pure logic)."""
+"""``streams.loadgen``: the replayed events are valid, new and still join (pure logic); librdkafka partitions keys as the worker reads them (broker)."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 
@@ -68,3 +70,33 @@ def test_replayed_engagements_still_join_their_impressions(pool_and_events) -> N
 def test_an_empty_world_is_an_error() -> None:
     with pytest.raises(LoadError, match="no events"):
         EventPool(iter(()), 10, partitions=4)
+
+
+@pytest.mark.broker
+def test_librdkafka_sends_each_key_to_the_partition_the_worker_reads_it_from(kafka_bootstrap) -> None:
+    from confluent_kafka import Producer
+
+    from streams.loadgen import librdkafka_config
+    from streams.topics import TopicSpec, ensure_topics
+    from streams.views import partition_for
+
+    topic = f"loadgen-partitions-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [TopicSpec(topic, 16)])
+    landed: dict[str, int] = {}
+    errors: list[str] = []
+
+    def done(err, msg) -> None:  # noqa: ANN001
+        if err is not None:
+            errors.append(str(err))
+        else:
+            landed[msg.key().decode()] = msg.partition()
+
+    for single in (True, False):
+        producer = Producer(librdkafka_config(kafka_bootstrap, single))
+        for k in range(200):
+            producer.produce(topic, value=b"{}", key=f"u{k}-{single}".encode(), on_delivery=done)
+        assert producer.flush(30) == 0
+    assert not errors, errors
+    assert len(landed) == 400
+    assert {key: partition_for(key, 16) for key in landed} == landed
+    assert len(set(landed.values())) == 16
