@@ -61,24 +61,6 @@ def test_fit_learns_the_prior_correction_in_the_intercept() -> None:
     assert P.sum() / sigmoid(true_logit).sum() == pytest.approx(1.0, abs=0.02)
 
 
-def test_one_pass_over_all_tasks_equals_each_tasks_own_calibrator() -> None:
-    batch, _ = _synthetic(3000, seed=4)
-    cs = fit_calibrator_set(batch, "m")
-    rng = np.random.default_rng(9)
-    # distinct weights, centers and scales per task, and features far outside the training range (clipped)
-    cs = replace(cs, calibrators={a: LogisticCalibrator(a, c.weights + rng.normal(0, 0.3, c.weights.shape),
-                                                          c.bias + 0.1 * t, c.center + rng.normal(0, 0.2, c.center.shape),
-                                                          c.scale * rng.uniform(0.5, 2.0, c.scale.shape))
-                                  for t, (a, c) in enumerate(cs.calibrators.items())})
-    X = batch.X.copy()
-    X[:50] *= 1e3
-    P = cs.calibrate(X)
-    assert P.shape == (len(X), T)
-    for t, a in enumerate(ACTIONS):
-        np.testing.assert_allclose(P[:, t], cs.calibrators[a].predict(X), rtol=1e-12, atol=1e-15)
-    assert len({round(float(P[0, t]), 9) for t in range(T)}) == T  # the tasks really differ
-
-
 def test_set_round_trips_through_json_bytes() -> None:
     batch, _ = _synthetic(5000)
     cs = fit_calibrator_set(batch, "m-7", version=3)
