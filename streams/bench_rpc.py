@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -152,17 +151,10 @@ def main(args: argparse.Namespace) -> int:
         if infra_nice and broker_pid is not None:  # the embedded broker stands in for machines of its own
             os.setpriority(os.PRIO_PROCESS, broker_pid, infra_nice)
 
-        def child_setup(nice: int) -> Callable[[], None]:
-            def setup() -> None:
-                _pdeathsig()
-                if nice:
-                    os.nice(nice)
-            return setup
-
         batching = str(args.producer_batches)
         logf = open(run_dir / "worker.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=logf,
-                                      stderr=subprocess.STDOUT, preexec_fn=child_setup(0)))
+                                      stderr=subprocess.STDOUT, preexec_fn=_pdeathsig))
         # the shared load generator (librdkafka, a process of its own): events paced at --event-rate
         rate = float(args.event_rate)
         load = LoadProducer(broker.bootstrap, bench_settings, users=20_000, seed=0, world_rate=rate, rate=rate,
