@@ -85,9 +85,9 @@ class Serving:
         from scorer.calibration.calset import CalibratorHolder, CalibratorSet
         from scorer.calibration.store import CalibratorStore
         from scorer.export import set_precision
+        from scorer.service import Scorer
 
         from .metrics import MODEL_INFO
-        from scorer.service import Scorer
 
         settings = self.settings
         version = self._latest_version()
