@@ -20,10 +20,11 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_right
+from dataclasses import dataclass
 from typing import Final, Iterator
 
 from .events import ACTIONS, ITEM_TYPES
-from .state import SeqAction
+from .state import Counts, SeqAction, UserState
 
 VERSION: Final[int] = 1
 _HEADER = struct.Struct("<BI")
@@ -236,5 +237,24 @@ def decode(blob: bytes, maxlen: int = 256) -> ActionSequence:
     return seq
 
 
-__all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",
+@dataclass(frozen=True, slots=True)
+class EncodedUserState:
+    """A user's state as it crosses to another process: the sequence as its blob, the counters as they are.
+
+    The blob (``encode``) is a byte copy taken at read time, so the live
+    sequence can go on changing while this is in flight; ``decode`` turns it
+    back into the ``UserState`` the scorer reads.
+    """
+
+    user_id: str
+    sequence: bytes = b""  # an ``encode`` blob; empty = no history
+    counts_3h: Counts = Counts()
+    counts_1d: Counts = Counts()
+
+    def decode(self) -> UserState:
+        actions = decode(self.sequence, maxlen=1 << 30).actions() if self.sequence else ()
+        return UserState(self.user_id, actions, self.counts_3h, self.counts_1d)
+
+
+__all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "EncodedUserState", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",
            "first_ts"]

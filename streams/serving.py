@@ -3,10 +3,12 @@
 ``Serving.load(settings)`` loads the model artifact (``<model_dir>/latest``),
 the offline-fit calibrators for that model version when there are some
 (``<calibrator_dir>``; else raw scores pass through until the online
-calibrators publish), and the blender. ``score`` runs the score function in a
-one-thread executor (torch releases the GIL, the event loop keeps consuming)
-and logs the returned items' raw predictions and calibration features to the
-``predictions`` topic for the label join.
+calibrators publish), and the blender. ``score`` runs the score function in
+the score process (``streams.score_process``; ``score_process=false``: in a
+one-thread executor beside the event loop) and logs the returned items' raw
+predictions and calibration features to the ``predictions`` topic for the
+label join. Calibrator swaps and model reloads happen here first and are
+passed on to the score process in order.
 """
 
 from __future__ import annotations
@@ -56,16 +58,38 @@ class Serving:
         self._executor = ThreadPoolExecutor(max_workers=settings.score_concurrency, thread_name_prefix="score",
                                             initializer=_score_thread_init, initargs=(settings,))
         self.load_error: str | None = None
+        self.proc = None  # streams.score_process.ScoreProcess when scoring runs in a process of its own
 
     @classmethod
     def load(cls, settings) -> "Serving":
-        """Load model, calibrators and blender; a missing model leaves /score answering 503."""
+        """Load model, calibrators and blender (and start the score process); no model: /score answers 503."""
         import torch
 
         torch.set_num_threads(settings.score_threads)
         serving = cls(settings)
         serving.reload()
+        if settings.score_process:
+            from .score_process import ScoreProcess
+
+            serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None).start()
         return serving
+
+    def ready(self) -> bool:
+        """From the event loop: a model is loaded (and the score process is up; connects to it if need be)."""
+        if self.proc is not None:
+            self.proc.poke()
+        return self.scorer is not None and (self.proc is None or self.proc.ready)
+
+    def read_user(self, views, user_id: str):
+        """The user's state in the form ``score`` takes (raises ``NotLocalError`` for another worker's user)."""
+        if self.proc is not None:
+            return views.get_encoded_user_state(user_id)
+        return views.get_user_state(user_id)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.close()
+        self._executor.shutdown(wait=False)
 
     def _latest_version(self) -> str | None:
         latest = Path(self.settings.model_dir) / "latest"
@@ -126,6 +150,8 @@ class Serving:
         MODEL_INFO.labels(artifact.version, precision).set(1)
         log.info("serving model %s (%s expert GEMMs) with calibrators %s#%d (%s)", artifact.version, precision,
                  initial.model_version, initial.version, initial.source)
+        if self.proc is not None:
+            log.info("score process now serving model %s", self.proc.reload())
         return True
 
     @property
@@ -141,14 +167,21 @@ class Serving:
         c1 = thread_clock()
         return scored, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
 
-    async def score(self, req, user, feedback):
-        """Score in the executor (the log is encoded there too: ~1 ms off the event loop), then log it."""
+    async def score(self, req, body: bytes, user, feedback):
+        """Score ``req`` (``body`` as received) in the score process or thread, log it; the ``ScoreResponse``.
+
+        ``user`` comes from ``read_user``. The log is encoded where the scoring
+        runs (~1 ms off the event loop).
+        """
         from .metrics import SCORE_STAGE_SECONDS, SCORE_THREAD_SECONDS
 
-        loop = asyncio.get_running_loop()
         t_submit = time.perf_counter()
-        scored, log_value, t_start, t_end, cpu, runnable = await loop.run_in_executor(
-            self._executor, self._score_and_encode, req, user, feedback)
+        if self.proc is not None:
+            response, log_value, t_start, t_end, cpu, runnable = await self.proc.score(body, user, feedback)
+        else:
+            scored, log_value, t_start, t_end, cpu, runnable = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._score_and_encode, req, user, feedback)
+            response = scored.response
         SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
         SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
         SCORE_THREAD_SECONDS.labels("cpu").observe(cpu)
@@ -156,10 +189,10 @@ class Serving:
         SCORE_THREAD_SECONDS.labels("blocked").observe(max(0.0, t_end - t_start - cpu - runnable))
         if self.app is not None:
             t_log = time.perf_counter()
-            await self.app.producer.send(self.settings.topic_predictions, key=req.user_id.encode(),
+            await self.app.producer.send(self.settings.topic_predictions, key=user.user_id.encode(),
                                          value=log_value, partition=None, timestamp=None, headers=None)
             SCORE_STAGE_SECONDS.labels("log").observe(time.perf_counter() - t_log)
-        return scored
+        return response
 
     # -- calibrators and drift (fed by streams.calibration_loop) -------------------------
     def install_calibrators(self, cs) -> bool:
@@ -176,6 +209,8 @@ class Serving:
             return False
         log.info("calibrators hot-swapped to %s#%d (%s, %d examples)", cs.model_version, cs.version, cs.source,
                  cs.trained_examples)
+        if self.proc is not None:
+            self.proc.install(cs)
         return True
 
     def set_drift(self, record: dict[str, Any]) -> None:

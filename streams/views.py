@@ -2,6 +2,7 @@
 
     from streams import views
     views.get_user_state("u42")          # UserState of a user on a local partition
+    views.get_encoded_user_state("u42")  # the same with the sequence as its blob (for the score process)
     views.get_feedback_snapshot()        # FeedbackSnapshot of the global 30-minute view
 
 ``get_user_state`` reads the partition's open transaction first (read your
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from features.seqcodec import EncodedUserState
 from features.state import FeedbackSnapshot, UserState
 
 if TYPE_CHECKING:  # pragma: no cover
     from .agents_feedback import FeedbackViewService
     from .agents_runtime import TableEngine
+    from .tables import PartitionTables
 
 
 class NotLocalError(LookupError):
@@ -45,12 +48,19 @@ class StreamViews:
         self.engine = engine
         self.feedback = feedback
 
-    def get_user_state(self, user_id: str, now_ms: int | None = None) -> UserState:
+    def _local(self, user_id: str) -> "PartitionTables":
         p = partition_for(user_id, self.engine.settings.partitions)
         tables = self.engine.tables.get(p)
         if tables is None:
             raise NotLocalError(user_id, p)
-        return tables.user_state(user_id, now_ms)
+        return tables
+
+    def get_user_state(self, user_id: str, now_ms: int | None = None) -> UserState:
+        return self._local(user_id).user_state(user_id, now_ms)
+
+    def get_encoded_user_state(self, user_id: str, now_ms: int | None = None) -> EncodedUserState:
+        """``get_user_state`` with the sequence as its blob, to hand to another process."""
+        return self._local(user_id).encoded_user_state(user_id, now_ms)
 
     def get_feedback_snapshot(self, now_ms: int | None = None) -> FeedbackSnapshot:
         if self.feedback is None:

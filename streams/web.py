@@ -23,9 +23,10 @@ import time
 from typing import Any
 
 from features.events import ACTIONS
-from features.rpc import RequestError, parse_score_request
+from features.rpc import RequestError, parse_score_request, peek_user_id
 
 from .metrics import SCORE_LATENCY, SCORE_REQUESTS, SCORE_STAGE_SECONDS, render
+from .score_process import ScoreUnavailable
 from .views import NotLocalError, StreamViews, partition_for
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,18 @@ class WebApi:
         except Exception as exc:  # aiohttp raises HTTPRequestEntityTooLarge etc.
             status = int(getattr(exc, "status", 400) or 400)
             return _error(web, status if 400 <= status < 500 else 400, "<body>", f"cannot read body: {exc}")
-        try:
-            req = parse_score_request(body)
+        isolated = self.serving is not None and self.serving.proc is not None
+        try:  # the score process validates the request itself: here only what routing needs
+            req = None if isolated else parse_score_request(body)
+            user_id = peek_user_id(body) if req is None else req.user_id
         except RequestError as exc:
             SCORE_REQUESTS.labels(str(exc.status)).inc()
             return web.json(exc.to_json(), status=exc.status)
         t_parsed = time.perf_counter()
-        partition = partition_for(req.user_id, self.settings.partitions)
+        partition = partition_for(user_id, self.settings.partitions)
         try:
-            user = self.views.get_user_state(req.user_id)
+            user = (self.serving.read_user(self.views, user_id) if self.serving is not None
+                    else self.views.get_user_state(user_id))
         except NotLocalError:
             return await self._forward(web, request, partition, body)
         if self.serving is None or self.serving.scorer is None:
@@ -97,8 +101,14 @@ class WebApi:
         feedback = self.views.get_feedback_snapshot()
         SCORE_STAGE_SECONDS.labels("parse").observe(t_parsed - t0)
         SCORE_STAGE_SECONDS.labels("state").observe(time.perf_counter() - t_parsed)
-        scored = await self.serving.score(req, user, feedback)
-        response = scored.response
+        try:
+            response = await self.serving.score(req, body, user, feedback)
+        except RequestError as exc:
+            SCORE_REQUESTS.labels(str(exc.status)).inc()
+            return web.json(exc.to_json(), status=exc.status)
+        except ScoreUnavailable as exc:
+            SCORE_REQUESTS.labels("503").inc()
+            return _error(web, 503, "model", str(exc))
         response.served_by = self.directory.url if self.directory else ""
         elapsed = time.perf_counter() - t0
         response.latency_ms = elapsed * 1000.0
@@ -160,7 +170,7 @@ class WebApi:
 
     async def ready(self, web, request):
         engine = self.views.engine
-        ok = engine.caught_up.is_set() and (self.serving is None or self.serving.scorer is not None)
+        ok = engine.caught_up.is_set() and (self.serving is None or self.serving.ready())
         body = {"ready": ok, "partitions": sorted(engine.tables)}
         return _json(web, body, status=200 if ok else 503)
 
