@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .broker import _pdeathsig, embedded_broker_pid, free_port, resolve_broker
-from .loadgen import LoadProducer, cpu_seconds
+from .loadgen import LoadProducer, child_pids, cpu_seconds
 from .metrics import hist_quantile, scrape
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
@@ -197,7 +197,9 @@ def main(args: argparse.Namespace) -> int:
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
         runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
-        pids = {"worker": procs[0].pid, "producer": load.proc.pid, "broker": broker_pid, "client": os.getpid()}
+        scorer = next(iter(child_pids(procs[0].pid, b"spawn_main")), None)  # the worker's score process
+        pids = {"worker": procs[0].pid, "scorer": scorer, "producer": load.proc.pid, "broker": broker_pid,
+                "client": os.getpid()}
         for label, threads, rate in runs:
             before = scrape(url)
             cpu0, acked0, t0 = {k: cpu_seconds(v) for k, v in pids.items()}, load.acked(), time.monotonic()

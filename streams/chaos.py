@@ -48,7 +48,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .loadgen import LOAD_LINGER_MS, LoadProducer, cpu_seconds as _cpu_s
+from .loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds as _cpu_s
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,8 +160,11 @@ class Worker:
         return total
 
     def rss_mb(self) -> float:
-        """Resident set size of the worker process (MiB), 0 when it is gone."""
-        return _rss_mb(self.proc.pid) if self.alive else 0.0  # type: ignore[union-attr]
+        """Resident set size of the worker process and its score process (MiB), 0 when it is gone."""
+        if not self.alive:
+            return 0.0
+        pid = self.proc.pid  # type: ignore[union-attr]
+        return _rss_mb(pid) + sum(_rss_mb(c) for c in child_pids(pid))
 
     def log_tail(self, n: int = 3000) -> str:
         try:

@@ -39,6 +39,26 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def child_pids(pid: int | None, cmdline_has: bytes = b"") -> list[int]:
+    """The processes whose parent is ``pid`` and whose command line contains ``cmdline_has``, from ``/proc``.
+
+    A worker's children are its score process (``spawn_main``) and
+    multiprocessing's resource tracker.
+    """
+    if pid is None:
+        return []
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+                        and cmdline_has in (d / "cmdline").read_bytes()):
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 #: event time the load producer's pool covers (``EventPool``): generated once before the load starts
 POOL_S = 30.0
 
