@@ -79,7 +79,7 @@ def _renice(nice: int) -> None:
 def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned process (tests/test_score_process.py)
     """The score process: load, say hello, then answer calls until the worker goes away."""
     from features.rpc import parse_score_request
-    from scorer.heap import keep_heap_pages
+    from scorer.heap import keep_heap_pages, release_free_heap
 
     from .broker import _pdeathsig
     from .serving import Serving, thread_clock
@@ -109,7 +109,11 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
 
     ops: dict[str, Callable[[Any], Any]] = {"score": score, "install": serving.install_calibrators, "reload": reload}
     conn.send_bytes(pickle.dumps((True, serving.model_version)))
+    trim_s, trimmed = settings.heap_trim_interval_s, time.monotonic()
     while True:
+        if trim_s > 0 and time.monotonic() - trimmed >= trim_s:  # between calls, as the worker does on its own
+            release_free_heap()
+            trimmed = time.monotonic()
         try:
             op, arg = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):

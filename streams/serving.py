@@ -86,11 +86,6 @@ class Serving:
             return views.get_encoded_user_state(user_id)
         return views.get_user_state(user_id)
 
-    def close(self) -> None:
-        if self.proc is not None:
-            self.proc.close()
-        self._executor.shutdown(wait=False)
-
     def _latest_version(self) -> str | None:
         latest = Path(self.settings.model_dir) / "latest"
         try:
