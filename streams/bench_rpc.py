@@ -195,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
               "mean and p99 on the score thread: running / runnable but waiting for a core / blocked (mostly the GIL)")
         print(f"{'mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
-        runs = [(f"paced {args.rate:g} req/s", 2, float(args.rate))] + [
+        runs = [(f"paced {float(args.rate):g} req/s", 2, float(args.rate))] + [
             (f"closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
         scorer = next(iter(child_pids(procs[0].pid, b"spawn_main")), None)  # the worker's score process
         pids = {"worker": procs[0].pid, "scorer": scorer, "producer": load.proc.pid, "broker": broker_pid,
