@@ -36,7 +36,6 @@ calibrators. The child gets SIGTERM when the worker exits, however it exits
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import multiprocessing
 import os
@@ -79,20 +78,17 @@ def _renice(nice: int) -> None:
 def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned process (tests/test_score_process.py)
     """The score process: load, say hello, then answer calls until the worker goes away."""
     from features.rpc import parse_score_request
-    from scorer.heap import keep_heap_pages, release_free_heap
+    from scorer.heap import release_free_heap
 
     from .broker import _pdeathsig
+    from .loopmon import tune_runtime
     from .serving import Serving, thread_clock
 
     _pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, and the worker stops us
-    keep_heap_pages()
     _renice(settings.score_nice)
     serving = Serving.load(settings.model_copy(update={"score_process": False}))
-    gc.collect()
-    gc.freeze()  # as in the worker (streams.loopmon.tune_runtime): the model is never scanned again
-    _, g1, g2 = gc.get_threshold()
-    gc.set_threshold(10_000, g1, g2)
+    tune_runtime()  # as in the worker: heap pages kept, the loaded model frozen out of the collector's way
 
     def score(payload):
         c0, t0 = thread_clock(), time.perf_counter()
