@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .broker import _pdeathsig, embedded_broker_pid, free_port, resolve_broker
-from .loadgen import LoadProducer, child_pids, cpu_seconds
+from .loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds
 from .metrics import hist_quantile, scrape
 from .settings import Settings
 from .topics import ensure_topics, topic_specs
@@ -158,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
         # the shared load generator (librdkafka, a process of its own): events paced at --event-rate
         rate = float(args.event_rate)
         load = LoadProducer(broker.bootstrap, bench_settings, users=20_000, seed=0, world_rate=rate, rate=rate,
-                            batches=batching == "on").start()
+                            batches=batching == "on", linger_ms=int(args.linger_ms)).start()
         if infra_nice:
             os.setpriority(os.PRIO_PROCESS, load.proc.pid, infra_nice)
         load.go()
@@ -188,7 +188,7 @@ def main(args: argparse.Namespace) -> int:
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.2f}; event producer and embedded broker at nice {infra_nice} "
               f"({'standing in for machines of their own' if infra_nice else 'competing with the worker as equals'}); "
-              f"producer batches: {'on (as against real Kafka)' if batching == 'on' else 'off (one record per batch)'}; "
+              f"producer batches: {f'on, linger {args.linger_ms} ms (as against real Kafka)' if batching == 'on' else 'off (one record per batch)'}; "
               f"model: {served}")
         print("worker side (upper bucket bounds, ms): in-worker /score p99, event-loop lag p99 (10 ms ticks), full "
               "GC pauses (count/total), p50 and p99 per stage parse/state/wait/score/log, and the score stage's "
@@ -244,4 +244,7 @@ def register_bench(bench) -> None:
                   "ingests every event; the embedded broker's end offsets, which nothing here reads, become "
                   "approximate); off: one record per batch, the embedded broker's safe mode, which costs that "
                   "broker ~150 us of CPU per record")
+    env_flag(p, "--linger-ms", envvar="FEEDRANK_BENCH_LINGER_MS", default=LOAD_LINGER_MS,
+             help="the event producer's linger with --producer-batches on (the embedded broker lists every batch "
+                  "a partition holds on each fetch of it: fewer, larger batches keep its fetches cheap)")
     p.set_defaults(func=main)

@@ -166,6 +166,12 @@ class Worker:
         pid = self.proc.pid  # type: ignore[union-attr]
         return _rss_mb(pid) + sum(_rss_mb(c) for c in child_pids(pid))
 
+    def child_rss_mb(self) -> float:
+        """Resident set size of the worker's children (its score process), MiB; 0 when it is gone."""
+        if not self.alive:
+            return 0.0
+        return sum(_rss_mb(c) for c in child_pids(self.proc.pid))  # type: ignore[union-attr]
+
     def log_tail(self, n: int = 3000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]
@@ -1427,7 +1433,7 @@ def rocksdb_memory_mb(w: Worker) -> float | None:
 def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
                      warmup_s: float | None = None, score_rps: float = 10.0, users: int = 200, clients: int = 1,
                      partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
-                     lag_window: int = MAX_RATE_LAG_WINDOW,
+                     linger_ms: int = LOAD_LINGER_MS, lag_window: int = MAX_RATE_LAG_WINDOW,
                      echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
 
@@ -1471,7 +1477,7 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
         producer = LoadProducer(bootstrap, settings, users=users, seed=seed + 100, world_rate=3000.0, rate=None,
-                                clients=clients, batches=batches).start()
+                                clients=clients, batches=batches, linger_ms=linger_ms).start()
         producer.cap(lag_window)
         threading.Thread(target=hold_to_window, name="max-rate-window", daemon=True).start()
         scorer.start()
@@ -1523,7 +1529,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              score_rps: float = 10.0, users: int = 200, clients: int = 1, sample_s: float = 10.0,
              rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
              partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
-             echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+             linger_ms: int = LOAD_LINGER_MS, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
 
     ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
@@ -1545,7 +1551,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     if max_rate is None:
         measured = measure_max_rate(bootstrap, work, model_dir, calibrator_dir, seconds=calibrate_s,
                                     score_rps=score_rps, users=users, clients=clients, partitions=partitions,
-                                    seed=seed, batches=batches, echo=echo)
+                                    seed=seed, batches=batches, linger_ms=linger_ms, echo=echo)
         max_rate = float(measured["max_rate"])
         basis = "measured just now on this box with producer + worker + broker + /score together"
     else:
@@ -1573,15 +1579,15 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     try:
         wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
         producer = LoadProducer(bootstrap, settings, users=users, seed=seed, world_rate=rate, rate=rate,
-                                clients=clients, batches=batches).start()
-        out(f"  producer: {'one record per batch' if producer.single else f'batches (linger {LOAD_LINGER_MS} ms)'}")
+                                clients=clients, batches=batches, linger_ms=linger_ms).start()
+        out(f"  producer: {'one record per batch' if producer.single else f'batches (linger {linger_ms} ms)'}")
         data_dir = Path(settings.data_dir) / "tables"
         rss0 = w.rss_mb()
         out(f"  worker RSS before traffic {rss0:.0f} MiB")
         from .broker import embedded_broker_pid
 
         bpid = embedded_broker_pid(bootstrap)
-        out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'RDB mem':>8} "
+        out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'score':>6} {'RDB mem':>8} "
             f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p/b':>14} {'broker MiB':>10} {'load':>5} {'held':>7} "
             f"{'deadlines':>9}")
         scorer.start()
@@ -1604,7 +1610,8 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             cpu = (_cpu_s(wpid), _cpu_s(ppid), _cpu_s(bpid))
             smp = {"t": round(now - t_start), "sent": producer.sent, "acked": n,
                    "rate": round((n - prev_acked) / (now - prev_t)), "lag": _lag(st, acked),
-                   "rss_mb": round(w.rss_mb(), 1), "rocksdb_mem_mb": None if mem is None else round(mem, 1),
+                   "rss_mb": round(w.rss_mb(), 1), "score_rss_mb": round(w.child_rss_mb(), 1),
+                   "rocksdb_mem_mb": None if mem is None else round(mem, 1),
                    "rocksdb_mb": round(_dir_mb(data_dir), 1), "score_ok": scorer.ok,
                    "worker_cpu": round((cpu[0] - prev_cpu[0]) / (now - prev_t), 2),
                    "producer_cpu": round((cpu[1] - prev_cpu[1]) / (now - prev_t), 2),
@@ -1615,7 +1622,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             prev_acked, prev_t, prev_cpu = n, now, cpu
             samples.append(smp)
             out(f"  {smp['t']:>5}s {smp['sent']:>10,} {smp['acked']:>10,} {smp['rate']:>7,} {smp['lag']:>7,} "
-                f"{smp['rss_mb']:>8.1f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
+                f"{smp['rss_mb']:>8.1f} {smp['score_rss_mb']:>6.0f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
                 f"{smp['worker_cpu']:>4.2f}/{smp['producer_cpu']:.2f}/{smp['broker_cpu'] or 0:<4.2f} "
                 f"{smp['broker_rss_mb'] or 0:>10,} {smp['load1']:>5.2f} {smp['held']:>7,} {smp['deadlines']:>9,}")
             if not w.alive:
@@ -1792,7 +1799,8 @@ def run(args: argparse.Namespace) -> int:
                     results[name] = run_load(broker.bootstrap, work, model_dir, cal_dir, minutes=args.minutes,
                                              max_rate=args.max_rate, calibrate_s=args.calibrate_s,
                                              clients=args.load_clients, partitions=args.load_partitions,
-                                             seed=args.seed + 3, batches=args.load_batches == "on")
+                                             seed=args.seed + 3, batches=args.load_batches == "on",
+                                             linger_ms=args.load_linger_ms)
             except Exception as exc:  # one scenario failing must not stop the others
                 results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
@@ -1860,6 +1868,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "against real Kafka; the checks use each partition's highest acknowledged offset, not the "
                         "embedded broker's end offsets (wrong for multi-record batches). off: one record per "
                         "batch, which costs the embedded broker ~150 us of CPU per event")
+    p.add_argument("--load-linger-ms", type=int, default=LOAD_LINGER_MS,
+                   help="how long the load producer lets a partition's batch fill (with --load-batches on). The "
+                        "embedded broker lists every batch a partition holds on each fetch of it, so its CPU grows "
+                        "with the number of batches stored, not the records")
     p.add_argument("--load-clients", type=int, default=1,
                    help="aiokafka producers in the load producer process (each "
                         "topic-partition written by one of them)")

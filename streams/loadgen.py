@@ -23,9 +23,12 @@ from typing import Any
 
 from .settings import Settings
 
-#: how long the load producer lets a partition's batch fill (when it batches): at 2,000 events/s over
-#: 2 x 16 partitions, 5 ms gave ~1 record per batch, i.e. no batching at all
-LOAD_LINGER_MS = 50
+#: how long the load producer lets a partition's batch fill (when it batches). At 2,000 events/s over
+#: 2 x 16 partitions, 5 ms gave ~1 record per batch, i.e. no batching at all. The embedded broker lists
+#: every batch a partition holds on each fetch of it, so its CPU grows with the batches stored: at
+#: 13,700 events/s, 50 ms let the worker's lag grow to 200k+ records within 10 minutes, 200 ms held it
+#: under 12k (docs/reliability.md)
+LOAD_LINGER_MS = 200
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -132,8 +135,9 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
 
 
 def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
-                        world_rate: float, rate: float | None, clients: int, single: bool, acked: Any,
-                        ends: Any, counters: Any, cap: Any, ready: Any, go: Any, stop: Any, errors: Any) -> None:
+                        world_rate: float, rate: float | None, clients: int, single: bool, linger_ms: int,
+                        acked: Any, ends: Any, counters: Any, cap: Any, ready: Any, go: Any, stop: Any,
+                        errors: Any) -> None:
     """Body of the load producer process: synthetic events through ``clients`` librdkafka producers.
 
     The events: ``POOL_S`` seconds of the world at ``world_rate``, generated before ``ready`` and
@@ -181,7 +185,7 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
         return done
 
     try:
-        producers = [Producer(librdkafka_config(bootstrap, single)) for _ in range(clients)]
+        producers = [Producer(librdkafka_config(bootstrap, single, linger_ms)) for _ in range(clients)]
         for prod in producers:  # fail early (not at the first flush) when the broker is unreachable
             prod.list_topics(timeout=30)
         callbacks = (on_delivery(0), on_delivery(1))
@@ -233,7 +237,8 @@ class LoadProducer:
     """The load producer as a separate process (the worker, this process and the broker share the cores)."""
 
     def __init__(self, bootstrap: str, settings: Settings, *, users: int, seed: int, world_rate: float,
-                 rate: float | None, clients: int = 1, batches: bool = True) -> None:
+                 rate: float | None, clients: int = 1, batches: bool = True,
+                 linger_ms: int = LOAD_LINGER_MS) -> None:
         import multiprocessing as mp
 
         from .producer import one_record_per_batch
@@ -243,6 +248,7 @@ class LoadProducer:
         self.partitions = settings.partitions
         self.single = not batches and one_record_per_batch(settings, bootstrap)
         self.rate = rate
+        self.linger_ms = linger_ms
         self._acked = ctx.RawArray("q", 2 * self.partitions)
         self._ends = ctx.RawArray("q", 2 * self.partitions)
         self._counters = ctx.RawArray("q", 2)
@@ -250,7 +256,7 @@ class LoadProducer:
         self._ready, self._go, self._stop = ctx.Event(), ctx.Event(), ctx.Event()
         self._errors = ctx.Queue()
         self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
-            bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single,
+            bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single, linger_ms,
             self._acked, self._ends, self._counters, self._cap, self._ready, self._go, self._stop, self._errors))
         self.errors: list[str] = []
 
