@@ -7,8 +7,8 @@
    every batch a partition holds on each fetch of it and reads each batch as
    an object of its own: one-record batches cost it ~0.5 of a core while the
    engine reads them, and the engine's rate falls with it (measured on
-   2026-11-30: 25,640 events/s one record per batch against 33,719 to
-   39,837 batched).
+   2026-11-30 with 100,000 events: 25,640 events/s one record per batch
+   against 33,719 to 39,837 batched).
 2. Raw rate: a bare aiokafka consumer reads all N (no decoding): the ceiling.
 3. Max rate: one table engine (every table on, checkpoints, changelog, outputs)
    consumes the same N from the beginning: events/s.
@@ -92,7 +92,8 @@ def _topic_of(settings: Any, kind: str) -> str:
 
 
 def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, bytes]], single: bool,
-             rate: float | None = None, probe: Any = None, probe_every: int = 10, linger_ms: int = 5) -> float:
+             rate: float | None = None, probe: Any = None, probe_every: int = 10,
+             linger_ms: int = LINGER_MS) -> float:
     """Send ``records`` through librdkafka (as the load generator does: ~3 us of CPU per record, so the
     producer leaves the cores to the engine and the broker); seconds until all are acknowledged."""
     from confluent_kafka import Producer
@@ -147,7 +148,7 @@ def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, byte
 
 
 def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: float, single: bool,
-                  step_ms: int, probe: Any, k: int = 0, linger_ms: int = 5) -> None:
+                  step_ms: int, probe: Any, k: int = 0, linger_ms: int = LINGER_MS) -> None:
     from .broker import _pdeathsig
     from .settings import Settings
 
@@ -241,7 +242,7 @@ async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int]
 
 
 async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: float, single: bool,
-                       warmup_s: float, step_ms: int, producers: int = 1, linger_ms: int = 5,
+                       warmup_s: float, step_ms: int, producers: int = 1, linger_ms: int = LINGER_MS,
                        broker_pid: int | None = None) -> dict[str, Any]:
     from .agents_runtime import TableEngine, percentiles
     from .views import StreamViews

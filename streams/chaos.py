@@ -163,8 +163,7 @@ class Worker:
         """Resident set size of the worker process and its score process (MiB), 0 when it is gone."""
         if not self.alive:
             return 0.0
-        pid = self.proc.pid  # type: ignore[union-attr]
-        return _rss_mb(pid) + sum(_rss_mb(c) for c in child_pids(pid))
+        return _rss_mb(self.proc.pid) + self.child_rss_mb()  # type: ignore[union-attr]
 
     def child_rss_mb(self) -> float:
         """Resident set size of the worker's children (its score process), MiB; 0 when it is gone."""
