@@ -248,7 +248,6 @@ class LoadProducer:
         self.partitions = settings.partitions
         self.single = not batches and one_record_per_batch(settings, bootstrap)
         self.rate = rate
-        self.linger_ms = linger_ms
         self._acked = ctx.RawArray("q", 2 * self.partitions)
         self._ends = ctx.RawArray("q", 2 * self.partitions)
         self._counters = ctx.RawArray("q", 2)
