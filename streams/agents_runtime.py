@@ -185,9 +185,12 @@ class TableEngine(mode.Service):
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+        from .producer import compression_type
+
         s = self.settings
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=2,
-                                         max_batch_size=256 * 1024, acks="all", max_request_size=4 << 20)
+                                         max_batch_size=256 * 1024, acks="all", max_request_size=4 << 20,
+                                         compression_type=compression_type(s))
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,

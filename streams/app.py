@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from .producer import compression_type
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app(settings: Settings, bootstrap: str, *, single_record_batches: boo
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         stream_wait_empty=False,
+        producer_compression_type=compression_type(settings),
     )
     if single_record_batches:
         config["producer_max_batch_size"] = 1

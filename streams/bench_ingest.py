@@ -100,7 +100,7 @@ def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, byte
 
     from .loadgen import librdkafka_config
 
-    conf = {**librdkafka_config(bootstrap, single, linger_ms=linger_ms), "acks": 1}
+    conf = {**librdkafka_config(bootstrap, single, linger_ms=linger_ms, compression=settings.compression), "acks": 1}
     p = Producer(conf)
     p.list_topics(timeout=30)  # fail here, not at the flush, when the broker is unreachable
     acks: list[float] = []  # send -> acknowledged (ms) of the probed records: the producer's and broker's share

@@ -118,13 +118,16 @@ class LoadError(AssertionError):
     """The load producer could not start or had nothing to send (an ``AssertionError``, like ``ChaosError``)."""
 
 
-def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER_MS) -> dict[str, Any]:
+def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER_MS,
+                      compression: str = "lz4") -> dict[str, Any]:
     """confluent-kafka producer settings: acks from all replicas, no idempotence, batching on or off.
 
     ``single``: one record per batch (the embedded broker's end offsets stay exact). Idempotence stays
     off: the embedded broker forgets producer ids when it restarts (``streams.producer``).
+    ``compression``: the batches' codec (``Settings.compression``).
     """
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                            "compression.type": compression,
                             "linger.ms": 0 if single else linger_ms, "message.timeout.ms": 120_000,
                             "request.timeout.ms": 30_000, "socket.nagle.disable": True,
                             # keyed records go where every Kafka client (and streams.views.partition_for) puts them
@@ -136,6 +139,7 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
 
 def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
                         world_rate: float, rate: float | None, clients: int, single: bool, linger_ms: int,
+                        compression: str,
                         acked: Any, ends: Any, counters: Any, cap: Any, ready: Any, go: Any, stop: Any,
                         errors: Any) -> None:
     """Body of the load producer process: synthetic events through ``clients`` librdkafka producers.
@@ -185,7 +189,7 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
         return done
 
     try:
-        producers = [Producer(librdkafka_config(bootstrap, single, linger_ms)) for _ in range(clients)]
+        producers = [Producer(librdkafka_config(bootstrap, single, linger_ms, compression)) for _ in range(clients)]
         for prod in producers:  # fail early (not at the first flush) when the broker is unreachable
             prod.list_topics(timeout=30)
         callbacks = (on_delivery(0), on_delivery(1))
@@ -256,7 +260,7 @@ class LoadProducer:
         self._errors = ctx.Queue()
         self.proc = ctx.Process(target=_load_producer_main, daemon=True, args=(
             bootstrap, self.topics, self.partitions, users, seed, world_rate, rate, clients, self.single, linger_ms,
-            self._acked, self._ends, self._counters, self._cap, self._ready, self._go, self._stop, self._errors))
+            settings.compression, self._acked, self._ends, self._counters, self._cap, self._ready, self._go, self._stop, self._errors))
         self.errors: list[str] = []
 
     def start(self, timeout_s: float = 300.0) -> "LoadProducer":

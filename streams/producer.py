@@ -42,6 +42,11 @@ def one_record_per_batch(settings: Settings, bootstrap: str) -> bool:
     return is_embedded_broker(bootstrap)
 
 
+def compression_type(settings: Settings) -> str | None:
+    """The aiokafka/Faust ``compression_type`` of ``settings.compression`` (None: uncompressed)."""
+    return None if settings.compression == "none" else settings.compression
+
+
 def kafka_python_batch_config(single: bool) -> dict[str, Any]:
     """kafka-python producer settings for batching on or off."""
     if single:

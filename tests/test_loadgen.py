@@ -104,3 +104,39 @@ def test_librdkafka_sends_each_key_to_the_partition_the_worker_reads_it_from(kaf
     assert len(landed) == 400
     assert {key: partition_for(key, 16) for key in landed} == landed
     assert len(set(landed.values())) == 16
+
+
+@pytest.mark.broker
+def test_librdkafka_batches_carry_the_configured_codec_and_read_back_intact(kafka_bootstrap) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from confluent_kafka import Producer
+
+    from streams.loadgen import librdkafka_config
+    from streams.topics import TopicSpec, ensure_topics
+    from streams_support import batch_codecs
+
+    values = [f'{{"event_id": "e{k}", "user_id": "u{k % 7}", "action": "click"}}'.encode() for k in range(300)]
+    for codec in ("lz4", "none"):
+        topic = f"loadgen-codec-{codec}-{uuid.uuid4().hex[:8]}"
+        ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1)])
+        producer = Producer(librdkafka_config(kafka_bootstrap, False, linger_ms=50, compression=codec))
+        for v in values:
+            producer.produce(topic, value=v)
+        assert producer.flush(30) == 0
+        codecs = batch_codecs(kafka_bootstrap, topic, 1)
+        assert codecs and set(codecs) == {codec}, codecs
+
+        async def read_back() -> list[bytes]:
+            c = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+            await c.start()
+            got: list[bytes] = []
+            try:
+                while len(got) < len(values):
+                    got += [m.value for ms in (await c.getmany(timeout_ms=2000)).values() for m in ms]
+            finally:
+                await c.stop()
+            return got
+
+        assert asyncio.run(asyncio.wait_for(read_back(), 30)) == values

@@ -15,7 +15,7 @@ from streams.agents_runtime import TableEngine
 from streams.topics import ensure_topics, topic_specs
 from streams.views import StreamViews
 
-from streams_support import (T0, dump_worker_state, labeled_examples, produce, read_inputs, recompute, scenario,
+from streams_support import (T0, batch_codecs, dump_worker_state, labeled_examples, produce, read_inputs, recompute, scenario,
                              table_settings)
 
 pytestmark = pytest.mark.broker
@@ -114,6 +114,11 @@ def test_known_stream_gives_exact_sequences_rates_and_examples(settings_factory,
     assert snap.get("gc:m:DE").rate("long_click") == 1.0
     stats = out["stats"]["join"]
     assert sum(s["unlabeled_engagements"] for s in stats.values()) >= 1
+
+    # the worker's writes are lz4 batches (Settings.compression), read back above through every client
+    for topic in (f"{settings.app_id}-state-changelog", settings.topic_labeled):
+        codecs = batch_codecs(kafka_bootstrap, topic, settings.partitions)
+        assert codecs and set(codecs) == {"lz4"}, (topic, codecs)
 
 
 def test_tables_equal_a_from_scratch_recomputation(settings_factory, kafka_bootstrap) -> None:
