@@ -270,8 +270,8 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
     probe = asyncio.ensure_future(_probe(views, queue, delays, missing, stop, acks))
     try:
         await asyncio.sleep(warmup_s)
-        engine.freshness.samples.clear()
-        engine.delivery.samples.clear()
+        engine.freshness.clear()
+        engine.delivery.clear()
         delays.clear()
         processed0, t0, b0 = engine.processed, time.perf_counter(), cpu_seconds(broker_pid)
         while any(proc.is_alive() for proc in procs):

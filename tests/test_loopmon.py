@@ -151,3 +151,21 @@ def test_thread_clock_counts_this_threads_cpu_and_not_its_sleep() -> None:
     assert c1 - c0 < 10_000_000  # sleeping is not CPU ...
     assert c2 - c1 >= 15_000_000  # ... working is
     assert 0 <= w1 - w0 and 0 <= w2 - w1  # runnable-but-waiting never goes backwards
+
+
+def test_freshness_log_keeps_the_last_maxlen_samples_in_a_fixed_ring() -> None:
+    from streams.agents_runtime import FreshnessLog, percentiles
+
+    log = FreshnessLog(maxlen=5)
+    assert len(log) == 0 and all(v != v for v in log.percentiles(0.5))  # NaN when empty
+    log.add_many([1.0, 2.0, 3.0])
+    assert len(log) == 3 and log.percentiles(0.0, 0.5, 0.99) == [1.0, 2.0, 3.0]
+    log.add_many([4.0, 5.0, 6.0, 7.0])  # wraps: 1, 2 fall out
+    assert len(log) == 5 and sorted(log._ring) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    log.add_many([float(v) for v in range(100, 112)])  # more than the ring at once: the last 5
+    assert sorted(log._ring) == [107.0, 108.0, 109.0, 110.0, 111.0]
+    assert log.percentiles(0.5, 0.99) == percentiles(range(107, 112), 0.5, 0.99)
+    log.clear()
+    assert len(log) == 0
+    log.add_many([9.0])
+    assert log.percentiles(0.5) == [9.0]
