@@ -24,8 +24,11 @@ from streams.recompute import (  # noqa: F401  (re-exported for the tests)
 CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 
-def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[str]:
-    """The codec of every record batch stored in ``topic`` (a raw Fetch: no client decodes them first)."""
+def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[tuple[str, int]]:
+    """(codec, offsets it spans) of every record batch stored in ``topic``, in order.
+
+    A raw Fetch, parsed here: no client decompresses the batches first.
+    """
     import asyncio
     import struct
 
@@ -33,12 +36,12 @@ def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[str]:
     from aiokafka.client import AIOKafkaClient
     from aiokafka.protocol.fetch import FetchRequest
 
-    async def fetch() -> list[str]:
+    async def fetch() -> list[tuple[str, int]]:
         client = AIOKafkaClient(bootstrap_servers=bootstrap)
         await client.bootstrap()
         try:
             await client.force_metadata_update()
-            out: list[str] = []
+            out: list[tuple[str, int]] = []
             for p in range(partitions):
                 offset = 0
                 while True:
@@ -49,15 +52,18 @@ def batch_codecs(bootstrap: str, topic: str, partitions: int) -> list[str]:
                     raw = bytes(raw)
                     if not raw:
                         break
-                    pos = 0
-                    while pos + 23 <= len(raw):  # baseOffset(8) length(4) epoch(4) magic(1) crc(4) attributes(2)
+                    pos, seen = 0, len(out)
+                    # baseOffset(8) length(4) epoch(4) magic(1) crc(4) attributes(2) lastOffsetDelta(4) ...
+                    while pos + 27 <= len(raw):
                         base, length = struct.unpack_from(">qi", raw, pos)
                         if pos + 12 + length > len(raw):
                             break  # a partial batch at the end of the response
-                        out.append(CODECS.get(struct.unpack_from(">h", raw, pos + 21)[0] & 7, "?"))
-                        last_delta = struct.unpack_from(">i", raw, pos + 23 + 4)[0]  # after attributes: lastOffsetDelta
+                        last_delta = struct.unpack_from(">i", raw, pos + 23)[0]
+                        out.append((CODECS.get(struct.unpack_from(">h", raw, pos + 21)[0] & 7, "?"), last_delta + 1))
                         offset = base + last_delta + 1
                         pos += 12 + length
+                    if len(out) == seen:
+                        raise AssertionError(f"{topic}[{p}]@{offset}: a batch larger than the fetch (1 MiB)")
             return out
         finally:
             await client.close()
