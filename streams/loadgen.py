@@ -119,7 +119,7 @@ class LoadError(AssertionError):
 
 
 def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER_MS,
-                      compression: str = "lz4") -> dict[str, Any]:
+                      compression: str = Settings.model_fields["compression"].default) -> dict[str, Any]:
     """confluent-kafka producer settings: acks from all replicas, no idempotence, batching on or off.
 
     ``single``: one record per batch (the embedded broker's end offsets stay exact). Idempotence stays
