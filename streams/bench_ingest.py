@@ -379,14 +379,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["engine_run_broker_cpu_cores"] = stats["broker_cpu_cores"]
         result["engine_checkpoints"] = stats["checkpoints"]
         result["engine_labeled_examples"] = sum(j["labeled_examples"] for j in stats["join"].values())
+        result["live_producer_one_record_per_batch"] = live_single
+        result["freshness_producer_processes"] = args.producers
         for prefix, load in _freshness_loads(args, rate):
             s2 = fresh("live")
             if args.live_fetch_wait_ms is not None:
                 s2 = s2.model_copy(update={"consume_fetch_max_wait_ms": args.live_fetch_wait_ms})
             result["live_fetch_max_wait_ms"] = s2.consume_fetch_max_wait_ms or "default"
             ensure_topics(broker.bootstrap, topic_specs(s2))
-            live = {"freshness_load_events_per_s": round(load), "live_producer_one_record_per_batch": live_single,
-                    "freshness_producer_processes": args.producers}
+            live = {"freshness_load_events_per_s": round(load)}
             live.update(asyncio.run(_engine_live(s2, broker.bootstrap, int(load * args.seconds), args.users, load,
                                                  live_single, warmup_s=min(2.0, args.seconds / 4),
                                                  step_ms=args.event_ms_per_request, producers=args.producers,
