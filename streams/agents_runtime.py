@@ -1053,7 +1053,8 @@ class TableEngine(mode.Service):
 
     # -- reads -----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        per = {p: t.stats() for p, t in sorted(self.tables.items())}
+        per = {p: {**t.stats(), "held_engagements": len(self._held[p].items) if p in self._held else 0}
+               for p, t in sorted(self.tables.items())}
         p50, p99 = self.freshness.percentiles(0.5, 0.99)
         return {"partitions": sorted(self.tables), "processed": self.processed,
                 "dead_lettered": self.dead_lettered, "checkpoints": self.checkpoints,

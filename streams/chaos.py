@@ -1511,6 +1511,13 @@ def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir
         shutil.rmtree(settings.data_dir, ignore_errors=True)
 
 
+def _imp_ahead_s(st: dict[str, Any]) -> float:
+    """How far (event-time seconds) the impressions input of the most skewed partition is ahead of its engagements."""
+    gaps = [(j.get("wm_impressions", 0) - j.get("wm_engagements", 0)) / 1000.0
+            for j in (st.get("join") or {}).values() if j.get("wm_engagements")]
+    return max(gaps, default=0.0)
+
+
 def _slope_per_min(samples: list[dict[str, Any]], key: str) -> float:
     """Least-squares slope of ``key`` over ``t`` (per minute)."""
     xs = [s["t"] / 60.0 for s in samples]
@@ -1588,7 +1595,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         bpid = embedded_broker_pid(bootstrap)
         out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'score':>6} {'RDB mem':>8} "
             f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p/b':>14} {'broker MiB':>10} {'load':>5} {'held':>7} "
-            f"{'deadlines':>9}")
+            f"{'deadlines':>9} {'imp-eng s':>9}")
         scorer.start()
         producer.go()
         t_start = time.monotonic()
@@ -1617,13 +1624,13 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                    "broker_cpu": round((cpu[2] - prev_cpu[2]) / (now - prev_t), 2) if bpid else None,
                    "broker_rss_mb": round(_rss_mb(bpid)) if bpid else None,
                    "load1": round(os.getloadavg()[0], 2), "held": int(st.get("held_engagements", 0)),
-                   "deadlines": int(st.get("open_deadlines", 0))}
+                   "deadlines": int(st.get("open_deadlines", 0)), "imp_ahead_s": _imp_ahead_s(st)}
             prev_acked, prev_t, prev_cpu = n, now, cpu
             samples.append(smp)
             out(f"  {smp['t']:>5}s {smp['sent']:>10,} {smp['acked']:>10,} {smp['rate']:>7,} {smp['lag']:>7,} "
                 f"{smp['rss_mb']:>8.1f} {smp['score_rss_mb']:>6.0f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
                 f"{smp['worker_cpu']:>4.2f}/{smp['producer_cpu']:.2f}/{smp['broker_cpu'] or 0:<4.2f} "
-                f"{smp['broker_rss_mb'] or 0:>10,} {smp['load1']:>5.2f} {smp['held']:>7,} {smp['deadlines']:>9,}")
+                f"{smp['broker_rss_mb'] or 0:>10,} {smp['load1']:>5.2f} {smp['held']:>7,} {smp['deadlines']:>9,} {smp['imp_ahead_s']:>9.1f}")
             if not w.alive:
                 problems.append(f"worker died: {w.log_tail()}")
                 break

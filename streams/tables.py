@@ -306,7 +306,9 @@ class PartitionTables:
     def stats(self) -> dict[str, int]:
         return {**self.join.stats.counts, "skipped_replayed": self.skipped, "duplicate_engagements": self.duplicates,
                 "expired_events": self.expired_events, "swept_users": self.swept_users, "sweeps": self.sweeps,
-                "open_deadlines": self.join.open_deadlines()}
+                "open_deadlines": self.join.open_deadlines(),
+                # event-time watermarks (ms) of the three inputs: how far each has been read
+                "wm_impressions": self.join.wm_imp, "wm_engagements": self.join.wm_eng, "wm_predictions": self.wm_pred}
 
 
 __all__ = [
