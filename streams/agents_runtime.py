@@ -678,7 +678,7 @@ class TableEngine(mode.Service):
             if self._ckpt_error is not None:
                 raise self._ckpt_error
             try:
-                data = await self.consumer.getmany(timeout_ms=20, max_records=max_records)
+                data = await self._poll(max_records)
             except asyncio.CancelledError:
                 raise
             except OffsetOutOfRangeError as exc:
@@ -703,6 +703,21 @@ class TableEngine(mode.Service):
                         await self._process({})  # the predictions input may have reached its end
                 if time.monotonic() - self._last_ckpt >= interval:
                     await self._checkpoint_all()
+
+    async def _poll(self, max_records: int) -> dict[Any, list[Any]]:
+        """One poll: the prediction logs already fetched first, then up to ``max_records`` of any input.
+
+        Held engagements wait for proof that their partition's logs are read up to the latest fetch's
+        high watermark (``_exhausted``). A fetch response covers every assigned partition, and when far
+        behind it holds ~250 KiB of each, which plain polls hand out partition by partition over seconds:
+        the few logs of a response could come last, and the engagements waited that long.
+        """
+        logs = [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic_predictions]
+        first = await self.consumer.getmany(*logs, timeout_ms=0, max_records=max_records) if logs else {}
+        data = await self.consumer.getmany(timeout_ms=0 if first else 20, max_records=max_records)
+        for tp, msgs in first.items():
+            data[tp] = msgs + data.get(tp, [])
+        return data
 
     def _decode(self, kind: str, topic: str, p: int, m: Any) -> Any:
         """The event (or prediction header) of one record, or a ``DeadLetter``."""

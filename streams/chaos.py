@@ -48,7 +48,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds as _cpu_s
+from .loadgen import LoadProducer, child_pids, cpu_seconds as _cpu_s
 from .settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1405,6 +1405,12 @@ EMBEDDED_PARTITION_BATCHES = 50_000
 #: how far the load producer may run ahead of the worker's stored offsets while the maximum rate is
 #: measured (``measure_max_rate``): ~2 to 3 s of traffic at the rates this box reaches
 MAX_RATE_LAG_WINDOW = 40_000
+#: how long the load scenario's producer lets a partition's batch fill: longer than ``LOAD_LINGER_MS`` (the
+#: RPC bench, at 2,000 events/s) because the embedded broker lists every batch a partition holds on each
+#: fetch. At 16,600 events/s over 2 x 16 partitions, 200 ms took the broker from 0.14 of a core at 2 minutes
+#: to 0.45 at 10 and 0.5 to 0.78 from 35; 1 s (~500 records a batch) kept it at 0.07 at 5 minutes, 0.15 at
+#: 12, 0.3 to 0.48 at 35 (docs/reliability.md). Records and bytes are the same; real Kafka indexes offsets
+LOAD_SCENARIO_LINGER_MS = 1000
 #: partitions of the load scenario: 10 minutes at ~1,000 events/s stay under half that per partition
 LOAD_PARTITIONS = 16
 
@@ -1432,7 +1438,7 @@ def rocksdb_memory_mb(w: Worker) -> float | None:
 def measure_max_rate(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, seconds: float = 60.0,
                      warmup_s: float | None = None, score_rps: float = 10.0, users: int = 200, clients: int = 1,
                      partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
-                     linger_ms: int = LOAD_LINGER_MS, lag_window: int = MAX_RATE_LAG_WINDOW,
+                     linger_ms: int = LOAD_SCENARIO_LINGER_MS, lag_window: int = MAX_RATE_LAG_WINDOW,
                      echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The highest event rate this box sustains with producer, worker, broker and ``/score`` traffic together.
 
@@ -1535,7 +1541,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              score_rps: float = 10.0, users: int = 200, clients: int = 1, sample_s: float = 10.0,
              rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
              partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
-             linger_ms: int = LOAD_LINGER_MS, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+             linger_ms: int = LOAD_SCENARIO_LINGER_MS, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
 
     ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
@@ -1870,11 +1876,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="partitions of the load scenario's topics (the embedded broker's fetches collapse beyond "
                         f"~{EMBEDDED_PARTITION_BATCHES:,} one-record batches in a partition)")
     p.add_argument("--load-batches", choices=("on", "off"), default="on",
-                   help=f"on: the load producer batches records (linger {LOAD_LINGER_MS} ms) as feed servers do "
+                   help=f"on: the load producer batches records (linger {LOAD_SCENARIO_LINGER_MS} ms) as feed "
+                        "servers do "
                         "against real Kafka; the checks use each partition's highest acknowledged offset, not the "
                         "embedded broker's end offsets (wrong for multi-record batches). off: one record per "
                         "batch, which costs the embedded broker ~150 us of CPU per event")
-    p.add_argument("--load-linger-ms", type=int, default=LOAD_LINGER_MS,
+    p.add_argument("--load-linger-ms", type=int, default=LOAD_SCENARIO_LINGER_MS,
                    help="how long the load producer lets a partition's batch fill (with --load-batches on). The "
                         "embedded broker lists every batch a partition holds on each fetch of it, so its CPU grows "
                         "with the number of batches stored, not the records")

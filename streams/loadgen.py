@@ -99,7 +99,23 @@ class EventPool:
         if not self._rows:
             raise LoadError("the synthetic world produced no events")
         stamps = [row[-1] for row in self._rows]
-        self.span_ms = max(stamps) - min(stamps) + 1
+        self._first_ms = min(stamps)
+        self.span_ms = max(stamps) - self._first_ms + 1
+        self._start_ms: int | None = None
+        self._cycle_ms = float(self.span_ms)
+
+    def pace(self, start_ms: int, rate: float) -> None:
+        """Tie event time to the wall clock of a producer sending ``rate`` records/s from ``start_ms``.
+
+        The world's event rate drifts from the one it was scaled to (``synthetic_events``): replayed
+        as is at a fixed send rate, its event time ran ~15 % faster than the wall clock (5 minutes
+        ahead after 36 minutes), so the engagements ran ahead of the prediction logs that ``/score``
+        writes at wall-clock time, and every engagement waited for the proof that no older log was
+        left to read (``streams/agents_runtime.py``). Paced, cycle ``k`` starts at ``start_ms`` + ``k``
+        times the cycle's send time, and event times within a cycle are scaled to that send time.
+        """
+        self._start_ms = start_ms
+        self._cycle_ms = len(self._rows) / rate * 1000.0
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -108,9 +124,13 @@ class EventPool:
         """The ``i``-th record to send: (0 impression / 1 engagement, key, partition, value)."""
         k, j = divmod(i, len(self._rows))
         idx, key, p, parts, rid, ts_field, ts = self._rows[j]
-        if k == 0:
-            return idx, key, p, rid.join(parts)
-        value = (rid + b".%d" % k).join(parts).replace(ts_field, b'"ts":%d' % (ts + k * self.span_ms), 1)
+        if self._start_ms is None:
+            if k == 0:
+                return idx, key, p, rid.join(parts)
+            new_ts = ts + k * self.span_ms
+        else:
+            new_ts = self._start_ms + int((k + (ts - self._first_ms) / self.span_ms) * self._cycle_ms)
+        value = (rid + b".%d" % k if k else rid).join(parts).replace(ts_field, b'"ts":%d' % new_ts, 1)
         return idx, key, p, value
 
 
@@ -200,6 +220,8 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
                 return
         limit = int(2 * rate) if rate else 20_000
         t0 = last_pub = time.monotonic()
+        if rate:
+            pool.pace(int(time.time() * 1000), rate)
         i = 0
         while not stop.is_set():
             idx, key, p, value = pool.record(i)

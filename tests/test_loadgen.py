@@ -67,6 +67,31 @@ def test_replayed_engagements_still_join_their_impressions(pool_and_events) -> N
     assert joined >= 0.9 * len(engagements)
 
 
+def test_paced_event_time_follows_the_send_schedule(pool_and_events) -> None:
+    """Paced, record i's event time is (about) when it is due to be sent, and never goes back."""
+    _pool, originals = pool_and_events
+    pool = EventPool(iter(originals), N, partitions=4)
+    start, rate = 1_800_000_000_000, 150.0  # N records a cycle: 4 s of sending at 150/s
+    pool.pace(start, rate)
+    stamps = [decode_event(pool.record(i)[3]) for i in range(4 * N)]
+    due = [start + i / rate * 1000 for i in range(4 * N)]
+    # the world's own spacing is kept (scaled), so an event is early or late by its place in the world
+    # against an even spread: bounded by a fraction of a cycle, not growing cycle after cycle
+    drift = [ev.ts - d for ev, d in zip(stamps, due)]
+    cycle_ms = N / rate * 1000
+    assert max(abs(x) for x in drift) < 0.5 * cycle_ms
+    assert abs(sum(drift[-N:]) / N - sum(drift[:N]) / N) < 1.0  # the same in the fourth cycle as in the first
+    firsts = [stamps[k * N].ts for k in range(4)]
+    assert [b - a for a, b in zip(firsts, firsts[1:])] == pytest.approx([cycle_ms] * 3, abs=1)
+    for ev, orig, k in zip(stamps, originals * 4, [i // N for i in range(4 * N)]):
+        assert ev.request_id == (orig.request_id if k == 0 else f"{orig.request_id}.{k}")
+    # each cycle's order in event time is the world's order
+    for k in range(4):
+        ts = [ev.ts for ev in stamps[k * N:(k + 1) * N]]
+        assert ts == sorted(ts)
+    assert stamps[N].ts >= stamps[N - 1].ts  # and the next cycle starts after the last one ended
+
+
 def test_an_empty_world_is_an_error() -> None:
     with pytest.raises(LoadError, match="no events"):
         EventPool(iter(()), 10, partitions=4)

@@ -136,3 +136,51 @@ def test_tables_equal_a_from_scratch_recomputation(settings_factory, kafka_boots
     assert ex == want["examples"]
     view = out["view"]
     assert view.snapshot() == want["feedback"].snapshot(view.watermark)
+
+
+def test_a_poll_hands_out_the_fetched_prediction_logs_first(settings_factory, kafka_bootstrap) -> None:
+    """Held engagements wait until the logs of the latest fetch are applied (``_exhausted``): a poll returns
+    them before any other input, however many impressions the same fetch brought."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    settings = settings_factory(partitions=4)
+    ensure_topics(kafka_bootstrap, topic_specs(settings))
+    n_imp, n_logs = 1000, 5
+
+    async def go() -> list[dict[str, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20)
+        await producer.start()
+        try:
+            futs = [await producer.send(settings.topic_impressions, b"x" * 200, key=b"u", partition=p)
+                    for p in range(4) for _ in range(n_imp)]
+            futs += [await producer.send(settings.topic_predictions, b"log", key=b"u", partition=p)
+                     for p in range(4) for _ in range(n_logs)]
+            await asyncio.gather(*futs)
+        finally:
+            await producer.stop()
+        engine = TableEngine(settings, kafka_bootstrap)
+        engine.consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
+                                           auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
+        tps = [TopicPartition(t, p) for t in (settings.topic_impressions, settings.topic_predictions) for p in range(4)]
+        engine.consumer.assign(tps)
+        await engine.consumer.start()
+        for tp in tps:  # positioned, so that one fetch request asks for all of them
+            engine.consumer.seek(tp, 0)
+        polls: list[dict[str, int]] = []
+        try:
+            await asyncio.sleep(1.0)  # that fetch's response is in the consumer's buffer
+            deadline = time.monotonic() + 30
+            while sum(p.get(settings.topic_predictions, 0) for p in polls) < 4 * n_logs and time.monotonic() < deadline:
+                data = await engine._poll(max_records=100)
+                if data:
+                    polls.append({})
+                    for tp, msgs in data.items():
+                        polls[-1][tp.topic] = polls[-1].get(tp.topic, 0) + len(msgs)
+        finally:
+            await engine.consumer.stop()
+        return polls
+
+    polls = asyncio.run(go())
+    # the first poll with anything in it has every log of the fetch, and at most 100 other records
+    assert polls and polls[0].get(settings.topic_predictions) == 4 * n_logs, polls[:3]
+    assert polls[0].get(settings.topic_impressions, 0) <= 100
