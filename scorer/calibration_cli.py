@@ -132,7 +132,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     background = None
     if args.background_rate > 0:
         # the very event stream `feedrank produce` (the demo's background traffic) sends to the live tables
-        from streams.produce import synthetic_events
+        from features.synthetic import synthetic_events
 
         background = synthetic_events(args.background_users, args.background_seed, args.background_rate, DEFAULT_START_MS)
     blender = None

@@ -134,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .heap import keep_heap_pages
     from .model import ModelConfig, build_model
 
-    keep_heap_pages()  # as in a worker (streams.loopmon.tune_runtime)
+    keep_heap_pages()  # as in a worker (streams.serving.loopmon.tune_runtime)
     ns = [int(x) for x in str(args.n).split(",") if x.strip()]
     try:
         art = load_artifact(args.model)

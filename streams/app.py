@@ -12,8 +12,8 @@ from typing import Any
 
 import faust
 
-from .producer import compression_type
-from .settings import Settings
+from streams.kafka.producer import compression_type
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ log = logging.getLogger("feedrank")
 PLUGINS = (
     "scorer.cli",
     "scorer.calibration_cli",
-    "streams.bench_ingest",
-    "streams.bench_broker",
-    "streams.topics_cli",
-    "streams.simulate",
-    "streams.inspect",
-    "streams.bench_rpc",
-    "streams.chaos",
-    "streams.demo",
+    "streams.tools.bench_ingest",
+    "streams.tools.bench_broker",
+    "streams.tools.topics_cli",
+    "streams.tools.simulate",
+    "streams.tools.inspect",
+    "streams.tools.bench_rpc",
+    "streams.tools.chaos",
+    "streams.tools.demo",
 )
 
 
@@ -64,7 +64,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from .broker import EmbeddedBroker
+    from streams.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=int(args.port)).start()
     print(f"embedded broker listening; bootstrap: {broker.bootstrap}", flush=True)
@@ -87,8 +87,8 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from .settings import Settings
-    from .worker import run_worker
+    from streams.settings import Settings
+    from streams.worker import run_worker
 
     overrides: dict[str, Any] = {}
     if args.web_port is not None:
@@ -103,11 +103,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    from .broker import resolve_broker
-    from .produce import produce_steady, synthetic_events
-    from .producer import EventProducer
-    from .settings import Settings
-    from .topics import ensure_topics, topic_specs
+    from streams.kafka.broker import resolve_broker
+    from features.synthetic import synthetic_events
+    from streams.tools.produce import produce_steady
+    from streams.kafka.producer import EventProducer
+    from streams.settings import Settings
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     settings = Settings()
     broker = resolve_broker(log_dir=settings.log_dir)

@@ -1,6 +1,6 @@
 """Shared fixtures: one broker per test session, factories for settings and workers.
 
-The broker comes from ``streams.broker.resolve_broker`` (KAFKA_BOOTSTRAP_SERVERS,
+The broker comes from ``streams.kafka.broker.resolve_broker`` (KAFKA_BOOTSTRAP_SERVERS,
 else testcontainers when Docker answers, else the embedded tansu broker). Each
 test gets its own app id, topic names and state directory, so tests never see
 each other's data on the shared broker.
@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from streams.broker import free_port, resolve_broker
-from streams.chaos import Worker
-from streams.chaos import wait_until as chaos_wait_until
+from streams.kafka.broker import free_port, resolve_broker
+from streams.tools.chaos import Worker
+from streams.tools.chaos import wait_until as chaos_wait_until
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,8 +1,8 @@
-"""Helpers of the stream-table tests; the logic lives in ``streams.recompute`` (shared with ``feedrank chaos``)."""
+"""Helpers of the stream-table tests; the logic lives in ``streams.tools.recompute`` (shared with ``feedrank chaos``)."""
 
 from __future__ import annotations
 
-from streams.recompute import (  # noqa: F401  (re-exported for the tests)
+from streams.tools.recompute import (  # noqa: F401  (re-exported for the tests)
     META_KEY,
     T0,
     dump_state,

@@ -2,7 +2,7 @@
 
 import argparse
 
-from streams.bench_ingest import _freshness_loads, _goals, add_arguments
+from streams.tools.bench_ingest import _freshness_loads, _goals, add_arguments
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.bench_rpc import _clients
+from streams.tools.bench_rpc import _clients
 
 
 def test_clients_lists_the_closed_loops_and_empty_means_paced_only() -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from features.events import Impression
-from streams.broker import free_port
-from streams.producer import EventProducer, one_record_per_batch
+from streams.kafka.broker import free_port
+from streams.kafka.producer import EventProducer, one_record_per_batch
 from streams.settings import Settings
-from streams.topics import TopicSpec, ensure_topics
+from streams.kafka.topics import TopicSpec, ensure_topics
 
 from conftest import ROOT, wait_until
 
@@ -64,7 +64,7 @@ def test_auto_mode_detects_the_embedded_broker(kafka_bootstrap: str) -> None:
 
 
 def test_embedded_broker_pid_finds_the_broker_on_that_address(kafka_bootstrap: str) -> None:
-    from streams.broker import embedded_broker_pid
+    from streams.kafka.broker import embedded_broker_pid
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         pytest.skip("external broker: not a process on this box")

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from streams.broker_reset import InputWatch, classify_out_of_range
-from streams.state import Meta, PartitionState, open_backend
-from streams.state.changelog import MARKER_KEY, ChangelogReplay
-from streams.state.exceptions import ChangelogError, ChangelogResetError
-from streams.state.partition import META_KEY
-from streams.state.recovery import RESEED_PENDING, _is_marker_of, reseed_changelog, reseed_pending, write_checkpoint
+from streams.kafka.broker_reset import InputWatch, classify_out_of_range
+from streams.engine.state import Meta, PartitionState, open_backend
+from streams.engine.state.changelog import MARKER_KEY, ChangelogReplay
+from streams.engine.state.exceptions import ChangelogError, ChangelogResetError
+from streams.engine.state.partition import META_KEY
+from streams.engine.state.recovery import RESEED_PENDING, _is_marker_of, reseed_changelog, reseed_pending, write_checkpoint
 
 
 # -- a fake producer: one in-memory log per partition -----------------------------------------------------
@@ -199,8 +199,8 @@ def test_recovery_rejects_a_changelog_whose_record_at_the_marker_is_not_ours(kaf
     """A re-created changelog that already grew past the local marker: found by the record at its offset."""
     from aiokafka import AIOKafkaProducer
 
-    from streams.state.recovery import recover_partition
-    from streams.topics import TopicSpec, ensure_topics
+    from streams.engine.state.recovery import recover_partition
+    from streams.kafka.topics import TopicSpec, ensure_topics
 
     topic = f"regrown-changelog-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1, compacted=True)])
@@ -225,8 +225,8 @@ def test_event_producer_replaces_a_producer_in_its_fatal_state(kafka_bootstrap, 
     from kafka.errors import KafkaError
 
     from features.events import Impression
-    from streams.producer import EventProducer
-    from streams.topics import ensure_topics, topic_specs
+    from streams.kafka.producer import EventProducer
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     settings = settings_factory()
     ensure_topics(kafka_bootstrap, topic_specs(settings))
@@ -247,9 +247,9 @@ def test_event_producer_replaces_a_producer_in_its_fatal_state(kafka_bootstrap, 
 @pytest.mark.broker
 def test_engine_stops_with_a_topology_error_when_an_input_has_another_partition_count(kafka_bootstrap,
                                                                                      settings_factory) -> None:
-    from streams.agents_runtime import TableEngine
-    from streams.state.exceptions import TopologyError
-    from streams.topics import TopicSpec, ensure_topics, topic_specs
+    from streams.engine.engine import TableEngine
+    from streams.engine.state.exceptions import TopologyError
+    from streams.kafka.topics import TopicSpec, ensure_topics, topic_specs
 
     settings = settings_factory(partitions=2, shutdown_timeout_s=2.0)
     specs = [TopicSpec(s.name, 4 if s.name == settings.topic_impressions else s.partitions, s.compacted)
@@ -287,7 +287,7 @@ def _imps(prefix: str, n: int) -> list[Any]:
 
 
 def _produce(bootstrap: str, settings: Any, events: list[Any]) -> None:
-    from streams.producer import EventProducer
+    from streams.kafka.producer import EventProducer
 
     with EventProducer(bootstrap, settings) as p:
         futs = [p.send(e) for e in events]
@@ -302,7 +302,7 @@ def _impressions(engine: Any) -> int:
 
 async def _run_engine(settings: Any, bootstrap: str, want: int, timeout_s: float = 90.0) -> dict[str, Any]:
     """Start an engine, wait until its tables hold ``want`` impressions of USERS, stop it; what it saw."""
-    from streams.agents_runtime import TableEngine
+    from streams.engine.engine import TableEngine
 
     engine = TableEngine(settings, bootstrap)
     await engine.start()
@@ -323,9 +323,9 @@ async def _run_engine(settings: Any, bootstrap: str, want: int, timeout_s: float
 @pytest.mark.broker
 @pytest.mark.slow
 def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new_topics(tmp_path: Path) -> None:
-    from streams.broker import EmbeddedBroker
-    from streams.chaos import make_settings
-    from streams.topics import ensure_topics, topic_specs
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.tools.chaos import make_settings
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
     try:
@@ -357,7 +357,7 @@ def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new
         ensure_topics(broker.bootstrap, topic_specs(settings))
         strict = settings.model_copy(update={"on_broker_reset": "fail"})
         fourth = asyncio.run(_run_engine(strict, broker.bootstrap, want=10**9, timeout_s=60))
-        from streams.state.exceptions import BrokerResetError
+        from streams.engine.state.exceptions import BrokerResetError
 
         assert fourth["crashed"] and isinstance(fourth["reason"], BrokerResetError), fourth
         assert "FEEDRANK_ON_BROKER_RESET=fail" in str(fourth["reason"])
@@ -373,9 +373,9 @@ def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kaf
     a produce colliding with records sent before the topic was re-created) and the engine exited."""
     from aiokafka.errors import UnknownError
 
-    import streams.agents_runtime as runtime
-    from streams.chaos import make_settings
-    from streams.topics import ensure_topics, topic_specs
+    import streams.engine.engine as runtime
+    from streams.tools.chaos import make_settings
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     settings = make_settings(tmp_path, kafka_bootstrap, partitions=2, checkpoint_interval_s=0.2,
                              shutdown_timeout_s=5.0)
@@ -406,11 +406,11 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
     inputs right after the changelog reset. The high-watermark signal never sees those inputs below their
     stored offsets; the engine keeps them paused until it has compared the topic ids, then reads them from
     their start: every event counts once."""
-    import streams.agents_runtime as runtime
-    from streams.agents_runtime import TableEngine
-    from streams.broker import EmbeddedBroker
-    from streams.chaos import make_settings
-    from streams.topics import ensure_topics, topic_specs
+    import streams.engine.engine as runtime
+    from streams.engine.engine import TableEngine
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.tools.chaos import make_settings
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     failing = {"on": False, "injected": 0}
     real = TableEngine._describe_ids

@@ -173,7 +173,7 @@ def test_scoring_continues_across_concurrent_swaps() -> None:
 
 
 def test_seen_ids_drops_repeats_within_its_window_and_stays_bounded():
-    from streams.calibration_loop import SeenIds
+    from streams.engine.calibration_loop import SeenIds
 
     seen = SeenIds(capacity=3)
     assert [seen.add(k) for k in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.rpc import RequestError, parse_score_request
-from streams.client import ScorerClient, ScorerError
+from streams.serving.client import ScorerClient, ScorerError
 
 
 def _body(features: dict) -> dict:

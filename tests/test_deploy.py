@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from streams.settings import Settings
-from streams.topics import TopicSpec, topic_specs
+from streams.kafka.topics import TopicSpec, topic_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -196,7 +196,7 @@ def test_every_compose_setting_is_a_settings_field(monkeypatch: pytest.MonkeyPat
 
 
 def test_compose_and_job_create_topics_from_topic_specs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from streams import topics
+    from streams.kafka import topics
     from streams.cli import build_parser
 
     job = one("Job", "feedrank-topics")["spec"]["template"]["spec"]["containers"][0]
@@ -208,7 +208,7 @@ def test_compose_and_job_create_topics_from_topic_specs(monkeypatch: pytest.Monk
         try:
             args = parser.parse_args(argv)
         except SystemExit:  # pragma: no cover - the message is the point
-            pytest.fail(f"{where} runs `feedrank {' '.join(argv)}`: add streams.topics_cli to PLUGINS "
+            pytest.fail(f"{where} runs `feedrank {' '.join(argv)}`: add streams.tools.topics_cli to PLUGINS "
                         "in streams/cli.py")
         created: list[list[TopicSpec]] = []
         monkeypatch.setattr(topics, "ensure_topics", lambda bootstrap, specs, rf, timeout_s: created.append(specs))

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from features.events import MAX_MESSAGE_BYTES, Engagement, Impression
-from streams.producer import EventProducer
-from streams.topics import ensure_topics, topic_specs
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import ensure_topics, topic_specs
 
 from conftest import wait_until
 

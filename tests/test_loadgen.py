@@ -1,4 +1,4 @@
-"""``streams.loadgen``: the replayed events are valid, new and still join (pure logic); librdkafka partitions keys as the worker reads them (broker)."""
+"""``streams.tools.loadgen``: the replayed events are valid, new and still join (pure logic); librdkafka partitions keys as the worker reads them (broker)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from aiokafka.partitioner import murmur2
 from features.events import Engagement, Impression, decode_event, encode_event
-from streams.loadgen import EventPool, LoadError
-from streams.produce import synthetic_events
+from streams.tools.loadgen import EventPool, LoadError
+from features.synthetic import synthetic_events
 
 N = 600
 
@@ -101,10 +101,10 @@ def test_an_empty_world_is_an_error() -> None:
 def test_librdkafka_sends_each_key_to_the_partition_the_worker_reads_it_from(kafka_bootstrap) -> None:
     from confluent_kafka import Producer
 
-    from streams.chaos import _end_offsets
-    from streams.loadgen import librdkafka_config
-    from streams.topics import TopicSpec, ensure_topics
-    from streams.views import partition_for
+    from streams.tools.chaos import _end_offsets
+    from streams.tools.loadgen import librdkafka_config
+    from streams.kafka.topics import TopicSpec, ensure_topics
+    from streams.engine.views import partition_for
 
     topic = f"loadgen-partitions-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 16)])
@@ -138,8 +138,8 @@ def test_librdkafka_batches_carry_the_configured_codec_and_read_back_intact(kafk
     from aiokafka import AIOKafkaConsumer
     from confluent_kafka import Producer
 
-    from streams.loadgen import librdkafka_config
-    from streams.topics import TopicSpec, ensure_topics
+    from streams.tools.loadgen import librdkafka_config
+    from streams.kafka.topics import TopicSpec, ensure_topics
     from streams_support import batch_codecs
 
     values = [f'{{"event_id": "e{k}", "user_id": "u{k % 7}", "action": "click"}}'.encode() for k in range(300)]

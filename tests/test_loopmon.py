@@ -7,7 +7,7 @@ import gc
 import sys
 import time
 
-from streams.loopmon import install_gc_monitor, tune_runtime, watch_loop_lag
+from streams.serving.loopmon import install_gc_monitor, tune_runtime, watch_loop_lag
 from streams.metrics import hist_quantile, parse_text, render
 
 
@@ -121,7 +121,7 @@ def test_release_free_heap_gives_back_pages_freed_between_live_blocks() -> None:
 
 
 def test_trim_heap_runs_on_its_interval_and_counts_what_it_released() -> None:
-    from streams.loopmon import trim_heap
+    from streams.serving.loopmon import trim_heap
 
     before = _scrape()
 
@@ -141,7 +141,7 @@ def test_trim_heap_runs_on_its_interval_and_counts_what_it_released() -> None:
 
 
 def test_thread_clock_counts_this_threads_cpu_and_not_its_sleep() -> None:
-    from streams.serving import thread_clock
+    from streams.serving.model_slot import thread_clock
 
     c0, w0 = thread_clock()
     time.sleep(0.05)
@@ -154,7 +154,7 @@ def test_thread_clock_counts_this_threads_cpu_and_not_its_sleep() -> None:
 
 
 def test_freshness_log_keeps_the_last_maxlen_samples_in_a_fixed_ring() -> None:
-    from streams.agents_runtime import FreshnessLog, percentiles
+    from streams.engine.engine import FreshnessLog, percentiles
 
     log = FreshnessLog(maxlen=5)
     assert len(log) == 0 and all(v != v for v in log.percentiles(0.5))  # NaN when empty

@@ -1,11 +1,12 @@
-"""``streams.produce.produce_steady``: pacing by event time or by rate (pure logic, a recording sender)."""
+"""``streams.tools.produce.produce_steady``: pacing by event time or by rate (pure logic, a recording sender)."""
 
 from __future__ import annotations
 
 import time
 
 from features.events import Impression
-from streams.produce import produce_steady, synthetic_events
+from features.synthetic import synthetic_events
+from streams.tools.produce import produce_steady
 
 
 class _Recorder:

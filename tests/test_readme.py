@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from streams.settings import Settings
-from streams.topics import topic_specs
+from streams.kafka.topics import topic_specs
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from streams.chaos import run_outage
+from streams.tools.chaos import run_outage
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -82,9 +82,9 @@ def test_worker_without_local_state_restores_the_reseeded_changelog(outage) -> N
 
 
 def test_with_on_broker_reset_fail_a_worker_restarted_after_the_outage_exits_non_zero(tmp_path) -> None:
-    from streams.broker import EmbeddedBroker
-    from streams.chaos import ChaosError, Worker, make_settings, wait_until
-    from streams.topics import ensure_topics, topic_specs
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.tools.chaos import ChaosError, Worker, make_settings, wait_until
+    from streams.kafka.topics import ensure_topics, topic_specs
 
     from test_broker_reset import _imps, _produce
 
@@ -129,10 +129,10 @@ def test_recovery_fails_fast_when_the_changelog_is_shorter_than_local_state(kafk
 
     from aiokafka import AIOKafkaProducer
 
-    from streams.state import PartitionState, open_backend
-    from streams.state.exceptions import ChangelogResetError
-    from streams.state.recovery import recover_partition
-    from streams.topics import TopicSpec, ensure_topics
+    from streams.engine.state import PartitionState, open_backend
+    from streams.engine.state.exceptions import ChangelogResetError
+    from streams.engine.state.recovery import recover_partition
+    from streams.kafka.topics import TopicSpec, ensure_topics
 
     topic = f"lost-changelog-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_bootstrap, [TopicSpec(topic, 1, compacted=True)])

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from features.events import Engagement
-from streams.client import ScorerClient, ScorerError
+from streams.serving.client import ScorerClient, ScorerError
 from streams.metrics import scrape
-from streams.producer import EventProducer
-from streams.topics import ensure_topics, topic_specs
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import ensure_topics, topic_specs
 
 from conftest import TINY_WORLD, WorkerProcess, make_settings, wait_until
 
@@ -88,7 +88,7 @@ def test_ranking_beats_random_and_labels_carry_the_logged_predictions(worker, ka
 
     from features.world import World
     from scorer.blender import DEFAULT_WEIGHTS
-    from streams.simulate import gain_captured, ranking_quality
+    from streams.tools.simulate import gain_captured, ranking_quality
 
     world = World(seed=TINY_WORLD["seed"], n_users=TINY_WORLD["users"], n_items=TINY_WORLD["items"])
     rng = random.Random(1)
@@ -111,7 +111,7 @@ def test_ranking_beats_random_and_labels_carry_the_logged_predictions(worker, ka
     assert gain is not None and gain > 0.1, f"ranking is no better than random: gain captured {gain}"
 
     # show the ranked items; once they are in the tables, move event time past the attribution window
-    from streams.views import partition_for
+    from streams.engine.views import partition_for
 
     req, ids = shown_requests[0]
     shown = world.show(req, ids)

@@ -15,9 +15,9 @@ from features.rpc import RequestError, parse_score_request
 from features.seqcodec import ActionSequence, EncodedUserState
 from features.state import Counts, FeedbackSnapshot
 from scorer.calibration.calset import CalibratorSet
-from streams import score_process
-from streams.score_process import ScoreProcess, ScoreUnavailable
-from streams.serving import Serving
+from streams.serving import score_process
+from streams.serving.score_process import ScoreProcess, ScoreUnavailable
+from streams.serving.serving import Serving
 from streams.settings import Settings
 
 
@@ -54,7 +54,7 @@ def _same(a, b) -> None:
 def test_the_score_process_answers_as_the_thread_does_and_takes_swaps_in_order(settings, monkeypatch) -> None:
     local = Serving.load(settings)
     body, user = _body(), _user()
-    expected, expected_log, *_ = local._score_and_encode(parse_score_request(body), user.decode(), FEEDBACK)
+    expected, expected_log, *_ = local.score_and_encode(parse_score_request(body), user.decode(), FEEDBACK)
     assert user.decode().actions and len(user.decode().actions) == 40  # the blob carries the whole sequence
 
     current = [local.holder.current]
@@ -72,7 +72,7 @@ def test_the_score_process_answers_as_the_thread_does_and_takes_swaps_in_order(s
         identity = CalibratorSet.identity(local.model_version)
         swapped = local.holder.current.next_version(calibrators=identity.calibrators, source="online")
         assert local.install_calibrators(swapped)
-        expected_after, *_ = local._score_and_encode(parse_score_request(body), user.decode(), FEEDBACK)
+        expected_after, *_ = local.score_and_encode(parse_score_request(body), user.decode(), FEEDBACK)
         proc.install(swapped)
         after, *_ = await proc.score(body, user, FEEDBACK)
         _same(after, expected_after.response)

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-import streams.state.backend as backend
-from streams.state import PartitionState, RecordCache, StoreSpec, configure_rocksdb, open_backend, rocksdb_memory
+import streams.engine.state.backend as backend
+from streams.engine.state import PartitionState, RecordCache, StoreSpec, configure_rocksdb, open_backend, rocksdb_memory
 
 RAW = StoreSpec("pending_impressions")
 SEQ = StoreSpec("user_sequences")

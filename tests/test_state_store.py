@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.state import (
+from streams.engine.state import (
     BackendURLError,
     Meta,
     PartitionState,
@@ -17,7 +17,7 @@ from streams.state import (
     TransactionStateError,
     open_backend,
 )
-from streams.state.changelog import ChangelogReplay, FENCE_KEY, MARKER_KEY
+from streams.engine.state.changelog import ChangelogReplay, FENCE_KEY, MARKER_KEY
 
 S = StoreSpec("s")
 T = StoreSpec("t")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from streams.topics import ensure_topics, topic_specs
+from streams.kafka.topics import ensure_topics, topic_specs
 
 from conftest import wait_until
 from streams_support import dump_worker_state, labeled_examples, read_inputs, recompute, scenario, table_settings
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_factory, kafka_bootstrap) -> None:
     from features.predictions import encode_prediction
-    from streams.producer import EventProducer
+    from streams.kafka.producer import EventProducer
 
     settings = table_settings(settings_factory, sequence_len=16, checkpoint_interval_s=0.1)
     ensure_topics(kafka_bootstrap, topic_specs(settings))

@@ -10,9 +10,9 @@ import random
 import uuid
 
 from features.events import Engagement, Impression, encode_event
-from streams.state import PartitionState, StoreSpec, open_backend
-from streams.state.transaction import RecordCache
-from streams.tables import ALL_STORES, USER_COUNTERS, USER_SEQUENCES, PartitionTables, retention_threshold
+from streams.engine.state import PartitionState, StoreSpec, open_backend
+from streams.engine.state.transaction import RecordCache
+from streams.engine.tables import ALL_STORES, USER_COUNTERS, USER_SEQUENCES, PartitionTables, retention_threshold
 
 T0 = 1_764_000_000_000
 H = 3_600_000

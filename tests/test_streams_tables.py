@@ -10,10 +10,10 @@ import pytest
 
 from features.events import Engagement, Impression
 from features.predictions import ItemPrediction, PredictionLog
-from streams.agents_feedback import FeedbackViewService
-from streams.agents_runtime import TableEngine
-from streams.topics import ensure_topics, topic_specs
-from streams.views import StreamViews
+from streams.engine.feedback_view import FeedbackViewService
+from streams.engine.engine import TableEngine
+from streams.kafka.topics import ensure_topics, topic_specs
+from streams.engine.views import StreamViews
 
 from streams_support import (T0, batch_codecs, dump_worker_state, labeled_examples, produce, read_inputs, recompute, scenario,
                              table_settings)

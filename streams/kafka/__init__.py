@@ -1,0 +1,1 @@
+"""Kafka plumbing: broker resolution and launchers, producers, topics, broker-reset detection."""

@@ -1,0 +1,152 @@
+"""The event-producer API for apps and feed servers (kafka-python).
+
+    from streams.kafka.producer import EventProducer
+    with EventProducer.connect() as p:
+        p.send(impression)          # key = user_id, JSON value
+        p.send(engagement)
+
+Against the embedded broker every record travels in its own batch (its end
+offsets are wrong for multi-record batches); against real Kafka it batches.
+
+Broker outages: sends are buffered and retried (``retries``, bounded by
+``delivery_timeout_ms``); every future ends in success or an error, none
+hangs. Against the embedded broker the producer is not idempotent: tansu
+forgets producer ids when it restarts and answers kafka-python's epoch bump
+(KIP-360 InitProducerId) with an unknown error, which kafka-python treats as
+fatal; without idempotence the buffered records are simply retried into the
+restarted broker. Should the underlying producer still reach a fatal state
+(any broker), the next ``send`` replaces it with a new one (its unfinished
+sends fail with an error) and logs a WARNING: ``feedrank produce`` keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from features.events import Engagement, Event, Impression, encode_event
+
+from streams.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def one_record_per_batch(settings: Settings, bootstrap: str) -> bool:
+    """Whether producers must send one record per batch (``auto`` asks the broker)."""
+    if settings.one_record_per_batch == "on":
+        return True
+    if settings.one_record_per_batch == "off":
+        return False
+    from streams.kafka.broker import is_embedded_broker
+
+    return is_embedded_broker(bootstrap)
+
+
+def compression_type(settings: Settings) -> str | None:
+    """The aiokafka/Faust ``compression_type`` of ``settings.compression`` (None: uncompressed)."""
+    return None if settings.compression == "none" else settings.compression
+
+
+def kafka_python_batch_config(single: bool) -> dict[str, Any]:
+    """kafka-python producer settings for batching on or off."""
+    if single:
+        return {"batch_size": 0, "linger_ms": 0}
+    return {"batch_size": 64 * 1024, "linger_ms": 5, "compression_type": None}
+
+
+class EventProducer:
+    """Sends contract events to their topics, keyed by user_id."""
+
+    def __init__(self, bootstrap: str, settings: Settings | None = None, *,
+                 single_record_batches: bool | None = None, **producer_config: Any) -> None:
+        from kafka import KafkaProducer
+
+        self.settings = settings or get_settings()
+        if single_record_batches is None:
+            single_record_batches = one_record_per_batch(self.settings, bootstrap)
+        self.single_record_batches = single_record_batches
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": "all",
+            "retries": 10,
+            "retry_backoff_ms": 200,
+            "max_in_flight_requests_per_connection": 1,
+            "request_timeout_ms": 30_000,
+            **kafka_python_batch_config(single_record_batches),
+        }
+        if single_record_batches:  # the embedded-broker mode (module doc); real Kafka keeps the default (on)
+            config["enable_idempotence"] = False
+        config.update(producer_config)
+        self._config = config
+        self._producer = KafkaProducer(**config)
+        self.sent = 0
+        self.recreated = 0
+
+    @classmethod
+    def connect(cls, settings: Settings | None = None, **kw: Any) -> "EventProducer":
+        """Connect to ``KAFKA_BOOTSTRAP_SERVERS`` (an explicit address is required)."""
+        settings = settings or get_settings()
+        if not settings.bootstrap_servers:
+            raise RuntimeError("set KAFKA_BOOTSTRAP_SERVERS (or start `feedrank broker` and use its address)")
+        return cls(settings.bootstrap_servers, settings, **kw)
+
+    def topic_for(self, event: Event) -> str:
+        if isinstance(event, Impression):
+            return self.settings.topic_impressions
+        if isinstance(event, Engagement):
+            return self.settings.topic_engagements
+        raise TypeError(f"not a contract event: {type(event).__name__}")
+
+    def send(self, event: Event) -> Any:
+        """Queue one event; returns the kafka-python future."""
+        self.sent += 1
+        return self._live().send(self.topic_for(event), key=event.user_id.encode(), value=encode_event(event))
+
+    def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> Any:
+        """Send arbitrary bytes (tests and fuzzing of the consumer side)."""
+        return self._live().send(topic, key=key, value=value)
+
+    def is_fatal(self) -> bool:
+        """Whether the underlying kafka-python producer is in its fatal state (it would fail every send)."""
+        tm = getattr(self._producer, "_transaction_manager", None)
+        try:
+            return bool(tm is not None and tm.has_fatal_error())
+        except Exception:  # a kafka-python without that API: never replace
+            return False
+
+    def _live(self) -> Any:
+        """The underlying producer; a fatal one is replaced first (its unfinished sends fail with an error)."""
+        if self.is_fatal():
+            from kafka import KafkaProducer
+
+            old = self._producer
+            try:
+                reason = old._transaction_manager.last_error()
+            except Exception:
+                reason = None
+            log.warning("the kafka producer hit a fatal error (%s); replacing it with a new one (its unfinished "
+                        "sends fail with an error)", reason or "see the kafka.producer log")
+            try:  # a fatal producer aborts its batches at once: the flush inside close() is short
+                old.close(timeout=2)
+            except Exception as exc:
+                log.warning("closing the failed producer: %s; forcing it", exc)
+                try:
+                    old._sender.force_close()
+                except Exception:
+                    pass
+            self._producer = KafkaProducer(**self._config)
+            self.recreated += 1
+        return self._producer
+
+    def flush(self, timeout_s: float | None = 30.0) -> None:
+        self._producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._producer.flush(timeout=30)
+        self._producer.close(timeout=10)
+
+    def __enter__(self) -> "EventProducer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Every topic feedrank touches, created explicitly with its partition count.
+
+The embedded broker auto-creates unknown topics with 4 partitions whatever the
+app declared, which breaks co-partitioning (Faust raises PartitionsMismatch),
+so nothing may produce to or consume from a topic before ``ensure_topics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+    #: retention for non-compacted topics (ms); None = broker default
+    retention_ms: int | None = None
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """All topics of the system. User-keyed topics share one partition count."""
+    p = settings.partitions
+    return [
+        TopicSpec(settings.topic_impressions, p),
+        TopicSpec(settings.topic_engagements, p),
+        TopicSpec(settings.topic_dlq, p),
+        # stream tables (issue 3): co-partitioned with the event topics
+        TopicSpec(settings.topic_predictions, p),
+        TopicSpec(settings.topic_labeled, p),
+        TopicSpec(settings.topic_feedback_deltas, p, retention_ms=6 * 3600 * 1000),
+        TopicSpec(f"{settings.app_id}-state-changelog", p, compacted=True),
+        # serving side (issues 5 and 6): one partition each, read whole by every worker
+        TopicSpec(settings.topic_calibrators, 1, compacted=True),
+        TopicSpec(settings.topic_drift, 1, retention_ms=7 * 24 * 3600 * 1000),
+        TopicSpec(f"{settings.app_id}-owners", 1, compacted=True),
+    ]
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1,
+                  timeout_s: float = 30.0) -> None:
+    """Create missing topics and check existing ones have the declared partitions."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        existing = set(admin.list_topics())
+        new = []
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            configs: dict[str, str] = {}
+            if spec.compacted:
+                configs["cleanup.policy"] = "compact"
+            if spec.retention_ms is not None:
+                configs["retention.ms"] = str(spec.retention_ms)
+            new.append(NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=configs))
+        for topic in new:
+            try:
+                admin.create_topics([topic])
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        wanted = {s.name: s.partitions for s in specs}
+        while True:
+            described = {
+                d.get("name") or d.get("topic"): len(d.get("partitions") or [])
+                for d in admin.describe_topics(list(wanted))
+                if not d.get("error_code")
+            }
+            missing = {n for n, k in wanted.items() if described.get(n, 0) == 0}
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics not visible after {timeout_s:.0f}s: {sorted(missing)}")
+            time.sleep(0.1)
+        wrong = {n: (described[n], k) for n, k in wanted.items() if described[n] != k}
+        if wrong:
+            detail = ", ".join(f"{n} has {have} partitions, expected {want}" for n, (have, want) in wrong.items())
+            raise RuntimeError(
+                f"partition counts disagree: {detail}. Delete and recreate these topics or set "
+                "FEEDRANK_PARTITIONS to match."
+            )
+        if new:
+            log.info("created topics %s", [t.name for t in new])
+    finally:
+        admin.close()

@@ -1,0 +1,127 @@
+"""The worker's serving state: the loaded scorer, its calibrators and what it logs.
+
+``Serving.load(settings)`` loads the model artifact (``<model_dir>/latest``),
+the offline-fit calibrators for that model version when there are some
+(``<calibrator_dir>``; else raw scores pass through until the online
+calibrators publish), and the blender. ``score`` runs the score function in
+the score process (``streams.serving.score_process``; ``score_process=false``: in a
+one-thread executor beside the event loop) and logs the returned items' raw
+predictions and calibration features to the ``predictions`` topic for the
+label join. Calibrator swaps and model reloads happen here first and are
+passed on to the score process in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from streams.serving.model_slot import ModelSlot
+
+log = logging.getLogger(__name__)
+
+
+def _score_thread_init(settings) -> None:
+    """Each score thread uses the configured torch thread count (OpenMP's is per calling thread)."""
+    import torch
+
+    torch.set_num_threads(settings.score_threads)
+
+
+class Serving(ModelSlot):
+    """The worker's model slot, its score process or thread, prediction logging and the drift view."""
+
+    def __init__(self, settings, scorer=None, holder=None) -> None:
+        super().__init__(settings, scorer, holder)
+        self.app = None  # set by install; used to produce prediction logs
+        self._drift: dict[str, Any] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=settings.score_concurrency, thread_name_prefix="score",
+                                            initializer=_score_thread_init, initargs=(settings,))
+        self.proc = None  # streams.serving.score_process.ScoreProcess when scoring runs in a process of its own
+
+    @classmethod
+    def load(cls, settings) -> "Serving":
+        """Load model, calibrators and blender (and start the score process); no model: /score answers 503."""
+        import torch
+
+        from streams.serving.score_process import ScoreProcess
+
+        torch.set_num_threads(settings.score_threads)
+        serving = cls(settings)
+        serving.reload()
+        if settings.score_process:
+            serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None).start()
+        return serving
+
+    def ready(self) -> bool:
+        """From the event loop: a model is loaded (and the score process is up; connects to it if need be)."""
+        if self.proc is not None:
+            self.proc.poke()
+        return self.scorer is not None and (self.proc is None or self.proc.ready)
+
+    def read_user(self, views, user_id: str):
+        """The user's state in the form ``score`` takes (raises ``NotLocalError`` for another worker's user)."""
+        if self.proc is not None:
+            return views.get_encoded_user_state(user_id)
+        return views.get_user_state(user_id)
+
+    def reload(self) -> bool:
+        """``ModelSlot.reload``, then the score process follows."""
+        swapped = super().reload()
+        if swapped and self.proc is not None:
+            log.info("score process now serving model %s", self.proc.reload())
+        return swapped
+
+    def install_calibrators(self, cs) -> bool:
+        """``ModelSlot.install_calibrators``, then the score process follows."""
+        installed = super().install_calibrators(cs)
+        if installed and self.proc is not None:
+            self.proc.install(cs)
+        return installed
+
+    async def score(self, req, body: bytes, user, feedback):
+        """Score ``req`` (``body`` as received) in the score process or thread, log it; the ``ScoreResponse``.
+
+        ``user`` comes from ``read_user``. The log is encoded where the scoring
+        runs (~1 ms off the event loop).
+        """
+        from streams.metrics import SCORE_STAGE_SECONDS, SCORE_THREAD_SECONDS
+
+        t_submit = time.perf_counter()
+        if self.proc is not None:
+            response, log_value, t_start, t_end, cpu, runnable = await self.proc.score(body, user, feedback)
+        else:
+            scored, log_value, t_start, t_end, cpu, runnable = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.score_and_encode, req, user, feedback)
+            response = scored.response
+        SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
+        SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
+        SCORE_THREAD_SECONDS.labels("cpu").observe(cpu)
+        SCORE_THREAD_SECONDS.labels("runnable").observe(runnable)
+        SCORE_THREAD_SECONDS.labels("blocked").observe(max(0.0, t_end - t_start - cpu - runnable))
+        if self.app is not None:
+            t_log = time.perf_counter()
+            await self.app.producer.send(self.settings.topic_predictions, key=user.user_id.encode(),
+                                         value=log_value, partition=None, timestamp=None, headers=None)
+            SCORE_STAGE_SECONDS.labels("log").observe(time.perf_counter() - t_log)
+        return response
+
+    # -- drift (fed by streams.engine.calibration_loop) ---------------------------------------
+    def set_drift(self, record: dict[str, Any]) -> None:
+        from streams.metrics import CALIBRATION_ALERT, CALIBRATION_ERROR
+
+        self._drift = record
+        window = (record.get("alert_config") or {}).get("window")
+        tasks = ((record.get("windows") or {}).get(window) or {}).get("tasks") or {}
+        for task, summary in tasks.items():
+            ce = summary.get("calibration_error")
+            if ce is not None:
+                CALIBRATION_ERROR.labels(task).set(float(ce))
+        for task, alert in (record.get("alerts") or {}).items():
+            CALIBRATION_ALERT.labels(task).set(0.0 if alert.get("state") == "ok" else 1.0)
+
+    def latest_drift(self) -> dict[str, Any] | None:
+        return self._drift

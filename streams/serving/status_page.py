@@ -1,0 +1,46 @@
+"""The worker's small HTML status page (``GET /status``): calibration and 30-minute rates."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from features.events import ACTIONS
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(x: Any) -> str:
+    return "-" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+
+def render_status(api) -> str:
+    """HTML for the worker behind ``api`` (a ``streams.serving.web.WebApi``)."""
+    engine = api.views.engine
+    serving = api.serving
+    cal = serving.calibrator_info() if serving else None
+    drift = serving.latest_drift() if serving else None
+    parts = [f"<h1>feedrank worker {html.escape(api.settings.url)}</h1>",
+             f"<p>partitions {sorted(engine.tables)}; events applied {engine.processed:,}; "
+             f"dead-lettered {engine.dead_lettered:,}</p>"]
+    parts.append(f"<h2>Calibrators</h2><pre>{html.escape(str(cal))}</pre>")
+    if drift:
+        window = drift["alert_config"]["window"]
+        tasks = drift["windows"][window]["tasks"]
+        rows = [[a, _fmt(tasks[a].get("calibration_error")), _fmt(tasks[a].get("ece")), tasks[a].get("n"),
+                 tasks[a].get("positives"), drift["alerts"][a]["state"]] for a in ACTIONS if a in tasks]
+        parts.append(f"<h2>Calibration ({window} window)</h2>"
+                     + _table(["task", "sum(p)/sum(y)", "ECE", "n", "positives", "alert"], rows))
+    snap = api.views.get_feedback_snapshot()
+    rows = []
+    for seg, c in sorted(snap.segments.items())[:40]:
+        rates = [_fmt(c.actions.get(a, 0) / c.impressions) if c.impressions else "-" for a in ACTIONS]
+        rows.append([seg, c.impressions, *rates])
+    parts.append(f"<h2>Feedback loop, last {api.settings.feedback_window_min} minutes</h2>"
+                 + _table(["segment", "impressions", *ACTIONS], rows))
+    style = "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>"
+    return f"<!doctype html><html><head><meta http-equiv='refresh' content='5'>{style}</head><body>{''.join(parts)}</body></html>"

@@ -1,0 +1,1 @@
+"""Tools that are not the product: benches, chaos scenarios, load generator, simulator, demo."""
