@@ -373,7 +373,7 @@ def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kaf
     a produce colliding with records sent before the topic was re-created) and the engine exited."""
     from aiokafka.errors import UnknownError
 
-    import streams.engine.engine as runtime
+    import streams.engine.reset_watch as runtime
     from streams.tools.chaos import make_settings
     from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -406,7 +406,7 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
     inputs right after the changelog reset. The high-watermark signal never sees those inputs below their
     stored offsets; the engine keeps them paused until it has compared the topic ids, then reads them from
     their start: every event counts once."""
-    import streams.engine.engine as runtime
+    import streams.engine.reset_watch as runtime
     from streams.engine.engine import TableEngine
     from streams.kafka.broker import EmbeddedBroker
     from streams.tools.chaos import make_settings

@@ -154,7 +154,7 @@ def test_thread_clock_counts_this_threads_cpu_and_not_its_sleep() -> None:
 
 
 def test_freshness_log_keeps_the_last_maxlen_samples_in_a_fixed_ring() -> None:
-    from streams.engine.engine import FreshnessLog, percentiles
+    from streams.engine.freshness import FreshnessLog, percentiles
 
     log = FreshnessLog(maxlen=5)
     assert len(log) == 0 and all(v != v for v in log.percentiles(0.5))  # NaN when empty

@@ -248,7 +248,8 @@ async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int]
 async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: float, single: bool,
                        warmup_s: float, step_ms: int, producers: int = 1, linger_ms: int = LINGER_MS,
                        broker_pid: int | None = None) -> dict[str, Any]:
-    from streams.engine.engine import TableEngine, percentiles
+    from streams.engine.engine import TableEngine
+    from streams.engine.freshness import percentiles
     from streams.engine.views import StreamViews
     from streams.serving.loopmon import tune_runtime
 

@@ -111,7 +111,7 @@ class EventPool:
         as is at a fixed send rate, its event time ran ~15 % faster than the wall clock (5 minutes
         ahead after 36 minutes), so the engagements ran ahead of the prediction logs that ``/score``
         writes at wall-clock time, and every engagement waited for the proof that no older log was
-        left to read (``streams/agents_runtime.py``). Paced, cycle ``k`` starts at ``start_ms`` + ``k``
+        left to read (``streams/engine/alignment.py``). Paced, cycle ``k`` starts at ``start_ms`` + ``k``
         times the cycle's send time, and event times within a cycle are scaled to that send time.
         """
         self._start_ms = start_ms

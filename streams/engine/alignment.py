@@ -1,0 +1,162 @@
+"""Event-time alignment of a partition's engagements with its prediction logs and impressions.
+
+The engagements of a partition are applied only while they are no more than
+``A + L`` ahead of the partition's prediction logs and impressions (or that
+input has nothing more to read), so a window closes at the same engagement and
+finds the same log as in a from-scratch recomputation, whatever the consumer
+fetched first. Held engagements wait in a per-partition queue; the consumer
+pauses that topic-partition when the queue is long and resumes it when it
+drains. A mixin of ``TableEngine``: it reads ``self.tables``, ``self._held``,
+``self.consumer`` and the engine's counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+
+
+from streams.engine.tables import PartitionTables
+
+log = logging.getLogger(__name__)
+
+
+#: held engagements of one partition above which its engagement input is paused / below which resumed
+HOLD_PAUSE = 20_000
+
+
+HOLD_RESUME = 5_000
+
+
+#: a held queue that makes no progress this long is released anyway (a predictions input that
+#: never reports its end would otherwise stall the partition)
+HOLD_MAX_WAIT_S = 10.0
+
+
+#: a fetch response must be this much newer than a held engagement to prove the predictions input
+#: has nothing older left (margin for clock skew between producers and this worker)
+EXHAUSTED_MARGIN_MS = 1000
+
+
+class Held:
+    """Engagements of one partition read but not yet applied (event-time alignment)."""
+
+    __slots__ = ("items", "since", "paused")
+
+    def __init__(self) -> None:
+        # (offset, item or None for a dead-lettered record, producer timestamp ms)
+        self.items: deque[tuple[int, Any, int]] = deque()
+        self.since = 0.0  # monotonic time the head started waiting (0 = not waiting)
+        self.paused = False
+
+
+class AlignmentMixin:
+    """The alignment part of ``streams.engine.engine.TableEngine``."""
+
+    def _exhausted(self, topic: str, p: int, tables: PartitionTables, since_ms: int) -> bool:
+        """Everything on partition ``p`` of ``topic`` that was produced before ``since_ms`` is applied.
+
+        True when the applied prediction offset reached the high watermark of a
+        fetch response that came back at least ``EXHAUSTED_MARGIN_MS`` after
+        ``since_ms`` (the producer timestamp of the held engagement): an older
+        response may predate predictions that were produced before it.
+        """
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(topic, p)
+        hw = self.consumer.highwater(tp)
+        seen = self.consumer.last_poll_timestamp(tp)
+        if hw is None or seen is None or seen < since_ms + EXHAUSTED_MARGIN_MS:
+            return False
+        return tables.offsets.get(topic, -1) + 1 >= hw
+
+    def _release(self, p: int, limit: int = 1 << 62) -> tuple[int, bool]:
+        """Apply up to ``limit`` held engagements of ``p`` that the other inputs allow.
+
+        Returns how many were applied and whether the limit stopped it (more may be releasable).
+        """
+        held = self._held.get(p)
+        tables = self.tables.get(p)
+        if held is None or tables is None or not held.items:
+            return 0, False
+        q = held.items
+        topic = self.settings.topic_engagements
+        # an engagement may close the windows of impressions up to A + L before it, and a log
+        # expires 2A + L after its request: both inputs must have been read that far
+        leads = ((self.settings.topic_predictions, tables.wm_pred), (self.settings.topic_impressions, tables.join.wm_imp))
+        limits = [wm + self._align_ms for _t, wm in leads]
+        batch: list[Any] = []
+        eng_ts: list[int] = []
+        last = -1
+        while q and len(batch) < limit:
+            off, item, ts_ms = q[0]
+            if item is not None and item[2].ts > min(limits):
+                for i, (lead_topic, _wm) in enumerate(leads):
+                    if item[2].ts > limits[i] and self._exhausted(lead_topic, p, tables, ts_ms):
+                        limits[i] = 1 << 62  # nothing older left to read on that input
+                if item[2].ts > min(limits):
+                    now = time.monotonic()
+                    if not held.since:
+                        held.since = now
+                    if now - held.since < HOLD_MAX_WAIT_S:
+                        break
+                    self.held_releases_forced += 1
+                    log.warning("partition %d: engagements held %.0fs for predictions/impressions that do not "
+                                "come; releasing %d", p, now - held.since, len(q))
+                    limits = [1 << 62]  # everything held now
+            q.popleft()
+            held.since = 0.0
+            last = off
+            if item is not None:
+                batch.append(item)
+                eng_ts.append(ts_ms)
+        applied = tables.process(topic, batch) if batch else 0
+        if last > tables.offsets.get(topic, -1):
+            tables.offsets[topic] = last
+        if eng_ts:  # visible from here on (read-your-own-writes through the record cache)
+            from streams.metrics import FRESHNESS_SECONDS
+
+            now_ms = time.time() * 1000.0
+            fresh = [now_ms - t for t in eng_ts]
+            self.freshness.add_many(fresh)
+            FRESHNESS_SECONDS.observe(max(fresh) / 1000.0)
+        if not held.paused and len(q) > HOLD_PAUSE:
+            self._pause(p)
+        elif held.paused and len(q) < HOLD_RESUME:
+            self._resume(p)
+        return applied, bool(q) and len(batch) >= limit
+
+    def _quarantine(self, p: int) -> None:
+        """Pause ``p``'s inputs until the watch has compared their topic ids (``_verify_input_ids``)."""
+        self._verify_ids.setdefault(p, time.monotonic())
+        tps = [tp for tp in self.consumer.assignment() if tp.partition == p]
+        if tps:
+            self.consumer.pause(*tps)
+        self._watch_wake.set()
+
+    def _unquarantine(self, p: int) -> None:
+        if self._verify_ids.pop(p, None) is None:
+            return
+        held = self._held.get(p)
+        tps = [tp for tp in self.consumer.assignment() if tp.partition == p
+               and not (tp.topic == self.settings.topic_engagements and held is not None and held.paused)]
+        if tps:
+            self.consumer.resume(*tps)
+
+    def _pause(self, p: int) -> None:
+        from aiokafka import TopicPartition
+
+        self.consumer.pause(TopicPartition(self.settings.topic_engagements, p))
+        self._held[p].paused = True
+
+    def _resume(self, p: int) -> None:
+        from aiokafka import TopicPartition
+
+        tp = TopicPartition(self.settings.topic_engagements, p)
+        if tp in self.consumer.assignment() and p not in self._verify_ids:  # (else ``_unquarantine`` resumes it)
+            self.consumer.resume(tp)
+        if p in self._held:
+            self._held[p].paused = False
