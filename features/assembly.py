@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from features.numeric import logit
+
 from .events import ACTIONS
 from .state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState, segment_keys, stable_hash
 
@@ -126,13 +128,8 @@ USER_KEYS: tuple[str, ...] = ("user_id", "ctx", "user_dense", "seq_item", "seq_a
 CAND_KEYS: tuple[str, ...] = ("cand_item", "cand_type", "cand_pos", "cand_dense")
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-5), 1.0 - 1e-5)
-    return math.log(p / (1.0 - p))
-
-
 def _rate_block(c: Counts, prior: dict[str, float], weight: float) -> list[float]:
-    return [math.log1p(c.impressions)] + [_logit(c.rate(a, prior[a], weight)) for a in ACTIONS]
+    return [math.log1p(c.impressions)] + [logit(c.rate(a, prior[a], weight)) for a in ACTIONS]
 
 
 def _user_dense(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, spec: FeatureSpec) -> np.ndarray:

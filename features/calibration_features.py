@@ -33,6 +33,8 @@ from typing import Final, Mapping, Sequence
 
 import numpy as np
 
+from features.numeric import logit
+
 from .events import ACTIONS
 from .state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState, segment_keys
 
@@ -118,11 +120,6 @@ def task_feature_names(task: int | str) -> tuple[str, ...]:
     return tuple(CALIBRATION_FEATURE_NAMES[i] for i in task_columns(task))
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, RATE_EPS), 1.0 - RATE_EPS)
-    return math.log(p / (1.0 - p))
-
-
 def _one_hot(dst: np.ndarray, prefix: str, vocab: Sequence[str], value: str) -> None:
     key = f"{prefix}:{value}" if value in vocab else f"{prefix}:other"
     if key in _IDX:
@@ -135,7 +132,7 @@ def _rates(counts: Counts, prior: Mapping[str, float], weight: float) -> dict[st
 
 def _put_rates(dst: np.ndarray, prefix: str, rates: Mapping[str, float], impressions: int) -> None:
     for a in ACTIONS:
-        dst[_IDX[f"{prefix}:{a}"]] = _logit(rates[a])
+        dst[_IDX[f"{prefix}:{a}"]] = logit(rates[a])
     dst[_IDX[f"{prefix}:log_impressions"]] = math.log1p(max(impressions, 0))
 
 
@@ -207,7 +204,7 @@ def calibration_feature_matrix(
             for j, a in enumerate(ACTIONS):
                 acts = float(c.features.get(ITEM_ACTION_KEY_FMT.format(action=a), 0.0))
                 rate = (acts + r_all[a] * ITEM_PRIOR_WEIGHT) / (imps + ITEM_PRIOR_WEIGHT)
-                out[i, item_cols[j]] = _logit(rate) - _logit(r_all[a])
+                out[i, item_cols[j]] = logit(rate) - logit(r_all[a])
 
     if raw_logits is not None:
         set_logits(out, raw_logits)

@@ -15,7 +15,7 @@ the calibration features the calibrators saw, ``position`` the rank returned.
 
 from __future__ import annotations
 
-from typing import Annotated, Mapping
+from typing import Annotated, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,17 +70,7 @@ def encode_prediction(log: PredictionLog) -> bytes:
 
 def decode_prediction(raw: bytes | None) -> PredictionLog:
     """Parse one ``predictions`` message; raises ``PredictionDecodeError``."""
-    if raw is None:
-        raise PredictionDecodeError("empty message (null value)")
-    if len(raw) > MAX_PREDICTION_BYTES:
-        raise PredictionDecodeError(f"message too large: {len(raw)} bytes")
-    try:
-        return PredictionLog.model_validate_json(raw)
-    except ValidationError as exc:
-        err = exc.errors()[:3]
-        raise PredictionDecodeError(
-            "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err)
-        ) from None
+    return _validate(PredictionLog, raw)
 
 
 class PredictionHeader(BaseModel):
@@ -100,12 +90,20 @@ class PredictionHeader(BaseModel):
 
 def decode_prediction_header(raw: bytes | None) -> PredictionHeader:
     """Parse the key fields of one ``predictions`` message; raises ``PredictionDecodeError``."""
+    return _validate(PredictionHeader, raw)
+
+
+_M = TypeVar("_M", PredictionLog, PredictionHeader)
+
+
+def _validate(model: type[_M], raw: bytes | None) -> _M:
+    """``model`` from the JSON of one ``predictions`` message; raises ``PredictionDecodeError``."""
     if raw is None:
         raise PredictionDecodeError("empty message (null value)")
     if len(raw) > MAX_PREDICTION_BYTES:
         raise PredictionDecodeError(f"message too large: {len(raw)} bytes")
     try:
-        return PredictionHeader.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         err = exc.errors()[:3]
         raise PredictionDecodeError(

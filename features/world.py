@@ -26,6 +26,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from features.numeric import sigmoid
+
 from .events import ACTIONS, Engagement, Impression
 from .state import Candidate, ScoreContext
 
@@ -61,10 +63,6 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
         x *= _M2
         x ^= x >> np.uint64(31)
     return x
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ class World:
         self._base = np.array([p.base_logit[a] for a in ACTIONS])
         self._aff_w = np.array([p.affinity_weight[a] for a in ACTIONS])
         noise = rng.random(n_items) - 0.5
-        self.item_ctr_prior = _sigmoid(self._base[0] + self.item_quality + 0.4 * noise)
+        self.item_ctr_prior = sigmoid(self._base[0] + self.item_quality + 0.4 * noise)
         self._rng = np.random.default_rng(seed + 1)
         self._next_request = 0
 
@@ -233,7 +231,7 @@ class World:
     def true_prob_matrix(self, users: np.ndarray, items: np.ndarray, country: np.ndarray, gender: np.ndarray,
                          app: np.ndarray, device: np.ndarray, position: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """[N, T] true marginal probability of each action (columns in ``ACTIONS`` order)."""
-        r = _sigmoid(self.raw_logits(users, items, country, gender, app, device, position, ts))
+        r = sigmoid(self.raw_logits(users, items, country, gender, app, device, position, ts))
         return _marginals(r, self.item_video[items])
 
     def true_probs(self, user: str, item: str, context: ScoreContext, position: int, ts: int) -> dict[str, float]:
@@ -247,7 +245,7 @@ class World:
                       app: np.ndarray, device: np.ndarray, position: np.ndarray,
                       ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sample correlated outcomes; returns (labels [N, T] int8, true marginals [N, T])."""
-        r = _sigmoid(self.raw_logits(users, items, country, gender, app, device, position, ts))
+        r = sigmoid(self.raw_logits(users, items, country, gender, app, device, position, ts))
         video = self.item_video[items]
         u = self._rng.random(r.shape)
         hit = u < r
@@ -275,10 +273,6 @@ class World:
         return ScoreContext(surface=SURFACE, country=COUNTRIES[self.user_country[user]],
                             gender=GENDERS[self.user_gender[user]], app_type=APP_TYPES[self.user_app[user]],
                             device_type=DEVICE_TYPES[self.user_device[user]], ts=int(ts))
-
-    def item_features(self, item: int) -> dict[str, float]:
-        """What a feed server would know about an item: a noisy long-window CTR estimate."""
-        return {"item_ctr_prior": float(self.item_ctr_prior[item]), "item_is_video": float(self.item_video[item])}
 
     def candidates_for(self, user: int, ts: int, n: int = 50) -> list[Candidate]:
         """Retrieval stand-in: half the candidates from the user's interest topics, half random."""

@@ -39,11 +39,6 @@ class BlendingModel:
     center: np.ndarray  # [C]
     scale: np.ndarray  # [C]
 
-    @staticmethod
-    def neutral(base: BlendWeights) -> "BlendingModel":
-        c = len(CONTEXT_COLUMNS)
-        return BlendingModel(base, np.zeros((c, len(ACTIONS))), np.zeros(len(ACTIONS)), np.zeros(c), np.ones(c))
-
     def _z(self, X: np.ndarray) -> np.ndarray:
         return (X[:, CONTEXT_COLUMNS].astype(np.float64) - self.center) / self.scale
 

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from features.numeric import sigmoid
+
 from features.calibration_features import TASK_BLOCK_WIDTH, set_logits
 from features.events import ACTIONS
 
@@ -65,7 +67,7 @@ def replay(score_fn: ScoreFn, logged: LabeledBatch, model_version: str = "replay
         raw = {}
         for t, a in enumerate(ACTIONS):
             rows = held.mask[:, t]
-            raw[a] = _task_report(_sigmoid(held.X[rows, t * TASK_BLOCK_WIDTH]), held.y[rows, t].astype(np.float64))
+            raw[a] = _task_report(sigmoid(held.X[rows, t * TASK_BLOCK_WIDTH]), held.y[rows, t].astype(np.float64))
         report["holdout_raw"] = raw
         if "served" in held.extras:
             served = held.extras["served"]
@@ -77,10 +79,6 @@ def replay(score_fn: ScoreFn, logged: LabeledBatch, model_version: str = "replay
     log.info("replay fit calibrators for model %s on %d logged rows", model_version, len(logged))
     return CalibratorSet(final.model_version, final.calibrators, version=final.version, source="replay",
                          trained_examples=final.trained_examples, watermark_ms=final.watermark_ms, meta=meta)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -30, 30)))
 
 
 def format_replay_report(cs: CalibratorSet) -> str:

@@ -23,6 +23,8 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from features.numeric import sigmoid
+
 from features.assembly import assemble, calibration_features
 from features.calibration_features import CALIBRATION_FEATURE_NAMES
 from features.events import ACTIONS
@@ -48,10 +50,6 @@ def _mask_impossible(p: np.ndarray, is_video: np.ndarray) -> np.ndarray:
     """Zero the probability of actions that cannot happen (a 10-second view of an organic item)."""
     p[~is_video, _VIDEO_TASK] = 0.0
     return p
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class Scorer:
         X_top = calibration_features(logits[order], user, feedback, ctx, ranked)
         top_video = is_video[order]
         cal_top = _mask_impossible(cal_set.calibrate(X_top), top_video)
-        raw_top = _mask_impossible(_sigmoid(logits[order]), top_video)
+        raw_top = _mask_impossible(sigmoid(logits[order]), top_video)
 
         request_id = req.request_id or uuid.uuid4().hex[:16]
         # rows as Python floats in one conversion each; the items are built unvalidated (every field's

@@ -2,7 +2,7 @@
 
 Against the embedded broker Faust's own producer (changelogs, sinks) must send
 one record per batch, or the broker's end offsets lie and table recovery drops
-the tail of a changelog (DESIGN.md). ``create_app`` does that when asked.
+the tail of a changelog (docs/brokers.md). ``create_app`` does that when asked.
 """
 
 from __future__ import annotations

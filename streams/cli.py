@@ -29,7 +29,7 @@ PLUGINS = (
     "streams.tools.simulate",
     "streams.tools.inspect",
     "streams.tools.bench_rpc",
-    "streams.tools.chaos",
+    "streams.tools.chaos.cli",
     "streams.tools.demo",
 )
 

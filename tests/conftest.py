@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from streams.kafka.broker import free_port, resolve_broker
-from streams.tools.chaos import Worker
-from streams.tools.chaos import wait_until as chaos_wait_until
+from streams.tools.chaos.common import Worker
+from streams.tools.chaos.common import wait_until as chaos_wait_until
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from scorer.calibration import (
     OnlineCalibration,
     fit_calibrator_set,
 )
-from scorer.calibration.logistic import sigmoid
+from features.numeric import sigmoid
 
 T = len(ACTIONS)
 

@@ -11,7 +11,7 @@ import pytest
 from features.events import ACTIONS
 from scorer import metrics as m
 from scorer.calibration import CalibratorHolder, CalibratorSet, FtrlConfig, LabeledBatch, OnlineCalibration, fit_calibrator_set
-from scorer.calibration.logistic import sigmoid
+from features.numeric import sigmoid
 from scorer.calibration.synthetic import CalibrationSim, SimConfig
 from scorer.drift import AlertConfig, DriftMonitor, WindowSpec
 

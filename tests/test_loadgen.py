@@ -101,7 +101,7 @@ def test_an_empty_world_is_an_error() -> None:
 def test_librdkafka_sends_each_key_to_the_partition_the_worker_reads_it_from(kafka_bootstrap) -> None:
     from confluent_kafka import Producer
 
-    from streams.tools.chaos import _end_offsets
+    from streams.tools.chaos.load import _end_offsets
     from streams.tools.loadgen import librdkafka_config
     from streams.kafka.topics import TopicSpec, ensure_topics
     from streams.engine.views import partition_for

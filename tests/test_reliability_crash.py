@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.tools.chaos import run_crash
+from streams.tools.chaos.crash import run_crash
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from features.events import Engagement, Impression
-from streams.tools.chaos import fuzz_events, fuzz_requests, run_fuzz
+from streams.tools.chaos.fuzz import fuzz_events, fuzz_requests, run_fuzz
 from streams.engine.ingest import DeadLetter, decode_message
 
 N_BAD, N_GOOD, N_BAD_REQ, N_GOOD_REQ, N_SLOW = 120, 120, 64, 32, 4

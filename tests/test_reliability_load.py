@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.tools.chaos import run_load
+from streams.tools.chaos.load import run_load
 from streams.settings import Settings
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

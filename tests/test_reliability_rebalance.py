@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.tools.chaos import run_rebalance
+from streams.tools.chaos.rebalance import run_rebalance
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -12,8 +12,8 @@ from streams.engine.state import (
     Meta,
     PartitionState,
     StoreClosedError,
+    RecordCache,
     StoreSpec,
-    Transaction,
     TransactionStateError,
     open_backend,
 )
@@ -42,34 +42,34 @@ def test_batch_write_get_and_prefix_iteration(url: str, tmp_path: Path) -> None:
 def test_commit_is_atomic_with_meta_and_survives_reopen(url: str, tmp_path: Path) -> None:
     st = PartitionState(open_backend(url, tmp_path, "p1"), 1)
     assert st.meta.offsets == {} and st.meta.changelog_offset == -1
-    tx = Transaction(st)
-    tx.set(S, "k", b"v1")
-    tx.set(T, "k", b"w")
-    assert tx.get(S, "k") == b"v1"  # read your own writes
+    cache = RecordCache(st)
+    cache.set(S, "k", b"v1")
+    cache.set(T, "k", b"w")
+    assert cache.get(S, "k") == b"v1"  # read your own writes
     assert st.get(S.full_key("k")) is None  # nothing visible in the store yet
-    changes = tx.prepare()
+    snap = cache.snapshot()
     with pytest.raises(TransactionStateError):
-        tx.set(S, "k", b"again")
-    st.commit(changes, Meta(offsets={"in": 41}, ckpt=1, changelog_offset=7))
-    tx.mark_committed()
+        cache.snapshot()  # one checkpoint in flight at a time
+    st.commit(snap.all_changes(), Meta(offsets={"in": 41}, ckpt=1, changelog_offset=7))
+    cache.committed()
     st.close()
     st2 = PartitionState(open_backend(url, tmp_path, "p1"), 1)
     assert st2.meta.offsets == {"in": 41} and st2.meta.ckpt == 1 and st2.meta.changelog_offset == 7
     assert dict(st2.items(S)) == {"k": b"v1"}
-    tx2 = Transaction(st2)
-    tx2.delete(S, "k")
-    assert tx2.get(S, "k") is None
-    st2.commit(tx2.prepare(), Meta(offsets={"in": 42}, ckpt=2))
+    cache2 = RecordCache(st2)
+    cache2.delete(S, "k")
+    assert cache2.get(S, "k") is None
+    st2.commit(cache2.snapshot().all_changes(), Meta(offsets={"in": 42}, ckpt=2))
     assert dict(st2.items(S)) == {} and dict(st2.items(T)) == {"k": b"w"}
     st2.close()
 
 
-def test_transaction_coalesces_updates_per_key(url: str, tmp_path: Path) -> None:
+def test_record_cache_coalesces_updates_per_key(url: str, tmp_path: Path) -> None:
     st = PartitionState(open_backend(url, tmp_path, "p2"), 2)
-    tx = Transaction(st)
+    cache = RecordCache(st)
     for i in range(100):
-        tx.set(S, f"k{i % 3}", str(i).encode())
-    changes = tx.prepare()
+        cache.set(S, f"k{i % 3}", str(i).encode())
+    changes = cache.snapshot().all_changes()
     assert len(changes) == 3
     assert dict(changes)[S.full_key("k0")] == b"99"
 

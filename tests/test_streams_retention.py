@@ -11,7 +11,7 @@ import uuid
 
 from features.events import Engagement, Impression, encode_event
 from streams.engine.state import PartitionState, StoreSpec, open_backend
-from streams.engine.state.transaction import RecordCache
+from streams.engine.state.record_cache import RecordCache
 from streams.engine.tables import ALL_STORES, USER_COUNTERS, USER_SEQUENCES, PartitionTables, retention_threshold
 
 T0 = 1_764_000_000_000

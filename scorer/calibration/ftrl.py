@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .logistic import Z_CLIP, LogisticCalibrator, sigmoid
+from features.numeric import sigmoid
+
+from .logistic import Z_CLIP, LogisticCalibrator
 
 log = logging.getLogger(__name__)
 

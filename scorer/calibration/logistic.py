@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from features.numeric import sigmoid
 import torch
 
 from features.calibration_features import N_CALIBRATION_FEATURES, task_columns, task_feature_names
@@ -26,10 +28,6 @@ log = logging.getLogger(__name__)
 #: Standardized inputs are clipped to this many standard deviations, so a
 #: feature far outside its training range cannot swing the calibrated score.
 Z_CLIP = 8.0
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from features.events import ACTIONS
 from features.state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState
 
 from .data import LabeledBatch
-from .logistic import sigmoid
+from features.numeric import sigmoid
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from features.events import Engagement, EventDecodeError, Impression, decode_eve
 from features.predictions import PredictionDecodeError, decode_prediction_header
 
 from streams.kafka.broker_reset import InputWatch
-from streams.engine.ingest import DeadLetter, decode_message
+from streams.engine.ingest import KEY_RULE, DeadLetter, decode_message, key_breaks_rule
 from streams.settings import Settings
 from streams.engine.state import PartitionState, open_backend
 from streams.engine.state.backend import RocksDBMemoryCollector, configure_rocksdb, rocksdb_resources
@@ -404,8 +404,8 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 ev: Any = decode_prediction_header(m.value)
             except PredictionDecodeError as exc:
                 return DeadLetter(topic, p, m.offset, m.key, m.value, exc.reason)
-            if m.key is not None and m.key != ev.user_id.encode():
-                return DeadLetter(topic, p, m.offset, m.key, m.value, "key: message key must equal user_id")
+            if key_breaks_rule(m.key, ev.user_id):
+                return DeadLetter(topic, p, m.offset, m.key, m.value, KEY_RULE)
             return ev
         model = Impression if kind == "impression" else Engagement
         try:
@@ -414,9 +414,8 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
             return decode_message(topic, p, m.offset, m.key, m.value, model, m.timestamp)  # the reason
         except Exception:  # defensive: decode_message turns a validator bug into a dead letter
             return decode_message(topic, p, m.offset, m.key, m.value, model, m.timestamp)
-        if m.key is not None and m.key != ev.user_id.encode():
-            return DeadLetter(topic, p, m.offset, m.key, m.value,
-                              "key: message key must equal user_id (co-partitioning by user)")
+        if key_breaks_rule(m.key, ev.user_id):
+            return DeadLetter(topic, p, m.offset, m.key, m.value, KEY_RULE)
         return ev
 
     async def _yield(self) -> None:

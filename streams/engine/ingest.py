@@ -57,6 +57,15 @@ class DeadLetter:
         ]
 
 
+#: why a record whose key is not its user_id is dead-lettered
+KEY_RULE = "key: message key must equal user_id (co-partitioning by user)"
+
+
+def key_breaks_rule(key: bytes | None, user_id: str) -> bool:
+    """True when ``key`` is set and is not ``user_id``: the one rule that keeps a user's events on one partition."""
+    return key is not None and key != user_id.encode()
+
+
 def decode_message(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                    expect: type[Impression] | type[Engagement] | None, timestamp_ms: int = 0,
                    ) -> Decoded | DeadLetter:
@@ -67,7 +76,6 @@ def decode_message(topic: str, partition: int, offset: int, key: bytes | None, v
         return DeadLetter(topic, partition, offset, key, value, exc.reason)
     except Exception as exc:  # defensive: a validator bug must not kill the worker
         return DeadLetter(topic, partition, offset, key, value, f"decoder error: {type(exc).__name__}: {exc}")
-    if key is not None and key != event.user_id.encode():
-        return DeadLetter(topic, partition, offset, key, value,
-                          "key: message key must equal user_id (co-partitioning by user)")
+    if key_breaks_rule(key, event.user_id):
+        return DeadLetter(topic, partition, offset, key, value, KEY_RULE)
     return Decoded(event, topic, partition, offset, timestamp_ms)

@@ -40,7 +40,7 @@ from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
 from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS, FeedbackTiles, UserCounters, counters_max_ts
 
-from streams.engine.state import Meta, PartitionState, RecordCache, Snapshot, StoreSpec, TxKV
+from streams.engine.state import Meta, PartitionState, CacheKV, RecordCache, Snapshot, StoreSpec
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class PartitionTables:
         self.partition = state.partition
         self.seq_len = seq_len
         self._codecs = _codecs(seq_len)
-        self.tx = RecordCache(state, self._codecs, max_entries=cache_entries)
+        self.cache = RecordCache(state, self._codecs, max_entries=cache_entries)
         self.feedback = FeedbackTiles()
         self.offsets: dict[str, int] = dict(state.meta.offsets)
         self._last_meta = state.meta  # the newest checkpoint taken (in flight or committed)
@@ -105,9 +105,9 @@ class PartitionTables:
         #: newest prediction-log event time applied (the engine keeps engagements behind it)
         self.wm_pred = int(extra.get("wm_pred", 0))
         self.join = LabelJoin(
-            TxKV(self._tx, PENDING_IMPRESSIONS),
-            TxKV(self._tx, ORPHAN_ENGAGEMENTS),
-            TxKV(self._tx, PREDICTION_LOGS),
+            CacheKV(self.cache, PENDING_IMPRESSIONS),
+            CacheKV(self.cache, ORPHAN_ENGAGEMENTS),
+            CacheKV(self.cache, PREDICTION_LOGS),
             window_ms=window_ms,
             lateness_ms=lateness_ms,
             emit=emit,
@@ -122,13 +122,11 @@ class PartitionTables:
             state.items(PENDING_IMPRESSIONS), state.items(ORPHAN_ENGAGEMENTS), state.items(PREDICTION_LOGS)
         )
 
-    def _tx(self) -> RecordCache:
-        return self.tx
 
     def _attributed(self, user_id: str, event_id: str, surface: str, item_type: str) -> None:
-        seq = self.tx.get(USER_SEQUENCES, user_id)
+        seq = self.cache.get(USER_SEQUENCES, user_id)
         if seq is not None and seq.set_context(event_id, surface, item_type):
-            self.tx.set(USER_SEQUENCES, user_id, seq)
+            self.cache.set(USER_SEQUENCES, user_id, seq)
 
     # -- processing ------------------------------------------------------------
     def process(self, topic: str, items: Iterable[Item]) -> int:
@@ -137,7 +135,7 @@ class PartitionTables:
         Records at or below the committed offset of ``topic`` are skipped (the fence).
         """
         fence = self.offsets.get(topic, -1)
-        tx, join, seq_len = self.tx, self.join, self.seq_len
+        tx, join, seq_len = self.cache, self.join, self.seq_len
         seqs, ctrs = USER_SEQUENCES, USER_COUNTERS
         applied = 0
         last = fence
@@ -210,7 +208,7 @@ class PartitionTables:
         ttl = self.ttl
         if ttl <= 0:
             return 0
-        tx = self.tx
+        tx = self.cache
         removed = 0
         touched: list[tuple[StoreSpec, str]] = []
         for key, v in tx.cached_items(USER_SEQUENCES):
@@ -244,7 +242,7 @@ class PartitionTables:
     # -- checkpoint --------------------------------------------------------------
     @property
     def dirty(self) -> bool:
-        return self.tx.changed > 0 or self.offsets != self._last_meta.offsets or bool(self.feedback)
+        return self.cache.changed > 0 or self.offsets != self._last_meta.offsets or bool(self.feedback)
 
     def prepare(self) -> tuple[Snapshot, Meta]:
         """Take the next checkpoint: its changes (serialized lazily) and metadata.
@@ -252,7 +250,7 @@ class PartitionTables:
         Processing may go on at once: later updates belong to the next
         checkpoint. The feedback delta becomes this checkpoint's outbox.
         """
-        snap = self.tx.snapshot()
+        snap = self.cache.snapshot()
         ckpt = self._last_meta.ckpt + 1
         outbox: dict[str, Any] = {}
         if self.feedback:
@@ -271,7 +269,7 @@ class PartitionTables:
     def committed(self, changes: list[tuple[bytes, bytes | None]], meta: Meta) -> None:
         """The checkpoint is durable in the changelog: write it locally (one batch)."""
         self.state.commit(changes, meta)
-        self.tx.committed()
+        self.cache.committed()
 
     def checkpoint_local(self) -> Meta:
         """Commit to the local store only (no changelog): pure tests and recomputation."""
@@ -286,18 +284,18 @@ class PartitionTables:
 
     def user_state(self, user_id: str, now_ms: int | None = None) -> UserState:
         """The user's sequence and counters, including not yet checkpointed updates."""
-        seq = self.tx.get(USER_SEQUENCES, user_id)
+        seq = self.cache.get(USER_SEQUENCES, user_id)
         return UserState(user_id, seq.actions() if seq is not None else (), *self._counts(user_id, now_ms))
 
     def encoded_user_state(self, user_id: str, now_ms: int | None = None) -> EncodedUserState:
         """``user_state`` with the sequence as a byte copy of its blob (for the score process)."""
-        seq = self.tx.get(USER_SEQUENCES, user_id)
+        seq = self.cache.get(USER_SEQUENCES, user_id)
         blob = seq.encode() if seq is not None and len(seq) else b""
         return EncodedUserState(user_id, blob, *self._counts(user_id, now_ms))
 
     def _counts(self, user_id: str, now_ms: int | None) -> tuple[Counts, Counts]:
         """The user's 3-hour and 1-day counts at ``now_ms`` (default: the partition's watermark)."""
-        ctr = self.tx.get(USER_COUNTERS, user_id)
+        ctr = self.cache.get(USER_COUNTERS, user_id)
         if ctr is None:
             return Counts(), Counts()
         now = self.watermark if now_ms is None else now_ms

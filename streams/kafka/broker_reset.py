@@ -36,7 +36,7 @@ A running worker that finds a partition's changelog reset pauses that
 partition's inputs until it has compared their ids too.
 
 The high-watermark signal assumes true end offsets. The embedded broker
-reports them only for one-record batches (DESIGN.md), which is why every
+reports them only for one-record batches (docs/brokers.md), which is why every
 producer to it must send one record per batch: a batching producer would make
 inputs look reset.
 """

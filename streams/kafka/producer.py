@@ -1,7 +1,7 @@
 """The event-producer API for apps and feed servers (kafka-python).
 
     from streams.kafka.producer import EventProducer
-    with EventProducer.connect() as p:
+    with EventProducer(bootstrap) as p:
         p.send(impression)          # key = user_id, JSON value
         p.send(engagement)
 
@@ -81,14 +81,6 @@ class EventProducer:
         self._producer = KafkaProducer(**config)
         self.sent = 0
         self.recreated = 0
-
-    @classmethod
-    def connect(cls, settings: Settings | None = None, **kw: Any) -> "EventProducer":
-        """Connect to ``KAFKA_BOOTSTRAP_SERVERS`` (an explicit address is required)."""
-        settings = settings or get_settings()
-        if not settings.bootstrap_servers:
-            raise RuntimeError("set KAFKA_BOOTSTRAP_SERVERS (or start `feedrank broker` and use its address)")
-        return cls(settings.bootstrap_servers, settings, **kw)
 
     def topic_for(self, event: Event) -> str:
         if isinstance(event, Impression):

@@ -5,8 +5,8 @@
 - ``partition``: one partition's stores (key prefixes in one DB, so a single
   WriteBatch covers every store plus the metadata) and its metadata (source
   offsets = the processing fence, changelog position, outbox).
-- ``transaction``: the per-checkpoint cache with read-your-own-writes that
-  coalesces updates per key (the record cache).
+- ``record_cache``: the partition's cache with read-your-own-writes that
+  coalesces updates per key into one write per checkpoint.
 - ``changelog``: the changelog record format, checkpoint markers and the
   replay that applies only complete checkpoints.
 """
@@ -14,7 +14,7 @@
 from streams.engine.state.backend import Backend, MemoryBackend, RocksDBBackend, configure_rocksdb, open_backend, rocksdb_memory
 from streams.engine.state.exceptions import BackendURLError, StateError, StoreClosedError, TransactionStateError
 from streams.engine.state.partition import Meta, PartitionState, StoreSpec
-from streams.engine.state.transaction import RecordCache, Snapshot, Transaction, TxKV
+from streams.engine.state.record_cache import CacheKV, RecordCache, Snapshot
 
 __all__ = [
     "Backend",
@@ -22,15 +22,14 @@ __all__ = [
     "MemoryBackend",
     "Meta",
     "PartitionState",
+    "CacheKV",
     "RecordCache",
     "RocksDBBackend",
     "Snapshot",
     "StateError",
     "StoreClosedError",
     "StoreSpec",
-    "Transaction",
     "TransactionStateError",
-    "TxKV",
     "configure_rocksdb",
     "open_backend",
     "rocksdb_memory",

@@ -36,12 +36,6 @@ class StoreSpec:
         return self.prefix + key.encode()
 
 
-def split_key(full: bytes) -> tuple[str, str]:
-    """``b"store\\x01key"`` -> ``("store", "key")``."""
-    store, _, key = full.partition(_SEP)
-    return store.decode(), key.decode()
-
-
 @dataclass
 class Meta:
     """What a checkpoint records beside the data.
