@@ -7,7 +7,7 @@ from pathlib import Path
 from streams.settings import Settings
 from streams.kafka.topics import topic_specs
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[3] / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_table() -> None:

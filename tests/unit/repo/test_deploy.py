@@ -28,7 +28,7 @@ import yaml
 from streams.settings import Settings
 from streams.kafka.topics import TopicSpec, topic_specs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
