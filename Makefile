@@ -20,7 +20,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/feedrank demo
 
+# The broker tests run on a local Apache Kafka: its jars are fetched once (Maven, deploy/kafka/pom.xml)
+# into ~/.cache/feedrank/kafka. Without Java 17+ or Maven they fall back to the embedded broker.
 test: $(STAMP)
+	$(BIN)/feedrank kafka --fetch-only || echo "no local Apache Kafka: the broker tests run on the embedded broker"
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -64,7 +64,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(port=int(args.port)).start()
     print(f"embedded broker listening; bootstrap: {broker.bootstrap}", flush=True)
@@ -84,6 +84,20 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     return 0
+
+
+def _cmd_kafka(args: argparse.Namespace) -> int:
+    from streams.kafka import apache_kafka
+
+    if args.fetch_only:
+        try:
+            print(f"kafka jars in {apache_kafka.ensure_jars()}", flush=True)
+        except apache_kafka.KafkaUnavailable as exc:
+            print(f"feedrank kafka: {exc.reason}", file=sys.stderr)
+            return 2
+        return 0
+    argv = ["--brokers", str(args.brokers)] + (["--data-dir", str(args.data_dir)] if args.data_dir else [])
+    return int(apache_kafka.main(argv) or 0)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -133,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
     env_flag(p, "--port", envvar="FEEDRANK_EMBEDDED_BROKER_PORT", default=9092, help="listen port")
     p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft; jars fetched once by Maven) in the foreground")
+    p.add_argument("--brokers", type=int, choices=(1, 3), default=1, help="nodes (3: one quorum, replication 3)")
+    p.add_argument("--data-dir", default=None, help="log dirs and logs (default: a new folder under var/kafka)")
+    p.add_argument("--fetch-only", action="store_true", help="only fetch the jars into the cache, then exit")
+    p.set_defaults(func=_cmd_kafka)
 
     p = sub.add_parser("worker", help="run a stream worker (embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset)")
     env_flag(p, "--web-port", envvar="FEEDRANK_WEB_PORT", default=None, help="web server port")

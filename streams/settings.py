@@ -22,7 +22,11 @@ class Settings(BaseSettings):
     bootstrap_servers: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "FEEDRANK_BOOTSTRAP_SERVERS"),
-        description="Kafka bootstrap servers; unset = start the embedded broker.",
+        description="Kafka bootstrap servers; unset = start a broker (see `broker`).",
+    )
+    broker: Literal["auto", "kafka", "embedded"] = Field(
+        "auto",
+        description="Which broker to start when no bootstrap servers are set: auto = a local Apache Kafka when Java 17+ and its jars are there, else the embedded one; kafka or embedded forces one.",
     )
     app_id: str = Field("feedrank", description="Faust app id = consumer group id and changelog topic prefix.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of every user-keyed topic.")

@@ -1,9 +1,11 @@
 """Shared fixtures: one broker per test session, factories for settings and workers.
 
-The broker comes from ``streams.kafka.broker.resolve_broker`` (KAFKA_BOOTSTRAP_SERVERS,
-else testcontainers when Docker answers, else the embedded tansu broker). Each
-test gets its own app id, topic names and state directory, so tests never see
-each other's data on the shared broker.
+The broker comes from ``streams.kafka.broker.resolve_broker``: KAFKA_BOOTSTRAP_SERVERS,
+else testcontainers when Docker answers, else a local Apache Kafka that the suite
+starts itself (Java 17+, jars from ``deploy/kafka/pom.xml``), else the embedded tansu
+broker. Tests marked ``embedded`` also run on the embedded broker (``embedded_bootstrap``),
+so the no-Java fallback stays proven. Each test gets its own app id, topic names
+and state directory, so tests never see each other's data on the shared broker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from streams.kafka.broker import free_port, resolve_broker
+from streams.kafka.broker import ResolvedBroker, resolve_broker
+
+from streams.kafka.procutil import free_port
 from streams.tools.chaos.common import Worker
 from streams.tools.chaos.common import wait_until as chaos_wait_until
 from streams.settings import Settings
@@ -25,12 +29,38 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResolvedBroker]:
+    """The session's broker (see the module doc) and its kind."""
     broker = resolve_broker(allow_container=True, log_dir=tmp_path_factory.mktemp("broker-log"))
+    print(f"\nbroker tests run on: {broker.kind} at {broker.bootstrap}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: ResolvedBroker) -> str:
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def embedded_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded (tansu) broker for the tests that prove the no-Java fallback."""
+    broker = resolve_broker(log_dir=tmp_path_factory.mktemp("embedded-log"), kind="embedded")
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(params=["session", "embedded"])
+def each_broker(request: pytest.FixtureRequest) -> str:
+    """The session's broker, then the embedded one: for the ``embedded``-marked contract tests."""
+    if request.param == "embedded":
+        request.applymarker(pytest.mark.embedded)
+        return request.getfixturevalue("embedded_bootstrap")
+    return request.getfixturevalue("kafka_bootstrap")
 
 
 def make_settings(tmp_dir: Path, bootstrap: str, **overrides: Any) -> Settings:

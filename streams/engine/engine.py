@@ -112,6 +112,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         self._lock = asyncio.Lock()
         self.consumer: Any = None
         self.producer: Any = None
+        self._embedded = False
         self.caught_up = asyncio.Event()
         #: an error of the rebalance listener, the input watch or a broker reset under ``fail``: ``_run``
         #: re-raises it, so the worker exits non-zero instead of staying up owning nothing
@@ -136,12 +137,15 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-        from streams.kafka.producer import compression_type
+        from streams.kafka.producer import compression_type, one_record_per_batch
 
         s = self.settings
         use_rocksdb_budget(s.rocksdb_memory_mb)
+        #: the embedded broker's mode (streams.kafka.embedded): short fetch waits, no idempotent producer
+        self._embedded = one_record_per_batch(s, self.bootstrap)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=2,
                                          max_batch_size=256 * 1024, acks="all", max_request_size=4 << 20,
+                                         enable_idempotence=not self._embedded,
                                          compression_type=compression_type(s))
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -241,11 +245,9 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
     def _fetch_max_wait_ms(self) -> int:
         if self.settings.consume_fetch_max_wait_ms is not None:
             return self.settings.consume_fetch_max_wait_ms
-        from streams.kafka.producer import one_record_per_batch
-
         # the embedded broker holds a fetch ~the whole wait (measured: produce->consume p99 268 ms at 500, 28 ms
         # at 50, throughput falls below ~50 ms): keep the wait short
-        return 50 if one_record_per_batch(self.settings, self.bootstrap) else 500
+        return 50 if self._embedded else 500
 
     # -- partitions ----------------------------------------------------------------
     def _data_dir(self) -> Path:

@@ -26,20 +26,10 @@ from typing import Any
 
 from features.events import Engagement, Event, Impression, encode_event
 
+from streams.kafka.embedded import one_record_per_batch
 from streams.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-def one_record_per_batch(settings: Settings, bootstrap: str) -> bool:
-    """Whether producers must send one record per batch (``auto`` asks the broker)."""
-    if settings.one_record_per_batch == "on":
-        return True
-    if settings.one_record_per_batch == "off":
-        return False
-    from streams.kafka.broker import is_embedded_broker
-
-    return is_embedded_broker(bootstrap)
 
 
 def compression_type(settings: Settings) -> str | None:

@@ -80,11 +80,11 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
     from features.rpc import parse_score_request
     from scorer.heap import release_free_heap
 
-    from streams.kafka.broker import _pdeathsig
+    from streams.kafka.procutil import pdeathsig
     from streams.serving.loopmon import tune_runtime
     from streams.serving.model_slot import ModelSlot, thread_clock
 
-    _pdeathsig()
+    pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the worker, and the worker stops us
     _renice(settings.score_nice)
     import torch

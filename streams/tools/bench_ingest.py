@@ -153,10 +153,10 @@ def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, byte
 
 def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: float, single: bool,
                   step_ms: int, probe: Any, k: int = 0, linger_ms: int = LINGER_MS) -> None:
-    from streams.kafka.broker import _pdeathsig
+    from streams.kafka.procutil import pdeathsig
     from streams.settings import Settings
 
-    _pdeathsig()  # ends with the bench, also when that is killed
+    pdeathsig()  # ends with the bench, also when that is killed
     settings = Settings(**json.loads(settings_json))
     # each producer process owns its users (a user's events keep their order) and its share of the rate
     records = _events(n, users, seed=2 + k, start_ms=int(time.time() * 1000), step_ms=step_ms,
@@ -344,7 +344,8 @@ def _goals(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from streams.kafka.broker import embedded_broker_pid, resolve_broker
+    from streams.kafka.broker import resolve_broker
+    from streams.kafka.embedded import embedded_broker_pid
     from streams.kafka.producer import one_record_per_batch
     from streams.settings import Settings
     from streams.kafka.topics import ensure_topics, topic_specs

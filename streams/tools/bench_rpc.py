@@ -21,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.kafka.broker import _pdeathsig, embedded_broker_pid, free_port, resolve_broker
+from streams.kafka.broker import resolve_broker
+
+from streams.kafka.embedded import embedded_broker_pid
+
+from streams.kafka.procutil import free_port, pdeathsig
 from streams.tools.loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds
 from streams.metrics import hist_quantile, scrape
 from streams.settings import Settings
@@ -154,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
         batching = str(args.producer_batches)
         logf = open(run_dir / "worker.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=logf,
-                                      stderr=subprocess.STDOUT, preexec_fn=_pdeathsig))
+                                      stderr=subprocess.STDOUT, preexec_fn=pdeathsig))
         # the shared load generator (librdkafka, a process of its own): events paced at --event-rate
         rate = float(args.event_rate)
         load = LoadProducer(broker.bootstrap, bench_settings, users=20_000, seed=0, world_rate=rate, rate=rate,

@@ -26,7 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from streams.kafka.broker import EmbeddedBroker, _pdeathsig, free_port
+from streams.kafka.embedded import EmbeddedBroker
+
+from streams.kafka.procutil import free_port, pdeathsig
 from streams.metrics import hist_quantile, scrape
 from streams.settings import Settings
 from streams.kafka.topics import ensure_topics, topic_specs
@@ -62,7 +64,7 @@ class Demo:
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         logf = open(self.run_dir / f"{name}.log", "ab" if name == "setup" else "wb")
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env, stdout=logf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=pdeathsig)
         logf.close()
         self.children.append((name, proc))
         return proc

@@ -180,12 +180,12 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
     """
     from confluent_kafka import Producer
 
-    from streams.kafka.broker import _pdeathsig
+    from streams.kafka.procutil import pdeathsig
     from features.synthetic import synthetic_events
 
     # a daemon process outlives a parent killed by a signal (seen: a SIGTERM'd `feedrank chaos` left its
     # producer writing to a broker that was gone): end with the parent instead
-    _pdeathsig()
+    pdeathsig()
     local = [0] * (2 * partitions)
     local_ends = [0] * (2 * partitions)
     state = {"acked": 0, "failed": 0, "sent": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 import time
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from features.events import Event, Impression
 

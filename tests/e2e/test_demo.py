@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.broker import free_port
+from streams.kafka.procutil import free_port
 
 from conftest import ROOT
 

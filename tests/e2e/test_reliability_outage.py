@@ -82,7 +82,7 @@ def test_worker_without_local_state_restores_the_reseeded_changelog(outage) -> N
 
 
 def test_with_on_broker_reset_fail_a_worker_restarted_after_the_outage_exits_non_zero(tmp_path) -> None:
-    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.embedded import EmbeddedBroker
     from streams.tools.chaos.common import ChaosError, Worker, make_settings, wait_until
     from streams.kafka.topics import ensure_topics, topic_specs
 

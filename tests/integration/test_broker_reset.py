@@ -225,6 +225,7 @@ def test_event_producer_replaces_a_producer_in_its_fatal_state(kafka_bootstrap, 
     from kafka.errors import KafkaError
 
     from features.events import Impression
+    from streams.kafka.embedded import is_embedded_broker
     from streams.kafka.producer import EventProducer
     from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -234,8 +235,8 @@ def test_event_producer_replaces_a_producer_in_its_fatal_state(kafka_bootstrap, 
                     surface="home", position=0, item_type="organic", country="US", gender="f", app_type="ios",
                     device_type="phone")
     with EventProducer(kafka_bootstrap, settings) as p:
-        # the embedded broker forgets producer ids when it restarts: no idempotence there
-        assert p._producer.config["enable_idempotence"] is False
+        # the embedded broker forgets producer ids when it restarts: no idempotence there; real Kafka: idempotent
+        assert p._producer.config["enable_idempotence"] is (not is_embedded_broker(kafka_bootstrap))
     with EventProducer(kafka_bootstrap, settings, enable_idempotence=True) as p:
         p.send(ev).get(timeout=30)
         p._producer._transaction_manager.transition_to_fatal_error(KafkaError("simulated fatal InitProducerId"))
@@ -323,7 +324,7 @@ async def _run_engine(settings: Any, bootstrap: str, want: int, timeout_s: float
 @pytest.mark.broker
 @pytest.mark.slow
 def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new_topics(tmp_path: Path) -> None:
-    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.embedded import EmbeddedBroker
     from streams.tools.chaos import make_settings
     from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -408,7 +409,7 @@ def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offse
     their start: every event counts once."""
     import streams.engine.reset_watch as runtime
     from streams.engine.engine import TableEngine
-    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.embedded import EmbeddedBroker
     from streams.tools.chaos import make_settings
     from streams.kafka.topics import ensure_topics, topic_specs
 

@@ -32,7 +32,7 @@ class ChaosError(AssertionError):
 
 def make_settings(work: Path, bootstrap: str, **overrides: Any) -> Settings:
     """Settings with a unique app id, topic names and state dir under ``work``."""
-    from streams.kafka.broker import free_port
+    from streams.kafka.procutil import free_port
 
     tag = uuid.uuid4().hex[:8]
     values: dict[str, Any] = dict(

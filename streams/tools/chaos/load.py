@@ -291,7 +291,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         data_dir = Path(settings.data_dir) / "tables"
         rss0 = w.rss_mb()
         out(f"  worker RSS before traffic {rss0:.0f} MiB")
-        from streams.kafka.broker import embedded_broker_pid
+        from streams.kafka.embedded import embedded_broker_pid
 
         bpid = embedded_broker_pid(bootstrap)
         out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'score':>6} {'RDB mem':>8} "

@@ -149,7 +149,7 @@ def run_outage(work: Path, *, outage_s: float = 30.0, events: int = 300, observe
     """
     from features.events import Impression
 
-    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.embedded import EmbeddedBroker
     from streams.kafka.producer import EventProducer
     from streams.kafka.topics import ensure_topics, topic_specs
 

@@ -48,7 +48,7 @@ def run_rebalance(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: P
                   requests: int = 600, partitions: int = 4, seed: int = 1,
                   echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Two workers; SIGKILL one; the survivor takes over and serves every user; the other returns."""
-    from streams.kafka.broker import free_port
+    from streams.kafka.procutil import free_port
     from streams.serving.client import ScorerClient
     from streams.tools.recompute import recompute, scenario
     from streams.kafka.topics import ensure_topics, topic_specs
