@@ -122,14 +122,14 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from streams.tools.produce import produce_steady
     from streams.kafka.producer import EventProducer
     from streams.settings import Settings
-    from streams.kafka.topics import ensure_topics, topic_specs
+    from streams.kafka.topics import ensure_system_topics
 
     settings = Settings()
     broker = resolve_broker(log_dir=settings.log_dir)
     if broker.kind == "embedded":
         print(f"no KAFKA_BOOTSTRAP_SERVERS: started an embedded broker at {broker.bootstrap}", file=sys.stderr)
     try:
-        ensure_topics(broker.bootstrap, topic_specs(settings), settings.replication_factor)
+        ensure_system_topics(broker.bootstrap, settings)
         with EventProducer(broker.bootstrap, settings) as producer:
             counts = produce_steady(producer, synthetic_events(int(args.users), int(args.seed), float(args.rate)),
                                     float(args.rate), float(args.duration), event_time=args.pace == "event-time")

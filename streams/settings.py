@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     app_id: str = Field("feedrank", description="Faust app id = consumer group id and changelog topic prefix.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of every user-keyed topic.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    min_insync_replicas: int | None = Field(None, ge=1, description="min.insync.replicas of created topics (acks=all writes need that many in-sync copies); unset = the broker's default.")
     data_dir: Path = Field(Path("var/data"), description="RocksDB state and worker files.")
     log_dir: Path = Field(Path("var/log"), description="Log files (embedded broker log).")
     web_host: str = Field("127.0.0.1", description="Worker web server bind host.")

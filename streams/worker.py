@@ -17,7 +17,7 @@ from typing import Any
 from streams.kafka.broker import ResolvedBroker, resolve_broker
 from streams.kafka.producer import one_record_per_batch
 from streams.settings import Settings
-from streams.kafka.topics import ensure_topics, topic_specs
+from streams.kafka.topics import ensure_system_topics
 from streams.engine.engine import TableEngine
 from streams.engine.feedback_view import FeedbackViewService
 from streams.engine.views import NotLocalError, StreamViews
@@ -75,7 +75,7 @@ def build_worker_app(settings: Settings, bootstrap: str):
     from streams.serving.serving import Serving
     from streams.serving.web import install_web
 
-    ensure_topics(bootstrap, topic_specs(settings), settings.replication_factor)
+    ensure_system_topics(bootstrap, settings)
     single = one_record_per_batch(settings, bootstrap)
     app = create_app(settings, bootstrap, single_record_batches=single)
     views = install_tables(app, settings, bootstrap)

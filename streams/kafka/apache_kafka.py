@@ -24,7 +24,7 @@ Command line::
 
     python -m streams.kafka.apache_kafka [--brokers 1|3] [--data-dir DIR]
 
-This module uses the standard library only (and ``streams.kafka.procutil``).
+This module uses the standard library only.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from streams.kafka.procutil import free_port
 
 log = logging.getLogger(__name__)
 

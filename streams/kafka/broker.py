@@ -52,6 +52,8 @@ class ResolvedBroker:
     bootstrap: str
     kind: str  # "external" | "testcontainers" | "kafka" | "embedded"
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    #: the broker's process when it runs on this box (for CPU figures), else None
+    pid: int | None = None
 
     def stop(self) -> None:
         self._stop()
@@ -84,7 +86,7 @@ def resolve_broker(
     from streams.kafka.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker(port=port, log_path=log_dir / f"tansu-{port}.log").start()
-    return ResolvedBroker(broker.bootstrap, "embedded", broker.stop)
+    return ResolvedBroker(broker.bootstrap, "embedded", broker.stop, broker.proc.pid if broker.proc else None)
 
 
 def _start_local_kafka(log_dir: Path, *, forced: bool) -> ResolvedBroker | None:
@@ -107,7 +109,7 @@ def _start_local_kafka(log_dir: Path, *, forced: bool) -> ResolvedBroker | None:
                 for node in range(kafka.brokers):  # the log stays for a post-mortem, the data goes
                     shutil.rmtree(kafka.node_dir(node) / "data", ignore_errors=True)
 
-            return ResolvedBroker(kafka.bootstrap, "kafka", stop)
+            return ResolvedBroker(kafka.bootstrap, "kafka", stop, kafka.pids[0])
     if forced:
         raise BrokerError(f"FEEDRANK_BROKER=kafka but no local Apache Kafka can start: {reason}")
     log.info("broker: no local Apache Kafka (%s); starting the embedded broker", reason)

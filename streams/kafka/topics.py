@@ -45,7 +45,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1,
-                  timeout_s: float = 30.0) -> None:
+                  timeout_s: float = 30.0, min_insync_replicas: int | None = None) -> None:
     """Create missing topics and check existing ones have the declared partitions."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -62,6 +62,8 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
                 configs["cleanup.policy"] = "compact"
             if spec.retention_ms is not None:
                 configs["retention.ms"] = str(spec.retention_ms)
+            if min_insync_replicas is not None:
+                configs["min.insync.replicas"] = str(min_insync_replicas)
             new.append(NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=configs))
         for topic in new:
             try:
@@ -93,3 +95,9 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
             log.info("created topics %s", [t.name for t in new])
     finally:
         admin.close()
+
+
+def ensure_system_topics(bootstrap: str, settings: Settings) -> None:
+    """Every topic of ``topic_specs(settings)``, with the settings' replication and min.insync.replicas."""
+    ensure_topics(bootstrap, topic_specs(settings), settings.replication_factor,
+                  min_insync_replicas=settings.min_insync_replicas)

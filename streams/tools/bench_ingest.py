@@ -343,7 +343,8 @@ def _goals(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, str]:
     return goals
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, kind: str | None = None) -> dict[str, Any]:
+    """One run of the bench on the broker ``kind`` (``kafka``, ``embedded``; None: ``resolve_broker``'s choice)."""
     from streams.kafka.broker import resolve_broker
     from streams.kafka.embedded import embedded_broker_pid
     from streams.kafka.producer import one_record_per_batch
@@ -351,7 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from streams.kafka.topics import ensure_topics, topic_specs
 
     data_dir = Path(tempfile.mkdtemp(prefix="feedrank-bench-"))
-    broker = resolve_broker(log_dir=data_dir / "log")
+    broker = resolve_broker(log_dir=data_dir / "log", kind=kind)
     result: dict[str, Any] = {"broker": broker.kind, "cpus": os.cpu_count(), "events": args.events,
                               "partitions": args.partitions}
     try:
@@ -363,7 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             topic_feedback_deltas=f"fb-{t}", topic_dlq=f"dlq-{t}",
                             checkpoint_interval_s=args.checkpoint_interval)
 
-        broker_pid = embedded_broker_pid(broker.bootstrap)
+        broker_pid = broker.pid or embedded_broker_pid(broker.bootstrap)
         single = one_record_per_batch(fresh("x"), broker.bootstrap)
         pre_single = single and args.max_batches == "off"
         live_single = single and args.live_batches == "off"
@@ -405,9 +406,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=300_000, help="events pre-produced for the max-rate run")
     p.add_argument("--users", type=int, default=20_000, help="distinct users")
     p.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
-    p.add_argument("--goal-rate", type=float, default=20_000,
+    p.add_argument("--brokers", default="kafka,embedded",
+                   help="brokers to run the bench on, one after the other, printed side by side: kafka (a local "
+                        "Apache Kafka), embedded, or auto (KAFKA_BOOTSTRAP_SERVERS when set)")
+    p.add_argument("--goal-rate", type=float, default=40_000,
                    help="the engine's goal in events/s; freshness is measured at half of it")
-    p.add_argument("--goal-freshness-p99-ms", type=float, default=100.0, help="the freshness goal (p99, ms)")
+    p.add_argument("--goal-freshness-p99-ms", type=float, default=50.0, help="the freshness goal (p99, ms)")
     p.add_argument("--load", type=float, default=0.5,
                    help="a second freshness run at this fraction of the max rate just measured (0: none)")
     p.add_argument("--load-rate", type=float, default=None,
@@ -437,11 +441,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="event time between requests (windows of 600 s close during the run)")
 
 
+def print_side_by_side(results: list[dict[str, Any]]) -> None:
+    """One row per figure, one column per broker."""
+    keys = list(dict.fromkeys(k for r in results for k in r))
+    width = max(len(k) for k in keys)
+    cols = [[str(r.get(k, "")) for k in keys] for r in results]
+    colw = [max(len(c) for c in col) for col in cols]
+    for i, k in enumerate(keys):
+        print(f"{k:<{width}}  " + "  ".join(f"{col[i]:<{w}}" for col, w in zip(cols, colw)).rstrip())
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    res = run(args)
-    width = max(len(k) for k in res)
-    for k, v in res.items():
-        print(f"{k:<{width}}  {v}")
+    kinds = [k.strip() for k in args.brokers.split(",") if k.strip()]
+    results = []
+    for kind in kinds:
+        print(f"bench ingest on {kind} ...", file=sys.stderr, flush=True)
+        results.append(run(args, None if kind == "auto" else kind))
+    print_side_by_side(results)
     return 0
 
 

@@ -31,7 +31,7 @@ from streams.kafka.embedded import EmbeddedBroker
 from streams.kafka.procutil import free_port, pdeathsig
 from streams.metrics import hist_quantile, scrape
 from streams.settings import Settings
-from streams.kafka.topics import ensure_topics, topic_specs
+from streams.kafka.topics import ensure_system_topics
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class Demo:
         self.pending_steps = self.setup_steps()
         self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log").start()
         print(f"\nembedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
-        ensure_topics(self.broker.bootstrap, topic_specs(s), s.replication_factor)
+        ensure_system_topics(self.broker.bootstrap, s)
         web_port = s.web_port or free_port()
         url = f"http://{s.web_host}:{web_port}"
         env.update(KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap, FEEDRANK_WEB_PORT=str(web_port),

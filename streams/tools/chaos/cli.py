@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streams.tools.chaos.broker_restart import run_broker_restart
 from streams.tools.chaos.common import machine_load
 from streams.tools.chaos.crash import run_crash
 from streams.tools.chaos.fuzz import run_fuzz
@@ -21,7 +22,9 @@ from streams.tools.chaos.load import (EMBEDDED_PARTITION_BATCHES, LOAD_PARTITION
 from streams.tools.chaos.outage import run_outage
 from streams.tools.chaos.rebalance import run_rebalance
 
-SCENARIOS = ("crash", "rebalance", "fuzz", "outage", "load")
+SCENARIOS = ("crash", "rebalance", "fuzz", "outage", "load", "broker-restart", "broker-failover")
+#: scenarios that start a broker of their own (the outage one an embedded broker, the others Apache Kafka)
+OWN_BROKER = {"outage", "broker-restart", "broker-failover"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     broker = None
     t0 = time.monotonic()
     try:
-        if set(names) - {"outage"}:
+        if set(names) - OWN_BROKER:
             broker = resolve_broker(log_dir=work / "log")
             print(f"broker: {broker.bootstrap} ({broker.kind})", flush=True)
         for name in names:
@@ -59,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
                     results[name] = run_rebalance(broker.bootstrap, work, model_dir, cal_dir, seed=args.seed + 1)
                 elif name == "fuzz":
                     results[name] = run_fuzz(broker.bootstrap, work, model_dir, cal_dir, seed=args.seed + 2)
+                elif name in ("broker-restart", "broker-failover"):
+                    results[name] = run_broker_restart(work, brokers=1 if name == "broker-restart" else 3,
+                                                       model_dir=model_dir, calibrator_dir=cal_dir,
+                                                       seed=args.seed + 4)
                 elif name == "outage":
                     results[name] = run_outage(work, outage_s=args.outage_s)
                 elif name == "load":
@@ -106,6 +113,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"  load {ld['minutes']:g} min at {ld['rate']:,.0f}/s (80% of {ld['max_rate']:,.0f}/s, "
               f"{ld['max_rate_basis']}): {ld['events_acked']:,} events in, {ld['accounted']:,} accounted; "
               f"/score {ld['score_ok']:,} ok / {ld['score_failed']} failed; peak RSS {ld['peak_rss_mb']:.0f} MiB")
+    for n in ("broker-restart", "broker-failover"):
+        if n in r and "outages" in r[n]:
+            k = r[n]
+            print(f"  {n} ({k['brokers']} node(s)): {len(k['outages'])} node SIGKILLs; records in "
+                  f"{k['records_in']:,}, accounted {k['records_accounted']:,}; labeled duplicates after dedup "
+                  f"{k['labeled_duplicates_after_dedup']}, missing {k['labeled_missing']}; tables equal the "
+                  f"recomputation: {k['tables_equal_recomputation']}"
+                  + (f"; /score p99 {k['score_p99_ms']:.1f} ms, {k['score_failed']} failed" if k.get("score_p99_ms")
+                     else ""))
     failed = {n: x["problems"] for n, x in results.items() if x.get("problems")}
     for n, probs in failed.items():
         print(f"  {n}: {len(probs)} problem(s): " + "; ".join(p[:300] for p in probs[:5]))

@@ -147,6 +147,9 @@ def test_compose_runs_kafka_in_kraft_mode_with_explicit_topics() -> None:
     kafka = compose()["services"]["kafka"]
     image, _, tag = kafka["image"].partition(":")
     assert image == "apache/kafka" and re.fullmatch(r"\d+\.\d+\.\d+", tag), "pin an official apache/kafka tag"
+    from streams.kafka.apache_kafka import KAFKA_VERSION
+
+    assert tag == KAFKA_VERSION, "deploy runs the Kafka version the tests run on (deploy/kafka/pom.xml)"
     env = kafka["environment"]
     assert "controller" in env["KAFKA_PROCESS_ROLES"] and "broker" in env["KAFKA_PROCESS_ROLES"]
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
