@@ -37,8 +37,38 @@ HOLD_MAX_WAIT_S = 10.0
 
 
 #: a fetch response must be this much newer than a held engagement to prove the predictions input
-#: has nothing older left (margin for clock skew between producers and this worker)
+#: has nothing older left (margin for clock skew between producers and this worker) ...
 EXHAUSTED_MARGIN_MS = 1000
+#: ... plus the recent delivery delay (``DeliveryDelay``), up to this much
+MAX_DELIVERY_MARGIN_MS = 60_000
+#: how long an observed delivery delay keeps counting
+DELIVERY_DELAY_HOLD_S = 60.0
+
+
+class DeliveryDelay:
+    """A recent upper bound of how late records reach the broker after their producer stamped them.
+
+    The alignment's proof that an input has nothing older left assumes a record produced before an
+    engagement was appended within a margin after it. Producers buffer and retry while a broker is
+    away, then deliver seconds late, and not in their send order across partitions (measured on real
+    Kafka: a node SIGKILLed and restarted; the engagements of the buffer landed before its prediction
+    logs, which then missed their windows). So the margin grows by the largest delay seen in the last
+    ``DELIVERY_DELAY_HOLD_S`` on records read at the head of their partition (a consumer that is
+    catching up reads old records: that is lag, not delivery delay, and is not counted).
+    """
+
+    __slots__ = ("_peak_ms", "_at")
+
+    def __init__(self) -> None:
+        self._peak_ms = 0.0
+        self._at = 0.0
+
+    def observe(self, delay_ms: float, now: float) -> None:
+        if delay_ms >= self.current_ms(now):
+            self._peak_ms, self._at = min(float(delay_ms), MAX_DELIVERY_MARGIN_MS), now
+
+    def current_ms(self, now: float) -> float:
+        return self._peak_ms if now - self._at < DELIVERY_DELAY_HOLD_S else 0.0
 
 
 class Held:
@@ -53,23 +83,60 @@ class Held:
         self.paused = False
 
 
+#: an input partition whose fetches have not succeeded for this long (beyond the fetch wait), while the
+#: consumer had nothing of it to hand out, is unavailable (no leader, broker away)
+FETCH_GAP_MS = 1500
+
+
 class AlignmentMixin:
     """The alignment part of ``streams.engine.engine.TableEngine``."""
+
+    def _watch_fetch_gaps(self, data: dict[Any, list[Any]]) -> None:
+        """After a poll: note input partitions that cannot be fetched, and how long they could not.
+
+        While a partition is unavailable its producers buffer, and deliver late once it is back: its
+        gap feeds ``delivery_delay`` when it is fetched again (measured on real Kafka: a 3-node cluster
+        whose predictions leader was SIGKILLed: the engagements, led elsewhere, went on arriving while
+        the logs produced before them waited ~9 s for a new leader, and missed their windows).
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return
+        now_ms = time.time() * 1000.0
+        stale_after = self._fetch_max_wait_ms() + FETCH_GAP_MS
+        paused = consumer.paused()
+        gaps = self._fetch_gaps
+        for tp in consumer.assignment():
+            seen = consumer.last_poll_timestamp(tp)
+            if seen is None:
+                continue
+            since = gaps.get(tp)
+            if since is None:
+                if tp not in data and tp not in paused and now_ms - seen > stale_after:
+                    gaps[tp] = seen  # fetches of it stopped succeeding at ``seen``
+            elif seen > since:  # fetched again
+                del gaps[tp]
+                self.delivery_delay.observe(seen - since, time.monotonic())
+                log.info("%s[%d] could not be fetched for %.1fs (no leader or broker away): engagements wait up "
+                         "to that much longer for records produced meanwhile", tp.topic, tp.partition,
+                         (seen - since) / 1000.0)
 
     def _exhausted(self, topic: str, p: int, tables: PartitionTables, since_ms: int) -> bool:
         """Everything on partition ``p`` of ``topic`` that was produced before ``since_ms`` is applied.
 
         True when the applied prediction offset reached the high watermark of a
-        fetch response that came back at least ``EXHAUSTED_MARGIN_MS`` after
-        ``since_ms`` (the producer timestamp of the held engagement): an older
-        response may predate predictions that were produced before it.
+        fetch response that came back at least ``EXHAUSTED_MARGIN_MS`` plus the
+        recent delivery delay after ``since_ms`` (the producer timestamp of the
+        held engagement): an older response may predate predictions that were
+        produced before it.
         """
         from aiokafka import TopicPartition
 
         tp = TopicPartition(topic, p)
         hw = self.consumer.highwater(tp)
         seen = self.consumer.last_poll_timestamp(tp)
-        if hw is None or seen is None or seen < since_ms + EXHAUSTED_MARGIN_MS:
+        margin = EXHAUSTED_MARGIN_MS + self.delivery_delay.current_ms(time.monotonic())
+        if hw is None or seen is None or seen < since_ms + margin:
             return False
         return tables.offsets.get(topic, -1) + 1 >= hw
 
@@ -101,7 +168,10 @@ class AlignmentMixin:
                     now = time.monotonic()
                     if not held.since:
                         held.since = now
-                    if now - held.since < HOLD_MAX_WAIT_S:
+                    # a partition that could not be fetched lately may still deliver: wait as long as the margin
+                    patience = max(HOLD_MAX_WAIT_S,
+                                   (EXHAUSTED_MARGIN_MS + self.delivery_delay.current_ms(now)) / 1000.0 + 1.0)
+                    if now - held.since < patience:
                         break
                     self.held_releases_forced += 1
                     log.warning("partition %d: engagements held %.0fs for predictions/impressions that do not "

@@ -46,7 +46,7 @@ from streams.engine.state.backend import RocksDBMemoryCollector, configure_rocks
 from streams.engine.state.changelog import changelog_topic
 from streams.engine.state.recovery import TOPIC_IDS
 from streams.engine.tables import PartitionTables
-from streams.engine.alignment import AlignmentMixin, Held
+from streams.engine.alignment import AlignmentMixin, DeliveryDelay, Held
 from streams.engine.checkpointing import CheckpointMixin
 from streams.engine.freshness import FreshnessLog
 from streams.engine.reset_watch import ResetWatchMixin
@@ -90,6 +90,10 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         self.freshness = FreshnessLog()
         #: produce-to-received delays (ms) of engagements: the broker's and producer's share of freshness
         self.delivery = FreshnessLog()
+        #: how late records reach the broker lately (the alignment's margin, ``streams.engine.alignment``)
+        self.delivery_delay = DeliveryDelay()
+        self._fetch_gaps: dict[Any, float] = {}  # tp -> when its fetches stopped succeeding (ms)
+        self._last_fetch: dict[Any, tuple[int, int]] = {}  # tp -> (high watermark, time) of its last fetch response
         self.processed = 0
         self.dead_lettered = 0
         self.checkpoints = 0
@@ -373,6 +377,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 if self._fatal is not None:
                     raise self._fatal from exc
                 raise
+            self._watch_fetch_gaps(data)
             async with self._lock:
                 if data:
                     await self._process(data)
@@ -449,6 +454,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
             kind = kinds[topic]
             EVENTS_CONSUMED.labels(topic).inc(len(all_msgs))
             fence = tables.offsets.get(topic, -1)
+            self._observe_delivery(tp, all_msgs)
             held = self._held[p] if kind == "engagement" else None
             if held is not None:
                 now_ms = time.time() * 1000.0
@@ -509,6 +515,27 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
 
 
     # -- reads -----------------------------------------------------------------
+    def _observe_delivery(self, tp: Any, msgs: list[Any]) -> None:
+        """Feed ``delivery_delay`` with the records appended since the previous fetch response of ``tp``.
+
+        Those were appended between that response and this one, so this response's time minus their
+        producer timestamp bounds their delivery delay; older records (a consumer catching up) are lag.
+        """
+        seen, hw = self.consumer.last_poll_timestamp(tp), self.consumer.highwater(tp)
+        prev = self._last_fetch.get(tp)
+        if seen is not None and hw is not None:
+            self._last_fetch[tp] = (hw, seen)
+        if prev is None or seen is None:
+            return
+        prev_hw = prev[0]
+        worst = 0
+        for m in reversed(msgs):
+            if m.offset < prev_hw:
+                break
+            worst = max(worst, seen - m.timestamp)
+        if worst > 0:
+            self.delivery_delay.observe(worst, time.monotonic())
+
     def stats(self) -> dict[str, Any]:
         per = {p: {**t.stats(), "held_engagements": len(self._held[p].items) if p in self._held else 0}
                for p, t in sorted(self.tables.items())}
@@ -518,5 +545,6 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 "held_engagements": sum(len(h.items) for h in self._held.values()),
                 "open_deadlines": sum(s.get("open_deadlines", 0) for s in per.values()),
                 "held_releases_forced": self.held_releases_forced,
+                "delivery_delay_ms": round(self.delivery_delay.current_ms(time.monotonic())),
                 "freshness_ms": {"p50": p50, "p99": p99}, "join": per,
                 "offsets": {p: dict(t.offsets) for p, t in sorted(self.tables.items())}}

@@ -54,6 +54,8 @@ class ResolvedBroker:
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
     #: the broker's process when it runs on this box (for CPU figures), else None
     pid: int | None = None
+    #: where a broker started here keeps its data (the local Apache Kafka's log dirs), else None
+    data_dir: Path | None = None
 
     def stop(self) -> None:
         self._stop()
@@ -109,7 +111,7 @@ def _start_local_kafka(log_dir: Path, *, forced: bool) -> ResolvedBroker | None:
                 for node in range(kafka.brokers):  # the log stays for a post-mortem, the data goes
                     shutil.rmtree(kafka.node_dir(node) / "data", ignore_errors=True)
 
-            return ResolvedBroker(kafka.bootstrap, "kafka", stop, kafka.pids[0])
+            return ResolvedBroker(kafka.bootstrap, "kafka", stop, kafka.pids[0], kafka.data_dir)
     if forced:
         raise BrokerError(f"FEEDRANK_BROKER=kafka but no local Apache Kafka can start: {reason}")
     log.info("broker: no local Apache Kafka (%s); starting the embedded broker", reason)

@@ -23,6 +23,8 @@ class TopicSpec:
     compacted: bool = False
     #: retention for non-compacted topics (ms); None = broker default
     retention_ms: int | None = None
+    #: how often a partition rolls a new segment (ms; retention deletes whole segments); None = broker default
+    segment_ms: int | None = None
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -62,6 +64,8 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
                 configs["cleanup.policy"] = "compact"
             if spec.retention_ms is not None:
                 configs["retention.ms"] = str(spec.retention_ms)
+            if spec.segment_ms is not None:
+                configs["segment.ms"] = str(spec.segment_ms)
             if min_insync_replicas is not None:
                 configs["min.insync.replicas"] = str(min_insync_replicas)
             new.append(NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=configs))

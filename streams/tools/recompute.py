@@ -142,7 +142,12 @@ def read_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, 
     for topic in (settings.topic_predictions, settings.topic_impressions, settings.topic_engagements):
         total = sum(counts.get(topic, {}).values())
         out[topic] = read_topic(bootstrap, topic, settings.partitions, total)
-        assert len(out[topic]) == total
+        if len(out[topic]) != total:
+            per: dict[int, int] = {}
+            for r in out[topic]:
+                per[r.partition] = per.get(r.partition, 0) + 1
+            raise AssertionError(f"{topic}: read {len(out[topic])} records, the producer acked {total}: "
+                                 f"read per partition {dict(sorted(per.items()))}, acked {counts.get(topic)}")
     return out
 
 

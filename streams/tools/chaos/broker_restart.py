@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from streams.tools.chaos.common import (ChaosError, PacedProducer, Worker, _caught_up, _check_labeled,
+from streams.tools.chaos.common import (_input_ends, _read_all_inputs, ChaosError, PacedProducer, Worker, _caught_up, _check_labeled,
                                         _compare_partition, _dump_partition, _Out, _verdict, make_settings,
                                         wait_until)
 
@@ -34,7 +34,7 @@ def run_broker_restart(work: Path, *, brokers: int = 1, restarts: int = 2, down_
     """Kill a Kafka node ``restarts`` times while events stream (and ``/score`` is called); check exactness."""
     from streams.kafka.apache_kafka import LocalKafka
     from streams.tools.chaos.load import _ScoreLoad
-    from streams.tools.recompute import read_inputs, recompute, scenario
+    from streams.tools.recompute import recompute, scenario
 
     name = "broker-restart" if brokers == 1 else "broker-failover"
     out = _Out(echo)
@@ -61,6 +61,7 @@ def run_broker_restart(work: Path, *, brokers: int = 1, restarts: int = 2, down_
         w = Worker(settings, work / "log" / f"{settings.app_id}-{name}.log", "worker").start()
         load = _ScoreLoad(w.url, score_rps, users, seed) if serving else None
         if load is not None:
+            wait_until(lambda: w.get("/ready", timeout=2) is not None, 120, "worker ready", detail=w.log_tail)
             load.start()
         producer = PacedProducer(bootstrap, settings, events, preds, rate)
         producer.start()
@@ -92,7 +93,13 @@ def run_broker_restart(work: Path, *, brokers: int = 1, restarts: int = 2, down_
             produced = sum(sum(v.values()) for v in producer.counts.values())
             if produced != total:
                 problems.append(f"producer acked {produced} of {total} records")
-            waited = wait_until(lambda: _caught_up(w.stats(), producer.counts, range(settings.partitions)), 240,
+            if load is not None:  # its prediction logs are inputs too: stop it before reading them all
+                load.stop_flag.set()
+                load.join(timeout=30)
+            inputs = _read_all_inputs(bootstrap, settings, producer.counts)
+            ends = _input_ends(inputs)
+            total = sum(sum(v.values()) for v in ends.values())  # the producer's records and /score's logs
+            waited = wait_until(lambda: _caught_up(w.stats(), ends, range(settings.partitions)), 240,
                                 "the worker to catch up", detail=w.log_tail)
             out(f"  stream done; the worker caught up {waited:.1f}s later")
         finally:
@@ -102,7 +109,7 @@ def run_broker_restart(work: Path, *, brokers: int = 1, restarts: int = 2, down_
             w.stop()
         if w.proc is not None and w.proc.returncode not in (0, -signal.SIGTERM):
             problems.append(f"graceful stop exited with {w.proc.returncode}")
-        want = recompute(settings, read_inputs(bootstrap, settings, producer.counts))
+        want = recompute(settings, inputs)
         accounted = 0
         for p in range(settings.partitions):
             got = _dump_partition(settings.data_dir, settings.app_id, p)
@@ -119,7 +126,7 @@ def run_broker_restart(work: Path, *, brokers: int = 1, restarts: int = 2, down_
             out(f"  /score through the outages: {load.ok} ok, {load.failed} failed, p50 "
                 f"{p50 or float('nan'):.1f} ms, p99 {p99 or float('nan'):.1f} ms")
             if load.failed:
-                problems.append(f"/score failed {load.failed} times through the outages")
+                problems.append(f"/score failed {load.failed} times through the outages: {'; '.join(load.errors)}")
         result = {"scenario": name, "brokers": brokers, "outages": outages, "records_in": total,
                   "records_accounted": accounted, "events_in": len(events), **figures, **score,
                   "tables_equal_recomputation": not any("store" in p or "offsets" in p for p in problems),

@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
                                              max_rate=args.max_rate, calibrate_s=args.calibrate_s,
                                              clients=args.load_clients, partitions=args.load_partitions,
                                              seed=args.seed + 3, batches=args.load_batches == "on",
-                                             linger_ms=args.load_linger_ms)
+                                             linger_ms=args.load_linger_ms, broker_pid=broker.pid,
+                                             broker_data=broker.data_dir,
+                                             event_retention_s=args.event_retention_s or None)
             except Exception as exc:  # one scenario failing must not stop the others
                 results[name] = {"scenario": name, "problems": [f"aborted: {type(exc).__name__}: {exc}"]}
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
@@ -134,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma-separated subset of {', '.join(SCENARIOS)} (default: all)")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs in the crash scenario")
+    p.add_argument("--event-retention-s", type=float, default=600.0,
+                   help="load scenario: retention of the event and prediction topics (0: the broker's default), so "
+                        "the broker's disk stays bounded over a long run (real Kafka deletes old segments)")
     p.add_argument("--outage-s", type=float, default=30.0, help="seconds the broker stays down")
     p.add_argument("--minutes", type=float, default=10.0, help="duration of the sustained-load scenario")
     p.add_argument("--max-rate", type=float, default=None,

@@ -339,3 +339,22 @@ def score_body(user_id: str, n: int = 10, ts: int | None = None) -> dict[str, An
         ctx["ts"] = ts
     return {"user_id": user_id, "context": ctx,
             "candidates": [{"item_id": f"i{k}", "item_type": "video" if k % 3 else "organic"} for k in range(n)]}
+
+
+def _read_all_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, int]]) -> dict[str, list[Any]]:
+    """Every record of the three inputs (the producer's plus the prediction logs ``/score`` wrote)."""
+    from streams.tools.recompute import read_topic
+
+    out = {}
+    for topic in (settings.topic_predictions, settings.topic_impressions, settings.topic_engagements):
+        total = sum(counts.get(topic, {}).values())
+        out[topic] = read_topic(bootstrap, topic, settings.partitions, total, drain=True)
+    return out
+
+
+def _input_ends(inputs: dict[str, list[Any]]) -> dict[str, dict[int, int]]:
+    ends: dict[str, dict[int, int]] = {}
+    for topic, recs in inputs.items():
+        for r in recs:
+            ends.setdefault(topic, {})[r.partition] = max(ends.get(topic, {}).get(r.partition, 0), r.offset + 1)
+    return ends

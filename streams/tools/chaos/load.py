@@ -9,6 +9,7 @@ import random
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -63,6 +64,7 @@ class _ScoreLoad(threading.Thread):
         self.stop_flag = threading.Event()
         self.ok = 0
         self.failed = 0
+        self.errors: list[str] = []  # the first few failures, for the report
         self.latency_ms: list[float] = []
 
     def run(self) -> None:
@@ -79,8 +81,10 @@ class _ScoreLoad(threading.Thread):
                 client.score(score_body(f"u{rng.randrange(self.users)}", n=self.n))
                 self.ok += 1
                 self.latency_ms.append((time.monotonic() - t) * 1000)
-            except (ScorerError, OSError):
+            except (ScorerError, OSError) as exc:
                 self.failed += 1
+                if len(self.errors) < 5:
+                    self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
             delay = t0 + k / self.rps - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -236,8 +240,14 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              score_rps: float = 10.0, users: int = 200, clients: int = 1, sample_s: float = 10.0,
              rss_slope_mb_per_min: float = 4.0, check_bounds: bool | None = None, min_rate_fraction: float = 0.9,
              partitions: int = LOAD_PARTITIONS, seed: int = 3, batches: bool = True,
-             linger_ms: int = LOAD_SCENARIO_LINGER_MS, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+             linger_ms: int = LOAD_SCENARIO_LINGER_MS, echo: Callable[[str], None] | None = None,
+             broker_pid: int | None = None, broker_data: Path | None = None,
+             event_retention_s: float | None = None) -> dict[str, Any]:
     """Events at ``load_factor`` of the maximum rate plus ``/score`` traffic for ``minutes``.
+
+    ``event_retention_s``: the event and prediction topics keep that long (segments roll every quarter of
+    it), so a long run's broker disk is bounded; ``broker_data`` (the broker's log dirs, when it runs on
+    this box) is then sampled and checked, and ``broker_pid`` gives its CPU and RSS.
 
     ``max_rate`` None: measure it first (``measure_max_rate``). Prints sent/acked events, lag, worker
     RSS, RocksDB memory and size every ``sample_s``. ``batches``: the producer batches records as feed
@@ -265,7 +275,12 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         basis = "given (--max-rate)"
     rate = load_factor * max_rate
     settings = _load_settings(work, bootstrap, model_dir, calibrator_dir, partitions)
-    ensure_topics(bootstrap, topic_specs(settings))
+    specs = topic_specs(settings)
+    if event_retention_s:
+        kept = {settings.topic_impressions, settings.topic_engagements, settings.topic_predictions}
+        ms = int(event_retention_s * 1000)
+        specs = [replace(t, retention_ms=ms, segment_ms=max(10_000, ms // 4)) if t.name in kept else t for t in specs]
+    ensure_topics(bootstrap, specs)
     events = (settings.topic_impressions, settings.topic_engagements)
     out(f"[load] {minutes:g} min: events at {rate:,.0f}/s ({load_factor:.0%} of the maximum {max_rate:,.0f}/s, "
         f"{basis}), /score (50 candidates) at {score_rps:g}/s, {users} users, {partitions} partitions, attribution "
@@ -293,7 +308,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         out(f"  worker RSS before traffic {rss0:.0f} MiB")
         from streams.kafka.embedded import embedded_broker_pid
 
-        bpid = embedded_broker_pid(bootstrap)
+        bpid = broker_pid or embedded_broker_pid(bootstrap)
         out(f"  {'t':>6} {'sent':>10} {'acked':>10} {'rate/s':>7} {'lag':>7} {'RSS MiB':>8} {'score':>6} {'RDB mem':>8} "
             f"{'RDB disk':>8} {'score ok':>8} {'cpu w/p/b':>14} {'broker MiB':>10} {'load':>5} {'held':>7} "
             f"{'deadlines':>9} {'imp-eng s':>9}")
@@ -324,6 +339,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                    "producer_cpu": round((cpu[1] - prev_cpu[1]) / (now - prev_t), 2),
                    "broker_cpu": round((cpu[2] - prev_cpu[2]) / (now - prev_t), 2) if bpid else None,
                    "broker_rss_mb": round(_rss_mb(bpid)) if bpid else None,
+                   "broker_disk_mb": round(_dir_mb(broker_data), 1) if broker_data else None,
                    "load1": round(os.getloadavg()[0], 2), "held": int(st.get("held_engagements", 0)),
                    "deadlines": int(st.get("open_deadlines", 0)), "imp_ahead_s": _imp_ahead_s(st)}
             prev_acked, prev_t, prev_cpu = n, now, cpu
@@ -449,6 +465,14 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                                     f"MiB + 10% + 32 MiB")
                 if db_last > db_mid * 1.5 + 32:
                     problems.append(f"RocksDB keeps growing: peak {db_mid:.1f} -> {db_last:.1f} MiB")
+            if broker_data is not None and event_retention_s:
+                bd_mid = max(s["broker_disk_mb"] for s in mid)
+                bd_last = max(s["broker_disk_mb"] for s in last)
+                figures.update(broker_disk_peak_mid_mb=bd_mid, broker_disk_peak_last_mb=bd_last)
+                out(f"  broker disk peak {bd_mid:.0f} -> {bd_last:.0f} MiB (events kept {event_retention_s:g} s)")
+                if check_bounds and minutes * 60 >= 3 * event_retention_s and bd_last > bd_mid * 1.25 + 64:
+                    problems.append(f"broker disk keeps growing: peak {bd_mid:.0f} -> {bd_last:.0f} MiB with "
+                                    f"{event_retention_s:g} s retention")
     finally:
         scorer.stop_flag.set()
         if producer is not None and producer.proc.is_alive():

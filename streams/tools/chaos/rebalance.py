@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from streams.settings import Settings
-from streams.tools.chaos.common import (ChaosError, PacedProducer, Worker, _caught_up, _check_labeled,
+from streams.tools.chaos.common import (_input_ends, _read_all_inputs, ChaosError, PacedProducer, Worker, _caught_up, _check_labeled,
                                         _compare_partition, _dump_partition, _Out, _verdict, make_settings,
                                         score_body, wait_until)
 
@@ -23,25 +22,6 @@ def _get_retry(w: Worker, path: str, timeout_s: float = 60.0) -> Any:
 
 def _owned(w: Worker) -> set[int]:
     return set(w.stats()["partitions"])
-
-
-def _read_all_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, int]]) -> dict[str, list[Any]]:
-    """Every record of the three inputs (the producer's plus the prediction logs ``/score`` wrote)."""
-    from streams.tools.recompute import read_topic
-
-    out = {}
-    for topic in (settings.topic_predictions, settings.topic_impressions, settings.topic_engagements):
-        total = sum(counts.get(topic, {}).values())
-        out[topic] = read_topic(bootstrap, topic, settings.partitions, total, drain=True)
-    return out
-
-
-def _input_ends(inputs: dict[str, list[Any]]) -> dict[str, dict[int, int]]:
-    ends: dict[str, dict[int, int]] = {}
-    for topic, recs in inputs.items():
-        for r in recs:
-            ends.setdefault(topic, {})[r.partition] = max(ends.get(topic, {}).get(r.partition, 0), r.offset + 1)
-    return ends
 
 
 def run_rebalance(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, *, users: int = 60,
