@@ -10,16 +10,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from streams.tools.chaos.common import (ChaosError, PacedProducer, Worker, _caught_up, _check_labeled,
-                                        _compare_partition, _dump_partition, _Out, _verdict, make_settings,
-                                        wait_until)
+from streams.tools.chaos.common import (ChaosError, PacedProducer, Worker, _caught_up, _Out, _verdict,
+                                        check_against_recomputation, make_settings, wait_until)
 
 
 def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, requests: int = 3000,
               seed: int = 0, stream_s: float | None = None, echo: Callable[[str], None] | None = None,
               ) -> dict[str, Any]:
     """SIGKILL a worker ``kills`` times at random points while events stream; check recomputation equality."""
-    from streams.tools.recompute import read_inputs, recompute, scenario
+    from streams.tools.recompute import read_inputs, scenario
     from streams.kafka.topics import ensure_topics, topic_specs
 
     out = _Out(echo)
@@ -72,20 +71,12 @@ def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, r
         w.stop()
     if w.proc is not None and w.proc.returncode not in (0, -signal.SIGTERM):
         problems.append(f"graceful stop exited with {w.proc.returncode}")
-    want = recompute(settings, read_inputs(bootstrap, settings, producer.counts))
-    accounted = 0
-    for p in range(settings.partitions):
-        got = _dump_partition(settings.data_dir, settings.app_id, p)
-        problems += _compare_partition(p, got, want["dumps"][p])
-        accounted += sum(o + 1 for o in got["meta"]["offsets"].values())
-    figures, lab_problems = _check_labeled(bootstrap, settings, want, out)
-    problems += lab_problems
-    result = {"scenario": "crash", "kills_survived": kills, "records_in": total, "records_accounted": accounted,
-              "events_in": len(events), "kills": kill_log, **figures,
-              "tables_equal_recomputation": not any("store" in p or "offsets" in p for p in problems),
-              "problems": problems}
-    if accounted != total:
-        problems.append(f"stored offsets account for {accounted} of {total} input records")
+    figures, checked = check_against_recomputation(bootstrap, settings,
+                                                   read_inputs(bootstrap, settings, producer.counts), total, out)
+    problems += checked
+    result = {"scenario": "crash", "kills_survived": kills, "records_in": total, "events_in": len(events),
+              "kills": kill_log, **figures, "problems": problems}
+    accounted = figures["records_accounted"]
     out(f"  records in {total} (events {len(events)}), accounted for by the stored offsets {accounted}; "
         f"tables equal the recomputation: {result['tables_equal_recomputation']}")
     _verdict(out, "crash", problems)

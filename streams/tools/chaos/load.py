@@ -58,9 +58,10 @@ def _end_offsets(bootstrap: str, topics: Iterable[str], partitions: int) -> dict
 class _ScoreLoad(threading.Thread):
     """``/score`` requests (``n`` candidates, random user) at ``rps`` until stopped; client-side latencies."""
 
-    def __init__(self, url: str, rps: float, users: int, seed: int, n: int = 50) -> None:
+    def __init__(self, url: str, rps: float, users: int, seed: int, n: int = 50, ts: int | None = None) -> None:
+        """``ts``: the requests' event time (default: now); a scenario on a clock of its own passes its time."""
         super().__init__(daemon=True)
-        self.url, self.rps, self.users, self.seed, self.n = url, rps, users, seed, n
+        self.url, self.rps, self.users, self.seed, self.n, self.ts = url, rps, users, seed, n, ts
         self.stop_flag = threading.Event()
         self.ok = 0
         self.failed = 0
@@ -78,7 +79,7 @@ class _ScoreLoad(threading.Thread):
             k += 1
             t = time.monotonic()
             try:
-                client.score(score_body(f"u{rng.randrange(self.users)}", n=self.n))
+                client.score(score_body(f"u{rng.randrange(self.users)}", n=self.n, ts=self.ts))
                 self.ok += 1
                 self.latency_ms.append((time.monotonic() - t) * 1000)
             except (ScorerError, OSError) as exc:
