@@ -17,6 +17,8 @@ import pytest
 
 from streams.tools.chaos.outage import run_outage
 
+# the broker comes back empty: the embedded broker's outage (a private one; real Kafka keeps its data, see
+# test_reliability_broker.py)
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 

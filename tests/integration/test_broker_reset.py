@@ -322,6 +322,7 @@ async def _run_engine(settings: Any, bootstrap: str, want: int, timeout_s: float
 
 
 @pytest.mark.broker
+@pytest.mark.embedded
 @pytest.mark.slow
 def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new_topics(tmp_path: Path) -> None:
     from streams.kafka.embedded import EmbeddedBroker
@@ -398,6 +399,7 @@ def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kaf
 
 
 @pytest.mark.broker
+@pytest.mark.embedded
 @pytest.mark.slow
 def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offset(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
