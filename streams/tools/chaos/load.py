@@ -401,7 +401,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         drain = "not drained" if drained is None else f"drained {drained:.1f}s after the producer stopped"
         out(f"  done: {producer.sent:,} events sent, {n_acked:,} acked ({achieved:,.0f}/s delivered over "
             f"{elapsed:.0f}s = {achieved / max_rate:.0%} of the maximum; CPU worker {cpu_w:.2f}, producer "
-            f"{cpu_p:.2f}{'' if cpu_b is None else f', embedded broker {cpu_b:.2f}'} cores), {producer.failed} failed; true end "
+            f"{cpu_p:.2f}{'' if cpu_b is None else f', broker {cpu_b:.2f}'} cores), {producer.failed} failed; true end "
             f"offsets (highest acked + 1) sum to {figures['true_end_offsets']:,}, the broker's to {figures['end_offsets']:,}"
             f"{'' if producer.single else ' (batched records: not exact on the embedded broker)'}; "
             f"lag {drain}; the worker's stored offsets account for {accounted:,} events and {preds:,} prediction "
@@ -437,7 +437,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                     why = (f" (the embedded broker peaked at {broker_peak:.2f} cores: it saturates as it holds more "
                            f"records; the worker used {max(s['worker_cpu'] for s in samples):.2f})")
                 problems.append(f"lag exceeded 30 s of traffic: {lag_max:,} > {lag_bound:,.0f}{why}")
-            out(f"  max lag {lag_max:,} records ({lag_max / rate:.1f} s of traffic; bound 30 s); embedded broker CPU "
+            out(f"  max lag {lag_max:,} records ({lag_max / rate:.1f} s of traffic; bound 30 s); broker CPU "
                 f"peak {broker_peak:.2f} cores")
             figures["lag_max"] = lag_max
             figures["broker_cpu_peak"] = broker_peak

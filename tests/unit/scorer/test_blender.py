@@ -111,6 +111,7 @@ def test_tune_finds_a_feasible_set_and_reports_the_trade_off() -> None:
     json.dumps(rep.to_dict())
 
 
+@pytest.mark.slow
 def test_learned_blender_discounts_an_overstated_task_in_one_context() -> None:
     rng = np.random.default_rng(0)
     n = 8_000

@@ -18,6 +18,9 @@ from scorer.drift import AlertConfig, DriftMonitor
 from scorer.replay import ReplayLog, artifact_score_fn, format_replay_report, replay
 from scorer.report import render_html, render_png, summaries_from_batch, summaries_from_record, write_report
 
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def logged() -> dict:

@@ -15,6 +15,9 @@ from features.numeric import sigmoid
 from scorer.calibration.synthetic import CalibrationSim, SimConfig
 from scorer.drift import AlertConfig, DriftMonitor, WindowSpec
 
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
+
 MIN = 60_000
 ENOUGH_POSITIVES = 2000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 import numpy as np
@@ -13,6 +15,9 @@ from features.world import World
 from scorer import metrics as m
 from scorer.calibration import LabeledBatch, fit_calibrator_set
 from scorer.replay_state import ReplayState
+
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00Z
 KEEP = np.array([0.2, 0.2, 0.2, 0.1, 0.05, 0.3])  # negatives a down-sampled model kept, per task

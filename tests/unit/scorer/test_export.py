@@ -19,6 +19,9 @@ from scorer.artifact import ArtifactError, load_artifact, load_eager, resolve, s
 from scorer.export import export_serving, load_serving
 from scorer.model import TASKS, ModelConfig, build_model
 
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
+
 SPEC = FeatureSpec(user_buckets=101, item_buckets=211, ctx_buckets=53, seq_len=6)
 CFG = ModelConfig(expert_dims=[16, 8], tower_hidden=8, summary_dim=16, item_dim=8, seq_ffn=16, n_experts=3)
 

@@ -12,6 +12,9 @@ from features.events import ACTIONS
 from features.rpc import parse_score_request
 from features.state import FeedbackSnapshot, UserState
 
+#: trains a small model once for the module (~40 s): not in the fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def scorer(tiny_model_dir):

@@ -15,6 +15,9 @@ from scorer.evaluate import auc, mean_auc, spearman, stability, task_metrics
 from scorer.model import ModelConfig
 from scorer.train import TrainConfig, predict_logits, train_model
 
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
+
 SPEC = FeatureSpec(user_buckets=1009, item_buckets=2003, ctx_buckets=211, seq_len=16)
 SMALL = dict(expert_dims=[32, 16], tower_hidden=16, summary_dim=32, item_dim=16, seq_ffn=32, n_experts=4)
 

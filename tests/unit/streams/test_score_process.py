@@ -20,6 +20,9 @@ from streams.serving.score_process import ScoreProcess, ScoreUnavailable
 from streams.serving.serving import Serving
 from streams.settings import Settings
 
+#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def settings(tiny_model_dir) -> Settings:
