@@ -15,7 +15,7 @@ needs_kafka = pytest.mark.skipif(not _ok, reason=f"no local Apache Kafka: {_why}
 
 
 #: a problem of the failover that is a known, open finding (docs/reliability.md, "broker-failover"): some labeled
-#: examples of a partition lose their prediction log (26 to 104 of 2,400 in about half the runs); nothing is lost
+#: examples of a partition lose their prediction log (26 to 104 of 2,400, in 2 of 6 runs); nothing is lost
 #: or counted twice
 PREDICTION_ATTACHMENT = ("labeled_with_prediction", "labeled examples differ from the recomputation")
 
