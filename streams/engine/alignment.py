@@ -17,8 +17,6 @@ import time
 from collections import deque
 from typing import Any
 
-
-
 from streams.engine.tables import PartitionTables
 
 log = logging.getLogger(__name__)
@@ -26,16 +24,10 @@ log = logging.getLogger(__name__)
 
 #: held engagements of one partition above which its engagement input is paused / below which resumed
 HOLD_PAUSE = 20_000
-
-
 HOLD_RESUME = 5_000
-
-
 #: a held queue that makes no progress this long is released anyway (a predictions input that
 #: never reports its end would otherwise stall the partition)
 HOLD_MAX_WAIT_S = 10.0
-
-
 #: a fetch response must be this much newer than a held engagement to prove the predictions input
 #: has nothing older left (margin for clock skew between producers and this worker) ...
 EXHAUSTED_MARGIN_MS = 1000
@@ -53,8 +45,10 @@ class DeliveryDelay:
     away, then deliver seconds late, and not in their send order across partitions (measured on real
     Kafka: a node SIGKILLed and restarted; the engagements of the buffer landed before its prediction
     logs, which then missed their windows). So the margin grows by the largest delay seen in the last
-    ``DELIVERY_DELAY_HOLD_S`` on records read at the head of their partition (a consumer that is
-    catching up reads old records: that is lag, not delivery delay, and is not counted).
+    ``DELIVERY_DELAY_HOLD_S``: of records appended since the previous fetch response of their
+    partition (``_observe_delivery``; older records read by a consumer that is catching up are lag,
+    not delivery delay, and are not counted), and of partitions that could not be fetched for a
+    while (``_watch_fetch_gaps``).
     """
 
     __slots__ = ("_peak_ms", "_at")
@@ -90,6 +84,27 @@ FETCH_GAP_MS = 1500
 
 class AlignmentMixin:
     """The alignment part of ``streams.engine.engine.TableEngine``."""
+
+    def _observe_delivery(self, tp: Any, msgs: list[Any]) -> None:
+        """Feed ``delivery_delay`` with the records appended since the previous fetch response of ``tp``.
+
+        Those were appended between that response and this one, so this response's time minus their
+        producer timestamp bounds their delivery delay; older records (a consumer catching up) are lag.
+        """
+        seen, hw = self.consumer.last_poll_timestamp(tp), self.consumer.highwater(tp)
+        prev = self._last_fetch.get(tp)
+        if seen is not None and hw is not None:
+            self._last_fetch[tp] = (hw, seen)
+        if prev is None or seen is None:
+            return
+        prev_hw = prev[0]
+        worst = 0
+        for m in reversed(msgs):
+            if m.offset < prev_hw:
+                break
+            worst = max(worst, seen - m.timestamp)
+        if worst > 0:
+            self.delivery_delay.observe(worst, time.monotonic())
 
     def _watch_fetch_gaps(self, data: dict[Any, list[Any]]) -> None:
         """After a poll: note input partitions that cannot be fetched, and how long they could not.

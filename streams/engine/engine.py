@@ -73,12 +73,6 @@ SLICE = 64
 YIELD_S = 0.004
 
 
-
-
-
-
-
-
 class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service):
     """Keeps every stream table of the partitions this worker owns."""
 
@@ -338,18 +332,9 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                          type(exc).__name__, exc)
 
 
-
-
-
-
-
         # Topics are not re-created from here: on the embedded broker a CreateTopics racing the clients'
         # auto-creation right after its restart re-created a topic under them (its produces then fail with
         # UnknownError). `ensure_topics` runs at every worker start (docs/reliability.md).
-
-
-
-
 
 
     # -- processing ----------------------------------------------------------------
@@ -499,43 +484,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 EVENTS_VALID.labels(k).inc(n)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
     # -- reads -----------------------------------------------------------------
-    def _observe_delivery(self, tp: Any, msgs: list[Any]) -> None:
-        """Feed ``delivery_delay`` with the records appended since the previous fetch response of ``tp``.
-
-        Those were appended between that response and this one, so this response's time minus their
-        producer timestamp bounds their delivery delay; older records (a consumer catching up) are lag.
-        """
-        seen, hw = self.consumer.last_poll_timestamp(tp), self.consumer.highwater(tp)
-        prev = self._last_fetch.get(tp)
-        if seen is not None and hw is not None:
-            self._last_fetch[tp] = (hw, seen)
-        if prev is None or seen is None:
-            return
-        prev_hw = prev[0]
-        worst = 0
-        for m in reversed(msgs):
-            if m.offset < prev_hw:
-                break
-            worst = max(worst, seen - m.timestamp)
-        if worst > 0:
-            self.delivery_delay.observe(worst, time.monotonic())
-
     def stats(self) -> dict[str, Any]:
         per = {p: {**t.stats(), "held_engagements": len(self._held[p].items) if p in self._held else 0}
                for p, t in sorted(self.tables.items())}

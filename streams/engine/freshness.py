@@ -8,8 +8,6 @@ from array import array
 from typing import Iterable
 
 
-
-
 log = logging.getLogger(__name__)
 
 

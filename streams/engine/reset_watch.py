@@ -15,7 +15,6 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-
 from streams.kafka.broker_reset import classify_out_of_range, consequence, fail_advice
 from streams.engine.state import PartitionState
 from streams.engine.state.exceptions import BrokerResetError, ChangelogError, ChangelogResetError, TopologyError

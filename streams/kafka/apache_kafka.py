@@ -24,7 +24,7 @@ Command line::
 
     python -m streams.kafka.apache_kafka [--brokers 1|3] [--data-dir DIR]
 
-This module uses the standard library only.
+This module uses the standard library only (and ``streams.kafka.procutil``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -52,6 +51,8 @@ import weakref
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from streams.kafka.procutil import pdeathsig
 
 
 log = logging.getLogger(__name__)
@@ -263,15 +264,10 @@ def _kafka_uuid() -> str:
             return s
 
 
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:  # not Linux / no glibc: the atexit hook still stops the nodes
-        pass
+    pdeathsig(signal.SIGKILL)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -29,13 +29,13 @@ def wait_for_port(host: str, port: int, timeout_s: float = 20.0) -> None:
     raise BrokerError(f"nothing listens on {host}:{port} after {timeout_s:.0f}s")
 
 
-def pdeathsig() -> None:
-    """In a child's ``preexec_fn``: the child gets SIGTERM when its parent dies (Linux; a no-op elsewhere)."""
+def pdeathsig(sig: int = signal.SIGTERM) -> None:
+    """In a child's ``preexec_fn``: the child gets ``sig`` when its parent dies (Linux; a no-op elsewhere)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except Exception:  # pragma: no cover - non-Linux
         pass
