@@ -18,6 +18,10 @@ CONSUMER_LAG = Gauge(
     "feedrank_consumer_lag", "Records behind the end of each assigned partition", ["topic", "partition"],
     registry=REGISTRY,
 )
+EVENTS_REPARTITIONED = Counter(
+    "feedrank_events_repartitioned", "Events that arrived on another partition than their user's and were forwarded "
+    "through the repartition topic (a producer not on the murmur2 partitioner)", ["topic"], registry=REGISTRY
+)
 EVENTS_VALID = Counter(
     "feedrank_events_valid", "Events that decoded and validated", ["kind"], registry=REGISTRY
 )

@@ -35,11 +35,13 @@ from typing import Any
 import mode
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 
-from features.events import Engagement, EventDecodeError, Impression, decode_event_fast
+from features.events import Engagement, Impression, decode_event_fast
 from features.predictions import PredictionDecodeError, decode_prediction_header
 
 from streams.kafka.broker_reset import InputWatch
-from streams.engine.ingest import KEY_RULE, DeadLetter, decode_message, key_breaks_rule
+from streams.engine.ingest import DeadLetter, TimeBounds, breaks_rules, decode_message, key_problem
+from streams.engine.repartition import Router, origin_headers, origin_of
+from streams.kafka.topics import repartition_topic
 from streams.settings import Settings
 from streams.engine.state import PartitionState, open_backend
 from streams.engine.state.backend import RocksDBMemoryCollector, configure_rocksdb, rocksdb_resources
@@ -93,12 +95,23 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         self.checkpoints = 0
         self.held_releases_forced = 0
         self._changelog = changelog_topic(settings.app_id)
+        rep_imp = repartition_topic(settings.app_id, settings.topic_impressions)
+        rep_eng = repartition_topic(settings.app_id, settings.topic_engagements)
         self._kinds = {
             settings.topic_impressions: "impression",
             settings.topic_engagements: "engagement",
             settings.topic_predictions: "prediction",
+            rep_imp: "impression",
+            rep_eng: "engagement",
         }
-        self._order = {settings.topic_predictions: 0, settings.topic_impressions: 1, settings.topic_engagements: 2}
+        self._order = {settings.topic_predictions: 0, settings.topic_impressions: 1, rep_imp: 2,
+                       settings.topic_engagements: 3, rep_eng: 4}
+        #: event inputs -> their repartition topic (records of a user on another partition are forwarded)
+        self._forward_to = {settings.topic_impressions: rep_imp, settings.topic_engagements: rep_eng}
+        self._repartitioned = {rep_imp, rep_eng}
+        self._route = Router(settings.partitions)
+        self._bounds = TimeBounds.of(settings)
+        self.forwarded = 0
         self._outputs: dict[int, list[asyncio.Future[Any]]] = {}
         self._emitted: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self._held: dict[int, Held] = {}
@@ -396,19 +409,35 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 ev: Any = decode_prediction_header(m.value)
             except PredictionDecodeError as exc:
                 return DeadLetter(topic, p, m.offset, m.key, m.value, exc.reason)
-            if key_breaks_rule(m.key, ev.user_id):
-                return DeadLetter(topic, p, m.offset, m.key, m.value, KEY_RULE)
-            return ev
+            why = key_problem(m.key, ev.user_id)
+            return ev if why is None else DeadLetter(topic, p, m.offset, m.key, m.value, why)
         model = Impression if kind == "impression" else Engagement
         try:
             ev = decode_event_fast(m.value, model)
-        except EventDecodeError:
-            return decode_message(topic, p, m.offset, m.key, m.value, model, m.timestamp)  # the reason
-        except Exception:  # defensive: decode_message turns a validator bug into a dead letter
-            return decode_message(topic, p, m.offset, m.key, m.value, model, m.timestamp)
-        if key_breaks_rule(m.key, ev.user_id):
-            return DeadLetter(topic, p, m.offset, m.key, m.value, KEY_RULE)
-        return ev
+        except Exception:  # EventDecodeError or a validator bug: decode_message gives the reason
+            return decode_message(topic, p, m.offset, m.key, m.value, model, m.timestamp, self._bounds)
+        why = breaks_rules(m.key, ev, m.timestamp, self._bounds)
+        return ev if why is None else DeadLetter(topic, p, m.offset, m.key, m.value, why)
+
+    async def _forward(self, topic: str, p: int, m: Any, target: int) -> None:
+        """Send a record of ``topic`` that belongs to partition ``target`` through the repartition topic."""
+        from streams.metrics import EVENTS_REPARTITIONED
+
+        fut = await self.producer.send(self._forward_to[topic], key=m.key, value=m.value, partition=target,
+                                       timestamp_ms=m.timestamp if m.timestamp > 0 else None,
+                                       headers=origin_headers(topic, p, m.offset))
+        self._outputs.setdefault(p, []).append(fut)
+        self.forwarded += 1
+        EVENTS_REPARTITIONED.labels(topic).inc()
+
+    def _forwarded_problem(self, tables: PartitionTables, p: int, m: Any, ev: Any) -> str | None:
+        """Why a record of a repartition topic is not applied here: None to apply it, "" for a re-sent forward."""
+        origin = origin_of(m.headers)
+        if origin is None:
+            return "repartition: no origin headers (only feedrank's engine writes its repartition topics)"
+        if self._route(ev.user_id) != p:
+            return f"repartition: user {ev.user_id!r} belongs to partition {self._route(ev.user_id)}, not {p}"
+        return None if tables.origins.admit(*origin) else ""
 
     async def _yield(self) -> None:
         """Let the event loop run (``/score`` requests) when this batch has held it ``YIELD_S``."""
@@ -440,7 +469,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
             EVENTS_CONSUMED.labels(topic).inc(len(all_msgs))
             fence = tables.offsets.get(topic, -1)
             self._observe_delivery(tp, all_msgs)
-            held = self._held[p] if kind == "engagement" else None
+            held = self._held[p] if topic == self.settings.topic_engagements else None
             if held is not None:
                 now_ms = time.time() * 1000.0
                 self.delivery.add_many([now_ms - m.timestamp for m in all_msgs])
@@ -449,6 +478,19 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                 items = []
                 for m in msgs:
                     out = self._decode(kind, topic, p, m)
+                    if kind != "prediction" and not isinstance(out, DeadLetter):
+                        if topic in self._repartitioned:
+                            why = self._forwarded_problem(tables, p, m, out) if m.offset > fence else None
+                            if why == "":
+                                continue  # a forward sent again after a crash: applied before
+                            if why is not None:
+                                out = DeadLetter(topic, p, m.offset, m.key, m.value, why)
+                        elif (target := self._route(out.user_id)) != p:
+                            if m.offset > fence:
+                                await self._forward(topic, p, m, target)
+                            if held is not None:
+                                held.items.append((m.offset, None, 0))
+                            continue
                     if isinstance(out, DeadLetter):
                         if m.offset > fence:
                             await self._dead_letter(out)
@@ -490,7 +532,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                for p, t in sorted(self.tables.items())}
         p50, p99 = self.freshness.percentiles(0.5, 0.99)
         return {"partitions": sorted(self.tables), "processed": self.processed,
-                "dead_lettered": self.dead_lettered, "checkpoints": self.checkpoints,
+                "dead_lettered": self.dead_lettered, "forwarded": self.forwarded, "checkpoints": self.checkpoints,
                 "held_engagements": sum(len(h.items) for h in self._held.values()),
                 "open_deadlines": sum(s.get("open_deadlines", 0) for s in per.values()),
                 "held_releases_forced": self.held_releases_forced,

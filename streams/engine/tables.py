@@ -40,6 +40,7 @@ from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
 from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS, FeedbackTiles, UserCounters, counters_max_ts
 
+from streams.engine.repartition import OriginFence
 from streams.engine.state import Meta, PartitionState, CacheKV, RecordCache, Snapshot, StoreSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,12 @@ USER_COUNTERS = StoreSpec("user_counters")
 PENDING_IMPRESSIONS = StoreSpec("pending_impressions")
 ORPHAN_ENGAGEMENTS = StoreSpec("orphan_engagements")
 PREDICTION_LOGS = StoreSpec("prediction_logs")
-ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS)
+#: event ids counted in the counters, per input: ``<hour of ts>|<user>|<event_id>`` (``CounterDedup``)
+IMPRESSION_IDS = StoreSpec("impression_ids")
+ENGAGEMENT_IDS = StoreSpec("engagement_ids")
+ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS,
+              IMPRESSION_IDS, ENGAGEMENT_IDS)
+_SEEN = b"\x01"
 
 #: what a processed record is: (kind, offset, event-or-log, raw value bytes)
 Item = tuple[str, int, Any, bytes]
@@ -63,6 +69,61 @@ def retention_threshold(wm_eng: int, retention_ms: int | None) -> int:
     if not retention_ms or wm_eng - retention_ms <= 0:
         return 0
     return (wm_eng - retention_ms) // LONG_TILE_MS * LONG_TILE_MS
+
+
+def dedup_threshold(wm: int) -> int:
+    """Event time below which an input's events no longer count in the counters, nor are remembered.
+
+    The counters' longest window (1 day) plus its tile behind that input's own watermark, down to the
+    hour: nothing older is in any window read at the watermark.
+    """
+    t = wm - LONG_WINDOW_MS - LONG_TILE_MS
+    return t // LONG_TILE_MS * LONG_TILE_MS if t > 0 else 0
+
+
+class CounterDedup:
+    """Which event ids of one input (impressions or engagements) the counters have counted.
+
+    The counters count each ``(event_id, ts)`` once within their horizon: a producer's retry or a
+    replay of an old event counts once, whether or not it is still in the user's sequence. An event
+    older than ``dedup_threshold`` of its input's watermark counts in no window read at the
+    watermark, so it is neither counted nor remembered (nor one older than the user-state retention
+    threshold, which follows the engagements: ids below it are forgotten when it moves); keys start with the hour of ``ts``, so the
+    ids below the threshold are deleted by a scan from the start of the store each time the
+    threshold moves. The threshold depends on that input's order only, so the tables equal the
+    from-scratch recomputation for any interleaving of the inputs.
+    """
+
+    __slots__ = ("store", "cache", "state", "threshold")
+
+    def __init__(self, store: StoreSpec, cache: RecordCache, state: PartitionState, wm: int, ttl: int) -> None:
+        self.store, self.cache, self.state = store, cache, state
+        self.threshold = max(dedup_threshold(wm), ttl)
+
+    def first(self, user_id: str, event_id: str, ts: int) -> bool | None:
+        """True the first time (and remembers it), False for a repeat, None when too old to count."""
+        if ts < self.threshold:
+            return None
+        key = f"{ts // LONG_TILE_MS:08d}|{user_id}|{event_id}"
+        if self.cache.get(self.store, key) is not None:
+            return False
+        self.cache.set(self.store, key, _SEEN)
+        return True
+
+    def advance(self, wm: int, ttl: int) -> None:
+        """Forget the ids below the new threshold: the input's (``wm``) or the retention's (``ttl``)."""
+        new = max(dedup_threshold(wm), ttl)
+        if new <= self.threshold:
+            return
+        self.threshold = new
+        below = f"{new // LONG_TILE_MS:08d}|"
+        old = [k for k, v in self.cache.cached_items(self.store) if v is not None and k < below]
+        for k, _ in self.state.items(self.store):
+            if k >= below:
+                break
+            old.append(k)
+        for k in set(old):
+            self.cache.delete(self.store, k)
 
 
 def _codecs(seq_len: int) -> dict[str, Any]:
@@ -118,6 +179,11 @@ class PartitionTables:
         self.join.wm_imp = int(extra.get("wm_imp", 0))
         self.join.wm_eng = int(extra.get("wm_eng", 0))
         self.ttl = retention_threshold(self.join.wm_eng, retention_ms)
+        self.imp_ids = CounterDedup(IMPRESSION_IDS, self.cache, state, self.join.wm_imp, self.ttl)
+        self.eng_ids = CounterDedup(ENGAGEMENT_IDS, self.cache, state, self.join.wm_eng, self.ttl)
+        self.duplicate_impressions = 0
+        #: forwarded records applied here, per origin partition (``streams.engine.repartition``)
+        self.origins = OriginFence(extra.get("origins"))
         self.join.rebuild_indexes(
             state.items(PENDING_IMPRESSIONS), state.items(ORPHAN_ENGAGEMENTS), state.items(PREDICTION_LOGS)
         )
@@ -152,6 +218,10 @@ class PartitionTables:
                     self.expired_events += 1
                     join.on_engagement(ev)
                     continue
+                fresh = self.eng_ids.first(uid, ev.event_id, ev.ts)  # None: too old for the counters
+                if fresh is False:  # counted before: a re-send
+                    self.duplicates += 1
+                    continue
                 seq = tx.get(seqs, uid)
                 if seq is None:
                     seq = ActionSequence(seq_len)
@@ -163,22 +233,30 @@ class PartitionTables:
                     continue
                 if res == ADDED:
                     tx.set(seqs, uid, seq)
-                c = tx.get(ctrs, uid) or UserCounters()
-                c.add(ev.ts, ev.action)
-                tx.set(ctrs, uid, c)
+                if fresh:
+                    c = tx.get(ctrs, uid) or UserCounters()
+                    c.add(ev.ts, ev.action)
+                    tx.set(ctrs, uid, c)
                 join.on_engagement(ev)
+                self.eng_ids.advance(join.wm_eng, self.ttl)
                 if self.retention_ms and join.wm_eng - self.retention_ms >= self.ttl + LONG_TILE_MS:
                     self._advance_retention()
             elif kind == "impression":
                 assert isinstance(ev, Impression)
                 uid = ev.user_id
                 if ev.ts >= self.ttl:
-                    c = tx.get(ctrs, uid) or UserCounters()
-                    c.add(ev.ts, None)
-                    tx.set(ctrs, uid, c)
+                    fresh = self.imp_ids.first(uid, ev.event_id, ev.ts)  # None: too old for the counters
+                    if fresh is False:  # counted before: a re-send, not counted or joined again
+                        self.duplicate_impressions += 1
+                        continue
+                    if fresh:
+                        c = tx.get(ctrs, uid) or UserCounters()
+                        c.add(ev.ts, None)
+                        tx.set(ctrs, uid, c)
                 else:
                     self.expired_events += 1
                 join.on_impression(ev, raw)
+                self.imp_ids.advance(join.wm_imp, self.ttl)
             elif kind == "prediction":
                 # a PredictionLog or a PredictionHeader (the engine validates the rest lazily)
                 if ev.ts > self.wm_pred:
@@ -196,6 +274,8 @@ class PartitionTables:
         if new > self.ttl:
             self.ttl = new
             self.sweep()
+            self.imp_ids.advance(self.join.wm_imp, new)
+            self.eng_ids.advance(self.join.wm_eng, new)
 
     def sweep(self) -> int:
         """Drop actions and counter tiles older than the retention threshold; delete emptied users.
@@ -261,7 +341,7 @@ class PartitionTables:
             ckpt=ckpt,
             outbox=outbox,
             extra={"wm_imp": self.join.wm_imp, "wm_eng": self.join.wm_eng, "wm_pred": self.wm_pred,
-                   "stats": dict(self.join.stats.counts)},
+                   "stats": dict(self.join.stats.counts), "origins": dict(self.origins.fences)},
         )
         self._last_meta = meta
         return snap, meta
@@ -303,6 +383,7 @@ class PartitionTables:
 
     def stats(self) -> dict[str, int]:
         return {**self.join.stats.counts, "skipped_replayed": self.skipped, "duplicate_engagements": self.duplicates,
+                "duplicate_impression_ids": self.duplicate_impressions, "forwards_sent_again": self.origins.skipped,
                 "expired_events": self.expired_events, "swept_users": self.swept_users, "sweeps": self.sweeps,
                 "open_deadlines": self.join.open_deadlines(),
                 # event-time watermarks (ms) of the three inputs: how far each has been read
@@ -311,6 +392,8 @@ class PartitionTables:
 
 __all__ = [
     "ALL_STORES",
+    "ENGAGEMENT_IDS",
+    "IMPRESSION_IDS",
     "ORPHAN_ENGAGEMENTS",
     "PENDING_IMPRESSIONS",
     "PREDICTION_LOGS",

@@ -27,6 +27,11 @@ class TopicSpec:
     segment_ms: int | None = None
 
 
+def repartition_topic(app_id: str, input_topic: str) -> str:
+    """The internal topic that forwards ``input_topic``'s records sent to the wrong partition."""
+    return f"{app_id}-repartition-{input_topic}"
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """All topics of the system. User-keyed topics share one partition count."""
     p = settings.partitions
@@ -39,6 +44,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_labeled, p),
         TopicSpec(settings.topic_feedback_deltas, p, retention_ms=6 * 3600 * 1000),
         TopicSpec(f"{settings.app_id}-state-changelog", p, compacted=True),
+        # records a producer sent to another partition than their user's, forwarded (streams/engine/repartition.py)
+        TopicSpec(repartition_topic(settings.app_id, settings.topic_impressions), p),
+        TopicSpec(repartition_topic(settings.app_id, settings.topic_engagements), p),
         # serving side (issues 5 and 6): one partition each, read whole by every worker
         TopicSpec(settings.topic_calibrators, 1, compacted=True),
         TopicSpec(settings.topic_drift, 1, retention_ms=7 * 24 * 3600 * 1000),

@@ -54,7 +54,8 @@ from streams.tools.loadgen import cpu_seconds
 
 log = logging.getLogger(__name__)
 
-T0 = 1_764_000_000_000
+#: the pre-produced events' start: a day ago, hour-aligned (within the event-time rule's bounds)
+T0 = (int(time.time() * 1000) // 3_600_000 - 24) * 3_600_000
 #: the bench producers' linger when they batch (``--linger-ms``)
 LINGER_MS = 5
 

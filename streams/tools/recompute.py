@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from streams.engine.state.partition import META_KEY
 from streams.engine.tables import ALL_STORES, PartitionTables
 from streams.engine.views import partition_for
 
-T0 = 1_764_000_000_000
+#: the scenario's start: hour-aligned, three hours ago, so that its events (about an hour of event time)
+#: are within the event-time rule's bounds of the records' timestamps (``streams.engine.ingest.TimeBounds``)
+T0 = (int(time.time() * 1000) // 3_600_000 - 3) * 3_600_000
 
 
 def table_settings(settings_factory: Any, **kw: Any) -> Settings:
@@ -137,12 +140,24 @@ def read_topic(bootstrap: str, topic: str, partitions: int, expect: int, timeout
     return out
 
 
+def input_kinds(settings: Settings) -> dict[str, str]:
+    """The tables' inputs and their kinds, in their order of application: predictions, impressions,
+    engagements, each event input followed by its repartition topic."""
+    from streams.kafka.topics import repartition_topic
+
+    return {settings.topic_predictions: "prediction", settings.topic_impressions: "impression",
+            repartition_topic(settings.app_id, settings.topic_impressions): "impression",
+            settings.topic_engagements: "engagement",
+            repartition_topic(settings.app_id, settings.topic_engagements): "engagement"}
+
+
 def read_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, int]]) -> dict[str, list[Any]]:
+    """Every record of the inputs: the ``counts`` the producer acked, and what the repartition topics hold."""
     out = {}
-    for topic in (settings.topic_predictions, settings.topic_impressions, settings.topic_engagements):
+    for topic in input_kinds(settings):
         total = sum(counts.get(topic, {}).values())
-        out[topic] = read_topic(bootstrap, topic, settings.partitions, total)
-        if len(out[topic]) != total:
+        out[topic] = read_topic(bootstrap, topic, settings.partitions, total, drain=topic not in counts)
+        if topic in counts and len(out[topic]) != total:
             per: dict[int, int] = {}
             for r in out[topic]:
                 per[r.partition] = per.get(r.partition, 0) + 1
@@ -152,14 +167,26 @@ def read_inputs(bootstrap: str, settings: Settings, counts: dict[str, dict[int, 
 
 
 def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any]:
-    """The tables from scratch: every partition's records in order, predictions, impressions, engagements."""
-    from streams.engine.ingest import Decoded, decode_message
+    """The tables from scratch, by the engine's rules: every partition's records in order (predictions,
+    impressions, engagements, each event input followed by its repartition topic), bad records
+    dead-lettered, records of another partition's users forwarded.
+
+    Also returns ``dead_letters`` (reason per (topic, partition, offset)) and ``unforwarded``: records
+    sent to another partition than their user's that the repartition topics do not hold (lost).
+    """
+    from streams.engine.ingest import DeadLetter, TimeBounds, decode_message, key_problem
+    from streams.engine.repartition import Router, origin_of
 
     examples: dict[str, dict[str, Any]] = {}
     feedback = FeedbackTiles()
     dumps = {}
-    kinds = [(settings.topic_predictions, "prediction"), (settings.topic_impressions, "impression"),
-             (settings.topic_engagements, "engagement")]
+    bounds = TimeBounds.of(settings)
+    route = Router(settings.partitions)
+    kinds = {t: k for t, k in input_kinds(settings).items() if t in inputs}
+    rep_topics = set(list(input_kinds(settings))[2::2])
+    dead: dict[tuple[str, int, int], str] = {}
+    misrouted: set[tuple[str, int]] = set()
+    forwarded: set[tuple[str, int]] = set()
     for p in range(settings.partitions):
         state = PartitionState(open_backend(f"memory://{uuid.uuid4().hex}", ".", f"p{p}"), p)
         tables = PartitionTables(state, seq_len=settings.sequence_len,
@@ -167,22 +194,46 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
                                  lateness_ms=int(settings.allowed_lateness_s * 1000),
                                  emit=lambda u, ex: examples.__setitem__(ex["example_id"], ex),
                                  retention_ms=int(settings.user_retention_s * 1000))
-        for topic, kind in kinds:
+        for topic, kind in kinds.items():
             recs = sorted((r for r in inputs[topic] if r.partition == p), key=lambda r: r.offset)
             items = []
             for r in recs:
                 if kind == "prediction":
-                    items.append((kind, r.offset, decode_prediction(r.value), r.value))
-                else:
-                    d = decode_message(topic, p, r.offset, r.key, r.value, Impression if kind == "impression" else Engagement)
-                    assert isinstance(d, Decoded)
-                    items.append((kind, r.offset, d.event, r.value))
+                    log_ = decode_prediction(r.value)
+                    why = key_problem(r.key, log_.user_id)
+                    if why is None:
+                        items.append((kind, r.offset, log_, r.value))
+                    else:
+                        dead[(topic, p, r.offset)] = why
+                    continue
+                d = decode_message(topic, p, r.offset, r.key, r.value,
+                                   Impression if kind == "impression" else Engagement, r.timestamp, bounds)
+                if not isinstance(d, DeadLetter):
+                    user = d.event.user_id
+                    if topic in rep_topics:
+                        origin = origin_of(r.headers)
+                        if origin is None or route(user) != p:
+                            d = DeadLetter(topic, p, r.offset, r.key, r.value, "repartition")
+                        else:
+                            forwarded.add(origin)
+                            if not tables.origins.admit(*origin):
+                                continue
+                    elif route(user) != p:
+                        misrouted.add((f"{topic}:{p}", r.offset))
+                        continue
+                if isinstance(d, DeadLetter):
+                    dead[(topic, p, r.offset)] = d.reason
+                    continue
+                items.append((kind, r.offset, d.event, r.value))
             tables.process(topic, items)
+            if recs:
+                tables.offsets[topic] = recs[-1].offset
         for seg, tiles in tables.feedback.tiles.items():
             feedback.merge(seg, tiles)
         tables.checkpoint_local()
         dumps[p] = dump_state(state)
-    return {"dumps": dumps, "examples": examples, "feedback": feedback}
+    return {"dumps": dumps, "examples": examples, "feedback": feedback, "dead_letters": dead,
+            "unforwarded": sorted(misrouted - forwarded)}
 
 
 def dump_state(state: PartitionState) -> dict[str, Any]:

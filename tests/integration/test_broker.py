@@ -54,7 +54,7 @@ def test_end_offsets_equal_records_written(each_broker: str) -> None:
         assert producer.single_record_batches is is_embedded_broker(kafka_bootstrap)
         for i in range(n):
             producer.send(Impression(event_id=f"e{i}", user_id=f"u{i % 37}", item_id="i", request_id="r",
-                                     ts=1_764_000_000_000 + i, surface="home", position=0, item_type="organic",
+                                     ts=int(time.time() * 1000) + i, surface="home", position=0, item_type="organic",
                                      country="US", gender="u", app_type="web", device_type="desktop"))
     offsets = end_offsets(kafka_bootstrap, settings.topic_impressions)
     assert sum(offsets.values()) == n, offsets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import pytest
 
 from features.events import MAX_MESSAGE_BYTES, Engagement, Impression
@@ -13,7 +14,7 @@ from conftest import wait_until
 
 pytestmark = pytest.mark.broker
 
-TS = 1_764_000_000_000
+TS = (int(time.time() * 1000) // 3_600_000 - 1) * 3_600_000
 IMP = dict(event_id="e", user_id="u1", item_id="i1", request_id="r1", ts=TS, surface="home", position=3,
            item_type="video", country="US", gender="f", app_type="ios", device_type="phone")
 ENG = dict(event_id="g", user_id="u1", item_id="i1", request_id="r1", ts=TS + 5, action="repin")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from streams.tools.chaos.common import Worker, _Out, _verdict, make_settings, score_body, wait_until
 
 
-_T_FUZZ = 1_764_000_000_000
+_T_FUZZ = (int(time.time() * 1000) // 3_600_000 - 1) * 3_600_000
 _IMP = dict(kind="impression", event_id="e", user_id="u1", item_id="i1", request_id="r1", ts=_T_FUZZ,
             surface="home", position=3, item_type="video", country="US", gender="f", app_type="ios",
             device_type="phone")
