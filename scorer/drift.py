@@ -13,6 +13,7 @@ counted as ``late``.
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -274,6 +275,34 @@ class DriftMonitor:
 
     def state(self, task: str) -> AlertState:
         return self.alerts[task].state
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything ``record`` depends on, JSON-ready, so a restarted trainer resumes the same windows."""
+        return {
+            "windows": {name: {str(k): base64.b64encode(v.astype("<f8").tobytes()).decode()
+                               for k, v in acc.tiles.items()} for name, acc in self.windows.items()},
+            "alerts": {a: [s.state.value, s.since_ms, s.last_error] for a, s in self.alerts.items()},
+            "watermark_ms": self.watermark_ms,
+            "late": self.late,
+            "next_publish_ms": self._next_publish_ms,
+            "calibrator_version": self.calibrator_version,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from ``to_state``'s output; windows this monitor does not have are ignored."""
+        for name, tiles in state["windows"].items():
+            acc = self.windows.get(name)
+            if acc is None:
+                continue
+            acc.tiles = {int(k): np.frombuffer(base64.b64decode(v), dtype="<f8").reshape(T, _K).copy()
+                         for k, v in tiles.items()}
+        for a, (st, since, err) in state["alerts"].items():
+            if a in self.alerts:
+                self.alerts[a] = _TaskAlert(AlertState(st), int(since), err)
+        self.watermark_ms = int(state["watermark_ms"])
+        self.late = int(state["late"])
+        self._next_publish_ms = state["next_publish_ms"]
+        self.calibrator_version = state.get("calibrator_version", self.calibrator_version)
 
 
 __all__ = ["AlertConfig", "AlertState", "DEFAULT_WINDOWS", "DriftMonitor", "SCHEMA", "Transition", "WindowSpec", "task_stats", "task_summary"]

@@ -12,7 +12,9 @@ batch into FTRL calibrators and a drift monitor, and every
 ``calibration_snapshot_s`` of event time publishes a snapshot that carries the
 FTRL state and the input offsets it covers. A new trainer resumes from the
 latest snapshot and those offsets, so a takeover neither loses nor repeats the
-updates the snapshot holds.
+updates the snapshot holds. The snapshot also carries the drift monitor's
+windows and alert states, so a restarted trainer goes on publishing the drift
+records the old one would have, instead of starting from empty windows.
 """
 
 from __future__ import annotations
@@ -33,21 +35,22 @@ log = logging.getLogger(__name__)
 SNAPSHOT_FORMAT = "feedrank.calibrator-snapshot/1"
 
 
-def encode_snapshot(calset, online_state: bytes, offsets: dict[int, int]) -> bytes:
+def encode_snapshot(calset, online_state: bytes, offsets: dict[int, int], drift: dict | None = None) -> bytes:
     return json.dumps({"format": SNAPSHOT_FORMAT, "set": calset.to_dict(),
                        "online": base64.b64encode(online_state).decode(),
-                       "offsets": {str(p): o for p, o in offsets.items()}}, separators=(",", ":")).encode()
+                       "offsets": {str(p): o for p, o in offsets.items()},
+                       "drift": drift}, separators=(",", ":")).encode()
 
 
 def decode_snapshot(raw: bytes):
-    """(CalibratorSet, online state bytes, offsets) of a snapshot record."""
+    """(CalibratorSet, online state bytes, offsets, drift monitor state or None) of a snapshot record."""
     from scorer.calibration.calset import CalibratorSet
 
     d = json.loads(raw)
     if d.get("format") != SNAPSHOT_FORMAT:
         raise ValueError(f"unknown snapshot format {d.get('format')!r}")
     return (CalibratorSet.from_dict(d["set"]), base64.b64decode(d["online"]),
-            {int(p): int(o) for p, o in d["offsets"].items()})
+            {int(p): int(o) for p, o in d["offsets"].items()}, d.get("drift"))
 
 
 class SeenIds:
@@ -125,7 +128,7 @@ class CalibrationLoop(mode.Service):
                         if tp.topic == s.topic_calibrators:
                             if r.key is None or r.key.decode() != self.serving.model_version:
                                 continue
-                            calset, _online, _offsets = decode_snapshot(r.value)
+                            calset, _online, _offsets, _drift = decode_snapshot(r.value)
                             self.latest_snapshot = r.value
                             self.serving.install_calibrators(calset)
                         else:
@@ -167,14 +170,16 @@ class CalibrationLoop(mode.Service):
         s = self.settings
         await asyncio.sleep(1.0)  # let the tail catch up with the latest snapshot
         model_version = self.serving.model_version
-        saved, offsets = None, {}
+        saved, offsets, drift = None, {}, None
         if self.latest_snapshot is not None:
-            calset, saved, offsets = decode_snapshot(self.latest_snapshot)
+            calset, saved, offsets, drift = decode_snapshot(self.latest_snapshot)
             self.serving.install_calibrators(calset)
         online = OnlineCalibration.resume_or_start(saved, self.serving.holder.current)
         online.snapshot_interval_ms = int(s.calibration_snapshot_s * 1000)
         monitor = DriftMonitor(alert=AlertConfig(), publish_interval_ms=int(s.drift_interval_s * 1000),
                                model_version=model_version, calibrator_version=online.version)
+        if drift is not None:
+            monitor.restore(drift)
         seen = SeenIds()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     max_partition_fetch_bytes=4 << 20)
@@ -215,15 +220,17 @@ class CalibrationLoop(mode.Service):
                     monitor.observe(batch.ts, served, batch.y, batch.mask)
                 self.trained += len(batch.y)
                 wm = int(np.max(batch.ts))
-                if online.due(wm):
-                    calset = online.snapshot()
-                    value = encode_snapshot(calset, online.to_bytes(), offsets)
-                    await self._producer.send_and_wait(s.topic_calibrators, key=model_version.encode(), value=value)
-                    monitor.calibrator_version = calset.version
+                # the drift record first, then the snapshot holding the monitor's state after it: a crash
+                # between the two re-publishes that record from the previous snapshot, never skips one
                 record = monitor.maybe_record(wm)
                 if record is not None:
                     await self._producer.send_and_wait(s.topic_drift, key=model_version.encode(),
                                                        value=json.dumps(record).encode())
+                if online.due(wm):
+                    calset = online.snapshot()
+                    monitor.calibrator_version = calset.version
+                    value = encode_snapshot(calset, online.to_bytes(), offsets, monitor.to_state())
+                    await self._producer.send_and_wait(s.topic_calibrators, key=model_version.encode(), value=value)
         finally:
             await consumer.stop()
 
