@@ -5,20 +5,25 @@ from __future__ import annotations
 import pytest
 
 from features.events import Engagement, Impression
-from streams.tools.chaos.fuzz import fuzz_events, fuzz_requests, run_fuzz
-from streams.engine.ingest import DeadLetter, decode_message
+import time
+
+from streams.tools.chaos.fuzz import FUZZ_BOUNDS, fuzz_events, fuzz_requests, run_fuzz
+from streams.engine.ingest import DeadLetter, TimeBounds, decode_message
 
 N_BAD, N_GOOD, N_BAD_REQ, N_GOOD_REQ, N_SLOW = 120, 120, 64, 32, 4
 
 
 def test_fuzz_corpus_is_what_it_claims() -> None:
-    """Offline: the contract's decoder refuses every row meant bad and accepts every good one."""
+    """Offline: the contract's rules refuse every row meant bad and accept every good one."""
     rows = fuzz_events(N_BAD, N_GOOD, seed=13)
     assert len(rows) == N_BAD + N_GOOD
     cats = {r[0] for r in rows if r[4]}
-    assert len(cats) == 8
+    assert len(cats) == 10
+    assert any(r[0] == "good: re-sent" for r in rows)
+    now = int(time.time() * 1000)
     for cat, kind, key, value, meant_bad in rows:
-        d = decode_message("t", 0, 0, key, value, Impression if kind == "imp" else Engagement)
+        d = decode_message("t", 0, 0, key, value, Impression if kind == "imp" else Engagement, now,
+                           TimeBounds(*FUZZ_BOUNDS))
         assert isinstance(d, DeadLetter) == meant_bad, (cat, value[:100] if value else value)
         if meant_bad:
             assert d.reason
@@ -36,5 +41,7 @@ def test_fuzz_both_doors_counts_exact(kafka_bootstrap, tmp_path, tiny_model_dir)
     assert result["bad_events"] == N_BAD and result["good_events"] == N_GOOD
     assert result["dead_lettered"] == N_BAD and result["dlq_records"] == N_BAD
     assert result["valid_counted"] == N_GOOD
+    assert result["lost"] == 0 and result["wrongly_applied"] == 0
+    assert result["misrouted"] > 0 and result["forwarded"] == result["misrouted"]
     assert result["bad_requests"] == N_BAD_REQ and result["bad_requests_4xx"] == N_BAD_REQ
     assert result["good_requests"] == N_GOOD_REQ and result["good_requests_200"] == N_GOOD_REQ

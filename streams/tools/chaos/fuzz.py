@@ -1,5 +1,10 @@
 """``feedrank chaos --scenarios fuzz``: bad events are dead-lettered with a reason, bad ``/score`` bodies
 (slow ones included) are answered 4xx, and the good traffic around them is all processed.
+
+Events go through a stock librdkafka producer (confluent-kafka, its default CRC32 partitioner), so most
+users' records land on another partition than feedrank's murmur2 one and are forwarded; some good events
+are sent twice. Every user's counters must then hold exactly their distinct good events: ``lost`` counts
+good events missing from them, ``wrongly applied`` counts anything there that should not be.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from collections import Counter
 from typing import Any, Callable
 
 from streams.tools.chaos.common import Worker, _Out, _verdict, make_settings, score_body, wait_until
@@ -28,11 +34,17 @@ def _j(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+#: The event-time bounds the corpus is built for (the settings' defaults: 120 s ahead, 7 days behind).
+FUZZ_BOUNDS = (120_000, 7 * 86_400_000)
+
+
 def fuzz_events(n_bad: int, n_good: int, seed: int = 0) -> list[tuple[str, str, bytes | None, bytes | None, bool]]:
-    """``(category, kind, key, value, meant_bad)`` rows: bad events of every category interleaved with good ones."""
+    """``(category, kind, key, value, meant_bad)`` rows: bad events of every category interleaved with good ones
+    (a few good ones sent twice, as careless producers do)."""
     from features.events import MAX_MESSAGE_BYTES, MAX_TS_MS, MIN_TS_MS
 
     rng = random.Random(seed)
+    now = int(time.time() * 1000)
 
     def base(kind: str, i: int) -> dict[str, Any]:
         d = dict(_IMP if kind == "imp" else _ENG)
@@ -91,31 +103,44 @@ def fuzz_events(n_bad: int, n_good: int, seed: int = 0) -> list[tuple[str, str, 
         d = base("eng" if kind == "imp" else "imp", i)
         return d["user_id"].encode(), rng.choice([None, b"", _j(d), b"null", b"{}"])
 
+    def far_from_clock(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        """Inside the contract's range, but far from the producer's clock: would move a watermark."""
+        d = base(kind, i)
+        d["ts"] = rng.choice([now + 86_400_000, 4_102_358_400_000, MAX_TS_MS - rng.randrange(1000),
+                              MIN_TS_MS + rng.randrange(1000), now - 9 * 86_400_000])
+        return d["user_id"].encode(), _j(d)
+
+    def no_key(kind: str, i: int) -> tuple[bytes | None, bytes | None]:
+        return rng.choice([None, b""]), _j(base(kind, i))
+
     bad_makers = [("random bytes", random_bytes), ("truncated JSON", truncated), ("nested JSON", nested),
                   ("wrong types", wrong_types), ("unicode", unicode), ("huge strings", huge),
-                  ("timestamps out of range", bad_ts), ("null/empty/wrong kind", null_or_wrong_kind)]
+                  ("timestamps out of range", bad_ts), ("null/empty/wrong kind", null_or_wrong_kind),
+                  ("ts far from the producer's clock", far_from_clock), ("null or empty key", no_key)]
     rows: list[tuple[str, str, bytes | None, bytes | None, bool]] = []
     for i in range(n_bad):
         cat, make = bad_makers[i % len(bad_makers)]
         kind = rng.choice(["imp", "eng"])
         key, value = make(kind, 10_000 + i)
         rows.append((cat, kind, key, value, True))
+    goods_sent: list[tuple[str, str, bytes | None, bytes | None, bool]] = []
     for i in range(n_good):
         kind = "imp" if i % 2 == 0 else "eng"
         d = base(kind, i)
         r = rng.random()
-        if r < 0.1:
-            d["ts"] = MIN_TS_MS + rng.randrange(1000)  # far in the past, inside the contract
-            cat = "good: ts far past"
-        elif r < 0.2:
-            d["ts"] = MAX_TS_MS - rng.randrange(1000)  # far in the future, inside the contract
-            cat = "good: ts far future"
+        if r < 0.1 and goods_sent:
+            rows.append(("good: re-sent", *rng.choice(goods_sent)[1:]))  # the same bytes again
+            continue
+        if r < 0.2:
+            d["ts"] = now - rng.randrange(20 * 3_600_000)  # hours old, inside the counters' day
+            cat = "good: ts hours old"
         elif r < 0.3:
             d["item_id"] = "I" * 64
             cat = "good: longest ids"
         else:
             cat = "good"
-        rows.append((cat, kind, d["user_id"].encode(), _j(d), False))
+        goods_sent.append((cat, kind, d["user_id"].encode(), _j(d), False))
+        rows.append(goods_sent[-1])
     goods = [r for r in rows if not r[4]]
     bads = [r for r in rows if r[4]]
     rng.shuffle(bads)
@@ -124,6 +149,48 @@ def fuzz_events(n_bad: int, n_good: int, seed: int = 0) -> list[tuple[str, str, 
         pick = bads if bads and (not goods or rng.random() < len(bads) / (len(bads) + len(goods))) else goods
         mixed.append(pick.pop(0))
     return mixed
+
+
+def expected_counts(rows: list[tuple[str, str, bytes | None, bytes | None, bool]],
+                    bad: list[bool]) -> dict[str, Counter]:
+    """Each user's distinct good impressions and actions (by ``event_id``): what the counters must hold."""
+    seen: set[tuple[str, str, str]] = set()
+    want: dict[str, Counter] = {}
+    for (_cat, kind, _key, value, _meant), is_bad in zip(rows, bad):
+        if is_bad:
+            continue
+        d = json.loads(value)
+        if (kind, d["user_id"], d["event_id"]) in seen:
+            continue
+        seen.add((kind, d["user_id"], d["event_id"]))
+        want.setdefault(d["user_id"], Counter())["impressions" if kind == "imp" else d["action"]] += 1
+    return want
+
+
+def produce_librdkafka(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> list[tuple[bytes, int]]:
+    """Send ``(topic, key, value)`` records with confluent-kafka on librdkafka's defaults (CRC32 partitioner,
+    as most Python and Go producers); returns each record's (key, partition), in order."""
+    from confluent_kafka import Producer
+
+    placed: list[tuple[bytes, int] | None] = [None] * len(records)
+    errors: list[str] = []
+
+    def on_delivery(i: int):
+        def done(err, msg) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                placed[i] = (msg.key() or b"", msg.partition())
+        return done
+
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4 << 20, "linger.ms": 5})
+    for i, (topic, key, value) in enumerate(records):
+        producer.produce(topic, value, key, on_delivery=on_delivery(i))
+        producer.poll(0)
+    left = producer.flush(60)
+    if left or errors or any(p is None for p in placed):
+        raise RuntimeError(f"librdkafka producer: {left} not delivered, errors {errors[:5]}")
+    return placed  # type: ignore[return-value]
 
 
 def fuzz_requests(n_bad: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -234,12 +301,11 @@ def run_fuzz(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
              good_events: int = 400, bad_requests: int = 160, good_requests: int = 80, slow_requests: int = 6,
              seed: int = 2, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Bad events on both topics and bad ``/score`` bodies, interleaved with good traffic."""
-    from collections import Counter
 
     from features.events import Engagement, Impression
 
-    from streams.engine.ingest import DeadLetter, decode_message
-    from streams.kafka.producer import EventProducer
+    from streams.engine.ingest import DeadLetter, TimeBounds, decode_message
+    from streams.engine.repartition import Router
     from streams.tools.recompute import read_topic
     from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -250,32 +316,49 @@ def run_fuzz(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
     topics = {"imp": settings.topic_impressions, "eng": settings.topic_engagements}
     rows = fuzz_events(bad_events, good_events, seed)
     problems: list[str] = []
-    # the contract's own decoder is the oracle: a row meant bad that it accepts is a finding
+    # the contract's own rules are the oracle: a row meant bad that they accept is a finding
     expect_bad = []
+    bounds = TimeBounds(*FUZZ_BOUNDS)
+    now_ms = int(time.time() * 1000)
     for cat, kind, key, value, meant_bad in rows:
-        d = decode_message(topics[kind], 0, 0, key, value, Impression if kind == "imp" else Engagement)
+        d = decode_message(topics[kind], 0, 0, key, value, Impression if kind == "imp" else Engagement,
+                           now_ms, bounds)
         is_bad = isinstance(d, DeadLetter)
         if is_bad != meant_bad:
             problems.append(f"decoder {'refuses' if is_bad else 'accepts'} a {cat!r} event: {value[:120]!r}")
         expect_bad.append(is_bad)
     n_bad, n_good = sum(expect_bad), len(rows) - sum(expect_bad)
+    want = expected_counts(rows, expect_bad)
     out(f"[fuzz] events: {len(rows)} ({n_bad} bad in {len(set(r[0] for r in rows if r[4]))} categories, "
-        f"{n_good} good) interleaved on both event topics; app {settings.app_id}")
+        f"{n_good} good, {sum(r[0] == 'good: re-sent' for r in rows)} of them re-sent) interleaved on both event "
+        f"topics through librdkafka's default partitioner; app {settings.app_id}")
     w = Worker(settings, work / "log" / f"{settings.app_id}-fuzz.log", "worker").start()
     try:
-        with EventProducer(bootstrap, settings, max_request_size=4 << 20) as producer:
-            futs = [producer.send_raw(topics[kind], value, key) for _c, kind, key, value, _b in rows]
-            producer.flush()
-            for f in futs:
-                f.get(timeout=60)
+        placed = produce_librdkafka(bootstrap, [(topics[kind], key, value) for _c, kind, key, value, _b in rows])
+        route = Router(settings.partitions)
+        misrouted = sum(1 for (key, p), bad in zip(placed, expect_bad) if not bad and route(key.decode()) != p)
         wait_until(lambda: w.metric("feedrank_events_valid_total") + w.metric("feedrank_events_dead_lettered_total")
                    >= len(rows), 120, "every fuzzed event handled", detail=lambda: w.get("/tables/stats")[:500])
         time.sleep(1.0)  # nothing more arrives
         valid = int(w.metric("feedrank_events_valid_total"))
         dead = int(w.metric("feedrank_events_dead_lettered_total"))
-        out(f"  worker: {valid} valid, {dead} dead-lettered (expected {n_good} and {n_bad})")
+        forwarded = int(w.metric("feedrank_events_repartitioned_total"))
+        out(f"  worker: {valid} valid, {dead} dead-lettered (expected {n_good} and {n_bad}); "
+            f"{forwarded} forwarded to their user's partition ({misrouted} good records were misrouted)")
         if valid != n_good or dead != n_bad:
             problems.append(f"worker counted {valid} valid / {dead} dead-lettered, expected {n_good} / {n_bad}")
+        if forwarded != misrouted:
+            problems.append(f"{forwarded} records forwarded, {misrouted} misrouted")
+        lost = wrong = 0
+        for user, counts in want.items():
+            got = w.get_json(f"/users/{user}/sequence")["counts_1d"]
+            for name, n in counts.items():
+                have = got["impressions"] if name == "impressions" else got["actions"].get(name, 0)
+                lost += max(0, n - have)
+                wrong += max(0, have - n)
+        out(f"  users' counters against their distinct good events: lost {lost}, wrongly applied {wrong}")
+        if lost or wrong:
+            problems.append(f"counters: {lost} good events lost, {wrong} wrongly applied")
         dlq = read_topic(bootstrap, settings.topic_dlq, settings.partitions, n_bad, timeout_s=60, drain=True)
         reasons: Counter[str] = Counter()
         no_reason = 0
@@ -292,7 +375,7 @@ def run_fuzz(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                             f"bad events missing, {sum((got_values - want_values).values())} unexpected, "
                             f"{no_reason} without a reason")
         out(f"  dead-letter topic: {len(dlq)} records, each with its original bytes and a reason; by reason: "
-            + ", ".join(f"{k} {v}" for k, v in reasons.most_common(8)))
+            + ", ".join(f"{k} {v}" for k, v in reasons.most_common(10)))
         by_cat = Counter(r[0] for r in rows if r[4])
         out("  bad events by category: " + ", ".join(f"{k} {v}" for k, v in sorted(by_cat.items())))
 
@@ -356,6 +439,7 @@ def run_fuzz(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         w.stop()
     _verdict(out, "fuzz", problems)
     return {"scenario": "fuzz", "bad_events": n_bad, "good_events": n_good, "valid_counted": valid,
-            "dead_lettered": dead, "dlq_records": len(dlq), "bad_requests": len(bad),
+            "dead_lettered": dead, "forwarded": forwarded, "misrouted": misrouted, "lost": lost,
+            "wrongly_applied": wrong, "dlq_records": len(dlq), "bad_requests": len(bad),
             "bad_requests_4xx": len(bad) - len(bad_not_4xx), "good_requests": good_sent, "good_requests_200": good_ok,
             "slow_requests": slow_requests, "problems": problems}
