@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     log_dir: Path = Field(Path("var/log"), description="Log files (embedded broker log).")
     web_host: str = Field("127.0.0.1", description="Worker web server bind host.")
     web_port: int = Field(6066, ge=0, le=65535, description="Worker web server port (0 = pick a free one).")
+    api_token: SecretStr | None = Field(None, description="Bearer token the HTTP API asks for (`Authorization: Bearer <token>`); unset = no check. Never logged; prefer `api_token_file`.")
+    api_token_file: Path | None = Field(None, description="File whose content is the API token (wins over `api_token`).")
+    api_auth_routes: str = Field("score,inspection,metrics", description="Route classes that need the token once one is set: score, inspection, metrics. `/ready` never does.")
     one_record_per_batch: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Send one record per produce batch (the embedded broker's end-offset defect); auto = on for tansu.",

@@ -71,6 +71,7 @@ def build_worker_app(settings: Settings, bootstrap: str):
     """The worker's Faust app with the table engine, serving, calibration loop and web API."""
     from streams.app import create_app
     from streams.engine.calibration_loop import CalibrationLoop
+    from streams.serving.auth import install_auth
     from streams.serving.routing import OwnerDirectory
     from streams.serving.serving import Serving
     from streams.serving.web import install_web
@@ -79,6 +80,7 @@ def build_worker_app(settings: Settings, bootstrap: str):
     single = one_record_per_batch(settings, bootstrap)
     app = create_app(settings, bootstrap, single_record_batches=single)
     views = install_tables(app, settings, bootstrap)
+    install_auth(app, settings)
     serving = Serving.load(settings)
     serving.app = app
     directory = OwnerDirectory(settings.app_id, bootstrap, settings.url, lambda: set(views.engine.tables))

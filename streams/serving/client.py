@@ -34,7 +34,10 @@ class ScorerError(RuntimeError):
 class ScorerClient:
     """Blocking HTTP client with a persistent connection per client instance."""
 
-    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 2, backoff_s: float = 0.05) -> None:
+    def __init__(self, url: str, timeout_s: float = 2.0, retries: int = 2, backoff_s: float = 0.05,
+                 token: str | None = None) -> None:
+        """``token``: the worker's API token (``FEEDRANK_API_TOKEN``), sent as ``Authorization: Bearer``."""
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         parts = urlsplit(url if "://" in url else f"http://{url}")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
@@ -55,7 +58,7 @@ class ScorerClient:
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """One HTTP call with retries; returns (status, body) for any non-5xx answer."""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": "application/json", **self._auth} if body is not None else dict(self._auth)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:

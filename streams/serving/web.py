@@ -26,6 +26,7 @@ from features.events import ACTIONS
 from features.rpc import RequestError, parse_score_request, peek_user_id
 
 from streams.metrics import SCORE_LATENCY, SCORE_REQUESTS, SCORE_STAGE_SECONDS, render
+from streams.serving.auth import HEADER as AUTH_HEADER, api_token
 from streams.serving.score_process import ScoreUnavailable
 from streams.engine.views import NotLocalError, StreamViews, partition_for
 
@@ -52,6 +53,7 @@ class WebApi:
         self.views = views
         self.serving = serving  # streams.serving.serving.Serving
         self.directory = directory  # streams.serving.routing.OwnerDirectory
+        self._token = api_token(settings)  # forwarded requests carry it to the owner
 
     # -- routing -------------------------------------------------------------------
     async def _forward(self, web, request, partition: int, body: bytes | None):
@@ -62,10 +64,12 @@ class WebApi:
                           f"partition {partition} has no ready owner yet (rebalancing or recovering); retry",
                           partition=partition)
         url = owner.rstrip("/") + request.path_qs
+        headers = {"Content-Type": "application/json", ROUTED_HEADER: "1"}
+        if self._token is not None:
+            headers[AUTH_HEADER] = f"Bearer {self._token}"
         try:
             async with self.app.http_client.request(
-                method=request.method, url=url, data=body,
-                headers={"Content-Type": "application/json", ROUTED_HEADER: "1"},
+                method=request.method, url=url, data=body, headers=headers,
                 timeout=_client_timeout(2.0),
             ) as resp:
                 data = await resp.read()

@@ -53,6 +53,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
         if name == "bootstrap_servers":
             env["KAFKA_BOOTSTRAP_SERVERS"] = str(value)
         else:
@@ -91,6 +93,8 @@ class Worker:
             try:
                 self.get("/metrics", timeout=1.0)
                 return self
+            except urllib.error.HTTPError:
+                return self  # it answers (401 when the API wants a token)
             except OSError:
                 time.sleep(0.2)
         raise ChaosError(f"{self.name}: web port never answered:\n{self.log_tail()}")
