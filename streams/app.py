@@ -14,6 +14,7 @@ import faust
 
 from streams.kafka.producer import compression_type
 from streams.settings import Settings
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings, bootstrap: str, *, single_record_batches: boo
     )
     if single_record_batches:
         config["producer_max_batch_size"] = 1
+    config.update(kafka_options("faust", settings))
     config.update(overrides)
     app = faust.App(settings.app_id, **config)
     log.info("faust app %s on %s (one record per batch: %s)", settings.app_id, bootstrap, single_record_batches)

@@ -190,7 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    return int(args.func(args) or 0)
+    from streams.kafka.security import KafkaSecurityError
+    from streams.serving.auth import ApiTokenError
+
+    try:
+        return int(args.func(args) or 0)
+    except (KafkaSecurityError, ApiTokenError) as exc:  # a setting to fix: one line, no traceback
+        print(f"feedrank: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,14 @@ class Settings(BaseSettings):
         "auto",
         description="Which broker to start when no bootstrap servers are set: auto = a local Apache Kafka when Java 17+ and its jars are there, else the embedded one; kafka or embedded forces one.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="How every Kafka client connects (streams/kafka/security.py).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) that signs the brokers' certificates; unset = the system's.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS, with `kafka_ssl_keyfile`.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(None, description="SASL mechanism, with a SASL_* protocol.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged); prefer `kafka_sasl_password_file`.")
+    kafka_sasl_password_file: Path | None = Field(None, description="File holding the SASL password (wins over `kafka_sasl_password`).")
     app_id: str = Field("feedrank", description="Faust app id = consumer group id and changelog topic prefix.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of every user-keyed topic.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")

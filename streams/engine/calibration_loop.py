@@ -30,6 +30,8 @@ import mode
 import numpy as np
 import orjson
 
+from streams.kafka.security import kafka_options
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "feedrank.calibrator-snapshot/1"
@@ -100,10 +102,12 @@ class CalibrationLoop(mode.Service):
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0,
-                                          max_request_size=8 << 20, acks="all")
+                                          max_request_size=8 << 20, acks="all",
+                                          **kafka_options("aiokafka", self.settings))
         await self._producer.start()
         self._tail = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                      fetch_max_bytes=16 << 20, max_partition_fetch_bytes=16 << 20)
+                                      fetch_max_bytes=16 << 20, max_partition_fetch_bytes=16 << 20,
+                                      **kafka_options("aiokafka", self.settings))
         await self._tail.start()
         tps = [TopicPartition(self.settings.topic_calibrators, 0), TopicPartition(self.settings.topic_drift, 0)]
         self._tail.assign(tps)
@@ -182,7 +186,7 @@ class CalibrationLoop(mode.Service):
             monitor.restore(drift)
         seen = SeenIds()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    max_partition_fetch_bytes=4 << 20)
+                                    max_partition_fetch_bytes=4 << 20, **kafka_options("aiokafka", s))
         await consumer.start()
         try:
             tps = [TopicPartition(s.topic_labeled, p) for p in range(s.partitions)]

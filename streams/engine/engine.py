@@ -52,6 +52,7 @@ from streams.engine.alignment import AlignmentMixin, DeliveryDelay, Held
 from streams.engine.checkpointing import CheckpointMixin
 from streams.engine.freshness import FreshnessLog
 from streams.engine.reset_watch import ResetWatchMixin
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +158,11 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=2,
                                          max_batch_size=256 * 1024, acks="all", max_request_size=4 << 20,
                                          enable_idempotence=not self._embedded,
-                                         compression_type=compression_type(s))
+                                         compression_type=compression_type(s), **kafka_options("aiokafka", s))
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **kafka_options("aiokafka", s),
             group_id=f"{s.app_id}-tables",
             enable_auto_commit=False,
             # every assigned partition is positioned explicitly (``_assign``); an out-of-range position must

@@ -20,6 +20,7 @@ import mode
 from features.tiles import FeedbackView
 
 from streams.settings import Settings
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class FeedbackViewService(mode.Service):
 
         topic = self.settings.topic_feedback_deltas
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                         enable_auto_commit=False, auto_offset_reset="earliest")
+                                         enable_auto_commit=False, auto_offset_reset="earliest",
+                                         **kafka_options("aiokafka", self.settings))
         await self.consumer.start()
         parts = self.consumer.partitions_for_topic(topic)
         for _ in range(100):

@@ -19,6 +19,7 @@ from streams.kafka.broker_reset import classify_out_of_range, consequence, fail_
 from streams.engine.state import PartitionState
 from streams.engine.state.exceptions import BrokerResetError, ChangelogError, ChangelogResetError, TopologyError
 from streams.engine.state.recovery import TOPIC_IDS, recover_partition, reseed_changelog, reseed_pending
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class ResetWatchMixin:
 
             with self._admin_lock:
                 if self._admin is None:
-                    self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
+                    self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000,
+                                                     **kafka_options("kafka-python"))
                 described = self._admin.describe_topics(topics)
             return {d["name"]: str(d["topic_id"]) for d in described
                     if not d.get("error_code") and d.get("topic_id") and d.get("name")}

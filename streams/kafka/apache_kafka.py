@@ -391,7 +391,9 @@ class LocalKafka:
         heap: str = "512m",
         extra_config: Mapping[str, Any] | None = None,
         jvm_opts: Sequence[str] = (),
+        secured: Any = None,
     ) -> None:
+        """``secured``: a ``streams.kafka.secured.SecuredListener`` to add a SASL_SSL listener (new data dirs only)."""
         if brokers < 1:
             raise ValueError("brokers must be >= 1")
         self.brokers = brokers
@@ -400,6 +402,7 @@ class LocalKafka:
         self.heap = heap
         self.extra_config = dict(extra_config or {})
         self.jvm_opts = list(jvm_opts)
+        self.secured = secured
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * brokers
         self._nodes: list[dict[str, Any]] = []
         self._cluster_id = ""
@@ -421,6 +424,13 @@ class LocalKafka:
 
     def node_bootstrap(self, i: int) -> str:
         return f"{self.host}:{self._nodes[i]['broker_port']}"
+
+    @property
+    def secured_bootstrap(self) -> str:
+        """``host:port,...`` of every node's SASL_SSL listener (``secured=`` only)."""
+        if not self._nodes or "secured_port" not in self._nodes[0]:
+            raise RuntimeError("LocalKafka has no secured listener")
+        return ",".join(f"{self.host}:{n['secured_port']}" for n in self._nodes)
 
     @property
     def pids(self) -> list[int | None]:
@@ -447,15 +457,18 @@ class LocalKafka:
                 raise ValueError(f"{self.data_dir} was created for host {saved['host']}, not {self.host}")
             self._cluster_id = saved["cluster_id"]
             self._nodes = saved["nodes"]
+            if self.secured is not None and "secured_port" not in self._nodes[0]:
+                raise ValueError(f"{self.data_dir} was created without a secured listener; use a new data dir")
             return
-        ports = _free_ports(self.host, 2 * self.brokers)
+        ports = _free_ports(self.host, 3 * self.brokers)
         self._cluster_id = _kafka_uuid()
         self._nodes = [
             {
                 "id": i,
-                "broker_port": ports[2 * i],
-                "controller_port": ports[2 * i + 1],
+                "broker_port": ports[3 * i],
+                "controller_port": ports[3 * i + 1],
                 "directory_id": _kafka_uuid(),
+                **({"secured_port": ports[3 * i + 2]} if self.secured is not None else {}),
             }
             for i in range(self.brokers)
         ]
@@ -493,6 +506,14 @@ class LocalKafka:
             "num.recovery.threads.per.data.dir": 1,
             "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,
         }
+        if self.secured is not None and "secured_port" in node:
+            from streams.kafka.secured import LISTENER
+
+            extra = f"{LISTENER}://{self.host}:{node['secured_port']}"
+            cfg["listeners"] += "," + extra
+            cfg["advertised.listeners"] += "," + extra
+            cfg["listener.security.protocol.map"] += f",{LISTENER}:SASL_SSL"
+            cfg.update(self.secured.server_config(self.host, node["secured_port"]))
         cfg.update(self.extra_config)
         return cfg
 
@@ -529,6 +550,8 @@ class LocalKafka:
             if (self.node_dir(i) / "data" / "meta.properties").exists():
                 continue
             mode = ["--standalone"] if self.brokers == 1 else ["--initial-controllers", voters]
+            if self.secured is not None:
+                mode += ["--add-scram", self.secured.scram_format_arg()]
             cmd = self._java_cmd(
                 "kafka.tools.StorageTool", "format", "--config", str(props.resolve()),
                 "--cluster-id", self._cluster_id, *mode,

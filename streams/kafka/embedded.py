@@ -106,11 +106,14 @@ def embedded_broker_pid(bootstrap: str) -> int | None:
     return None
 
 
-def is_embedded_broker(bootstrap: str, timeout_s: float = 10.0) -> bool:
+def is_embedded_broker(bootstrap: str, timeout_s: float = 10.0, settings: Settings | None = None) -> bool:
     """True when the broker at ``bootstrap`` is tansu (its cluster id says so)."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    from streams.kafka.security import kafka_options
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                             **kafka_options("kafka-python", settings))
     try:
         cluster_id = str(admin.describe_cluster().get("cluster_id") or "")
     finally:
@@ -124,4 +127,6 @@ def one_record_per_batch(settings: Settings, bootstrap: str) -> bool:
         return True
     if settings.one_record_per_batch == "off":
         return False
-    return is_embedded_broker(bootstrap)
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        return False  # the embedded broker speaks plaintext only
+    return is_embedded_broker(bootstrap, settings=settings)

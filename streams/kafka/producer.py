@@ -28,6 +28,7 @@ from features.events import Engagement, Event, Impression, encode_event
 
 from streams.kafka.embedded import one_record_per_batch
 from streams.settings import Settings, get_settings
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class EventProducer:
         }
         if single_record_batches:  # the embedded-broker mode (module doc); real Kafka keeps the default (on)
             config["enable_idempotence"] = False
+        config.update(kafka_options("kafka-python", self.settings))
         config.update(producer_config)
         self._config = config
         self._producer = KafkaProducer(**config)

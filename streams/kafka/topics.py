@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from streams.settings import Settings
+from streams.kafka.security import KafkaSecurityError, explain_connection_failure, kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,23 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1,
-                  timeout_s: float = 30.0, min_insync_replicas: int | None = None) -> None:
-    """Create missing topics and check existing ones have the declared partitions."""
+                  timeout_s: float = 30.0, min_insync_replicas: int | None = None,
+                  settings: Settings | None = None) -> None:
+    """Create missing topics and check existing ones have the declared partitions.
+
+    ``settings`` gives the Kafka security settings (default: the process's ``FEEDRANK_*`` environment);
+    a first connection that fails because of them raises ``KafkaSecurityError`` saying which to check."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 **kafka_options("kafka-python", settings))
+    except Exception as exc:
+        why = explain_connection_failure(exc, bootstrap, settings)
+        if why is None:
+            raise
+        raise KafkaSecurityError(why) from exc
     try:
         existing = set(admin.list_topics())
         new = []
@@ -112,4 +124,4 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
 def ensure_system_topics(bootstrap: str, settings: Settings) -> None:
     """Every topic of ``topic_specs(settings)``, with the settings' replication and min.insync.replicas."""
     ensure_topics(bootstrap, topic_specs(settings), settings.replication_factor,
-                  min_insync_replicas=settings.min_insync_replicas)
+                  min_insync_replicas=settings.min_insync_replicas, settings=settings)

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 import mode
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,11 @@ class OwnerDirectory(mode.Service):
     async def on_start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, max_batch_size=1, linger_ms=0,
+                                          **kafka_options("aiokafka"))
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          **kafka_options("aiokafka"))
         await self._consumer.start()
         tp = TopicPartition(self.topic, 0)
         self._consumer.assign([tp])

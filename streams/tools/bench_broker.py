@@ -13,6 +13,7 @@ import uuid
 
 from streams.kafka.broker import resolve_broker
 from streams.kafka.topics import TopicSpec, ensure_topics
+from streams.kafka.security import kafka_options
 
 VALUE = b'{"event_id":"e123456","user_id":"u1234","item_id":"i98765","request_id":"r1","ts":1764000000000,' \
         b'"surface":"home","position":3,"item_type":"organic","country":"US","gender":"f","app_type":"ios",' \
@@ -23,7 +24,7 @@ async def _produce(bootstrap: str, topic: str, n: int, batched: bool) -> float:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5 if batched else 0,
-                                max_batch_size=16384 if batched else 1)
+                                max_batch_size=16384 if batched else 1, **kafka_options("aiokafka"))
     await producer.start()
     try:
         t0 = time.perf_counter()
@@ -37,7 +38,8 @@ async def _produce(bootstrap: str, topic: str, n: int, batched: bool) -> float:
 async def _consume(bootstrap: str, topic: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=16 << 20)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=16 << 20,
+                                **kafka_options("aiokafka"))
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic) or {0}

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.tools.loadgen import cpu_seconds
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
-                         auto_offset_reset="earliest", enable_auto_commit=False)
+                         auto_offset_reset="earliest", enable_auto_commit=False, **kafka_options("aiokafka"))
     await c.start()
     got, t0 = 0, None
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.settings import Settings
+from streams.kafka.security import kafka_options
 
 #: how long the load producer lets a partition's batch fill (when it batches). At 2,000 events/s over
 #: 2 x 16 partitions, 5 ms gave ~1 record per batch, i.e. no batching at all. The embedded broker lists
@@ -154,6 +155,7 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
                             "partitioner": "murmur2_random"}
     if single:
         conf["batch.num.messages"] = 1
+    conf.update(kafka_options("confluent"))
     return conf
 
 

@@ -25,6 +25,7 @@ from streams.engine.state import PartitionState, open_backend
 from streams.engine.state.partition import META_KEY
 from streams.engine.tables import ALL_STORES, PartitionTables
 from streams.engine.views import partition_for
+from streams.kafka.security import kafka_options
 
 #: the scenario's start: hour-aligned, three hours ago, so that its events (about an hour of event time)
 #: are within the event-time rule's bounds of the records' timestamps (``streams.engine.ingest.TimeBounds``)
@@ -122,7 +123,7 @@ def read_topic(bootstrap: str, topic: str, partitions: int, expect: int, timeout
 
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_options("kafka-python"))
     c.assign([TopicPartition(topic, p) for p in range(partitions)])
     c.seek_to_beginning()
     out: list[Any] = []

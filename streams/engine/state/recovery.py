@@ -30,6 +30,7 @@ from typing import Any, Iterable
 from streams.engine.state.changelog import FENCE_KEY, MARKER_KEY, ChangelogReplay
 from streams.engine.state.exceptions import ChangelogError, ChangelogResetError
 from streams.engine.state.partition import META_KEY, Meta, PartitionState
+from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ async def recover_partition(state: PartitionState, producer: Any, bootstrap: str
             f"to {mark}: the broker lost the changelog (an embedded broker restarted?)",
             topic=topic, partition=p, found=fence_offset, expected=mark)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20)
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20,
+                                **kafka_options("aiokafka"))
     await consumer.start()
     replay = ChangelogReplay()
     n_cp = n_rec = 0

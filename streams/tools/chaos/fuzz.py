@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from streams.tools.chaos.common import Worker, _Out, _verdict, make_settings, score_body, wait_until
+from streams.kafka.security import kafka_options
 
 
 _T_FUZZ = (int(time.time() * 1000) // 3_600_000 - 1) * 3_600_000
@@ -183,7 +184,8 @@ def produce_librdkafka(bootstrap: str, records: list[tuple[str, bytes | None, by
                 placed[i] = (msg.key() or b"", msg.partition())
         return done
 
-    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4 << 20, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4 << 20, "linger.ms": 5,
+                         **kafka_options("confluent")})
     for i, (topic, key, value) in enumerate(records):
         producer.produce(topic, value, key, on_delivery=on_delivery(i))
         producer.poll(0)

@@ -17,6 +17,7 @@ from streams.settings import Settings
 from streams.tools.chaos.common import (ChaosError, Worker, _dir_mb, _Out, _rss_mb, _verdict, machine_load,
                                         make_settings, score_body, wait_until)
 from streams.tools.loadgen import LoadProducer, cpu_seconds as _cpu_s
+from streams.kafka.security import kafka_options
 
 
 def _stored_ends(stats: dict[str, Any], topics: Iterable[str]) -> dict[str, dict[int, int]]:
@@ -43,7 +44,7 @@ def _applied(stats: dict[str, Any], topics: Iterable[str]) -> int:
 def _end_offsets(bootstrap: str, topics: Iterable[str], partitions: int) -> dict[str, dict[int, int]]:
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_options("kafka-python"))
     try:
         ends = c.end_offsets([TopicPartition(t, p) for t in topics for p in range(partitions)])
     finally:

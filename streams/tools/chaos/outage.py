@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from streams.settings import Settings
 from streams.tools.chaos.common import ChaosError, Worker, _Out, _verdict, make_settings, wait_until
+from streams.kafka.security import kafka_options
 
 
 class _TrickleProducer(threading.Thread):
@@ -110,7 +111,7 @@ def _kp_has_delivery_timeout() -> bool:
 def _topic_partitions(bootstrap: str, topics: list[str]) -> dict[str, int | None]:
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **kafka_options("kafka-python"))
     try:
         existing = c.topics()
         return {t: (len(c.partitions_for_topic(t) or ()) if t in existing else None) for t in topics}
