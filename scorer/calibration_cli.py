@@ -72,11 +72,11 @@ def register(subparsers: Any) -> None:
     _flag(lg, "--blend-config", "BLEND_CONFIG", "", str, "serving utility weights (.json/.yaml; default: built-in)")
     _flag(lg, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
     lg.set_defaults(func=cmd_log)
-    p = cs.add_parser("report", help="reliability diagrams per task to .html (inline SVG) or .png")
+    p = cs.add_parser("report", help="reliability diagrams per task to .png, .svg or .html (inline SVG); needs feedrank[plots]")
     _flag(p, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path,
           "drift record(s) (.json / .jsonl of calibration-drift records) or labeled examples (.npz / .jsonl)")
-    _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .html or .png")
-    _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: the alert window)")
+    _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .png, .svg or .html")
+    _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: all its windows, side by side)")
     _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to score labeled examples with (default: served probabilities)")
     p.set_defaults(func=cmd_report)
 
@@ -179,15 +179,19 @@ def _read_drift(path: Path) -> dict[str, Any] | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .calibration.records import load_labeled
-    from .report import report_for_batch, summaries_from_record, write_report
+    from .plots import PlotsUnavailable
+    from .report import report_for_batch, report_for_record
 
     src: Path = args.input
     rec = _read_drift(src) if src.suffix in (".json", ".jsonl") else None
-    if rec is not None:
-        out = write_report(args.out, summaries_from_record(rec, args.window or None),
-                           f"Reliability: model {rec.get('model_version')} at {rec.get('ts')} ({args.window or 'alert window'})")
-    else:
-        out = report_for_batch(args.out, load_labeled(src), _load_set(args.calibrators))
+    try:
+        if rec is not None:
+            out = report_for_record(args.out, rec, args.window or None)
+        else:
+            out = report_for_batch(args.out, load_labeled(src), _load_set(args.calibrators))
+    except PlotsUnavailable as exc:
+        print(f"calibration report: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

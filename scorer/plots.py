@@ -1,0 +1,263 @@
+"""Pictures with matplotlib: reliability diagrams and plots over time, as PNG, SVG or HTML (inline SVG).
+
+matplotlib is an optional extra (``pip install 'feedrank[plots]'``), kept out of
+the serving dependencies: it is imported on first use, and a missing install
+raises :class:`PlotsUnavailable` with the command that fixes it. The Agg
+backend is used (no display). SVG keeps its text as text (``svg.fonttype:
+none``), so task names, axis labels and figures can be searched in the file.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'feedrank[plots]'"
+FORMATS = (".png", ".svg", ".html")
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "feedrank", "font.size": 9, "axes.titlesize": 9}
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed: pictures need the ``plots`` extra."""
+
+    def __init__(self, cause: BaseException | None = None) -> None:
+        super().__init__(f"drawing pictures needs matplotlib, which is not installed; run: {INSTALL_HINT}"
+                         + (f" ({cause})" if cause else ""))
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, imported on first use."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # the plots extra is not installed
+        raise PlotsUnavailable(exc) from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def available() -> bool:
+    try:
+        pyplot()
+    except PlotsUnavailable:
+        return False
+    return True
+
+
+# -- output ------------------------------------------------------------------------------------
+def figure_bytes(fig: Any, fmt: str) -> bytes:
+    """The figure as ``png`` or ``svg`` bytes."""
+    plt = pyplot()
+    buf = io.BytesIO()
+    with plt.rc_context(_RC):
+        fig.savefig(buf, format=fmt, dpi=110 if fmt == "png" else None, bbox_inches="tight",
+                    metadata={"Date": None} if fmt == "svg" else None)
+    return buf.getvalue()
+
+
+def figure_svg(fig: Any) -> str:
+    """The figure as SVG text, without the XML prologue (ready to inline in HTML)."""
+    text = figure_bytes(fig, "svg").decode("utf-8")
+    return text[text.index("<svg"):]
+
+
+def html_page(title: str, svg: str, note: str = "", extra_html: str = "") -> str:
+    """A standalone HTML page embedding ``svg``."""
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;margin:16px}table{border-collapse:collapse;font-size:12px}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
+            f"<h2>{html.escape(title)}</h2>" + (f"<p>{html.escape(note)}</p>" if note else "")
+            + svg + extra_html + "</body></html>")
+
+
+def save(fig: Any, out: str | Path, title: str = "", note: str = "", extra_html: str = "") -> Path:
+    """Write ``fig`` to ``out`` by its suffix: ``.png``, ``.svg`` or ``.html`` (the SVG inline); closes it."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"{out}: picture files end in {', '.join(FORMATS)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if suffix == ".png":
+            out.write_bytes(figure_bytes(fig, "png"))
+        elif suffix == ".svg":
+            out.write_bytes(figure_bytes(fig, "svg"))
+        else:
+            out.write_text(html_page(title or out.stem, figure_svg(fig), note, extra_html), encoding="utf-8")
+    finally:
+        pyplot().close(fig)
+    log.info("picture written to %s", out)
+    return out
+
+
+def save_all(fig: Any, stem: str | Path, suffixes: Sequence[str] = (".svg", ".png")) -> list[Path]:
+    """Write ``fig`` once per suffix next to each other (``stem.svg``, ``stem.png``); closes it."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    try:
+        for s in suffixes:
+            p = stem.with_suffix(s)
+            if s == ".html":
+                p.write_text(html_page(stem.name, figure_svg(fig)), encoding="utf-8")
+            else:
+                p.write_bytes(figure_bytes(fig, s.lstrip(".")))
+            out.append(p)
+    finally:
+        pyplot().close(fig)
+    return out
+
+
+# -- reliability diagrams ------------------------------------------------------------------------
+def _fmt(v: Any, nd: int = 3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _points(s: Mapping[str, Any]) -> list[tuple[float, float, int]]:
+    b = s["bins"]
+    return [(sp / c, sy / c, int(c)) for sp, sy, c in zip(b["sum_pred"], b["sum_label"], b["counts"]) if c > 0]
+
+
+def panel_title(task: str, s: Mapping[str, Any]) -> str:
+    return (f"{task}\ncalibration error {_fmt(s.get('calibration_error'))} · ECE {_fmt(s.get('ece'))} · "
+            f"positives {s.get('positives', 0)}")
+
+
+def reliability_figure(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], tasks: Sequence[str],
+                       title: str = "Reliability diagrams") -> Any:
+    """One panel per task (rows) and column (e.g. a drift record's windows, side by side).
+
+    ``columns`` maps a column name (``""`` for a single unnamed one) to drift-record-shaped task
+    summaries (``n``, ``positives``, ``calibration_error``, ``ece``, ``bins``). Each panel: mean
+    predicted probability vs observed rate per bin, the diagonal, each bin's count beside its point,
+    and calibration error, ECE and positives in its title.
+    """
+    plt = pyplot()
+    names = list(columns)
+    tasks = [t for t in tasks if any(t in columns[c] for c in names)]
+    if len(names) == 1:  # one set of tasks: a grid of 3 across
+        ncols = min(3, max(len(tasks), 1))
+        nrows = max(1, -(-len(tasks) // ncols))
+        cells = [(names[0], t) for t in tasks]
+    else:  # windows side by side, a row per task
+        ncols, nrows = len(names), max(len(tasks), 1)
+        cells = [(c, t) for t in tasks for c in names]
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), squeeze=False)
+        for ax in axes.ravel()[len(cells):]:
+            ax.set_visible(False)
+        for ax, (col, task) in zip(axes.ravel(), cells):
+            s = columns[col].get(task)
+            if s is None:
+                ax.set_visible(False)
+                continue
+            pts = _points(s)
+            top = min(1.0, max([0.1] + [max(x, y) for x, y, _ in pts]) * 1.15)  # zoom to where predictions are
+            ax.plot([0, top], [0, top], ls="--", color="0.6", lw=1, label="perfect calibration")
+            if pts:
+                xs, ys, ns = zip(*pts)
+                nmax = max(ns)
+                ax.plot(xs, ys, color="#1f77b4", lw=1)
+                ax.scatter(xs, ys, s=[12 + 100 * (n / nmax) ** 0.5 for n in ns], color="#1f77b4", alpha=0.75,
+                           zorder=3, label="bins (area ~ count)")
+                for x, y, n in pts:
+                    ax.annotate(f"n={n}", (x, min(y, top)), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                                color="0.25")
+            else:
+                ax.text(0.5 * top, 0.5 * top, "no examples", ha="center", va="center", color="0.4")
+            ax.set_xlim(0, top)
+            ax.set_ylim(0, top)
+            ax.set_aspect("equal")
+            ax.set_xlabel("mean predicted probability")
+            ax.set_ylabel("observed rate")
+            ax.set_title((f"[{col}] " if col else "") + panel_title(task, s))
+            ax.grid(alpha=0.25)
+        if cells:
+            axes.ravel()[0].legend(loc="upper left", fontsize=7)
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout()
+    return fig
+
+
+def summary_table(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], tasks: Sequence[str]) -> str:
+    """An HTML table of the panels' figures (n, positives, calibration error, ECE, log loss)."""
+    rows = ["<table><tr><th>window</th><th>task</th><th>n</th><th>positives</th><th>calibration error</th>"
+            "<th>ECE</th><th>log loss</th></tr>"]
+    for c, summ in columns.items():
+        for t in tasks:
+            s = summ.get(t)
+            if s is None:
+                continue
+            rows.append(f"<tr><td>{html.escape(c or '-')}</td><td>{html.escape(t)}</td><td>{s.get('n', 0)}</td>"
+                        f"<td>{s.get('positives', 0)}</td><td>{_fmt(s.get('calibration_error'))}</td>"
+                        f"<td>{_fmt(s.get('ece'))}</td><td>{_fmt(s.get('log_loss'), 4)}</td></tr>")
+    return "".join(rows) + "</table>"
+
+
+# -- plots over time ------------------------------------------------------------------------------
+def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[str, Sequence[float | None]]]],
+                      title: str, xlabel: str = "minute",
+                      bands: Mapping[int, tuple[float, float, str]] | None = None) -> Any:
+    """Stacked panels sharing the x axis: ``panels`` is ``[(y label, {series name: values})]``;
+    ``bands`` shades ``{panel index: (low, high, label)}`` (e.g. an alert band)."""
+    plt = pyplot()
+    with plt.rc_context(_RC):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.1 * len(panels) + 0.6), sharex=True, squeeze=False)
+        for i, (ax, (ylabel, series)) in enumerate(zip(axes[:, 0], panels)):
+            for name, ys in series.items():
+                pts = [(a, b) for a, b in zip(x, ys) if b is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, label=name)
+            if bands and i in bands:
+                lo, hi, label = bands[i]
+                ax.axhspan(lo, hi, color="tab:green", alpha=0.12, label=label)
+                ax.axhline(lo, color="tab:green", lw=0.8, ls="--")
+                ax.axhline(hi, color="tab:green", lw=0.8, ls="--")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.25)
+            if len(series) > 1 or (bands and i in bands):
+                ax.legend(fontsize=7, loc="best")
+        axes[-1, 0].set_xlabel(xlabel)
+        fig.suptitle(title, fontsize=11)
+        fig.tight_layout()
+    return fig
+
+
+def histogram_figure(values: Sequence[float], title: str, xlabel: str, quantiles: Sequence[float] = (0.5, 0.99),
+                     bins: int = 50, log_x: bool = False) -> Any:
+    """A distribution: histogram of ``values`` with its quantiles marked and named in the legend."""
+    import numpy as np
+
+    plt = pyplot()
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        if v.size:
+            edges = (np.geomspace(max(v.min(), 1e-4), max(v.max(), 2e-4), bins + 1) if log_x
+                     else np.linspace(v.min(), max(v.max(), v.min() + 1e-9), bins + 1))
+            ax.hist(v, bins=edges, color="#1f77b4", alpha=0.8)
+            for q, c in zip(quantiles, ("tab:orange", "tab:red", "tab:purple")):
+                val = float(np.quantile(v, q))
+                ax.axvline(val, color=c, ls="--", lw=1, label=f"p{q * 100:g} = {val:.3g}")
+            ax.legend(fontsize=8)
+            if log_x:
+                ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("count")
+        ax.set_title(f"{title} (n={v.size})")
+        ax.grid(alpha=0.25)
+        fig.tight_layout()
+    return fig
+
+
+__all__ = ["FORMATS", "INSTALL_HINT", "PlotsUnavailable", "available", "figure_bytes", "figure_svg",
+           "histogram_figure", "html_page", "panel_title", "pyplot", "reliability_figure", "save", "save_all",
+           "summary_table", "timeseries_figure"]
