@@ -28,7 +28,7 @@ from streams.kafka.embedded import embedded_broker_pid
 
 from streams.kafka.procutil import free_port, pdeathsig
 from streams.tools.loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds
-from streams.metrics import hist_quantile, scrape
+from streams.metrics import Scrape, scrape
 from streams.settings import Settings
 from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -98,32 +98,31 @@ def _clients(spec: object) -> list[int]:
     return counts
 
 
-def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
+def _worker_side(before: Scrape, after: Scrape) -> dict[str, str]:
     """What the worker's own histograms say about one run (bucket upper bounds, ms)."""
     def q(name: str) -> str:
-        v = hist_quantile(after, before, name, 0.99)
+        v = after.quantile(name, 0.99, since=before)
         return "-" if v is None else f"<={v * 1000:g}"
 
-    def delta(histogram: str, label: str) -> tuple[float, float]:
+    def delta(histogram: str, **labels: str) -> tuple[float, float]:
         """(count, sum) of one labeled histogram over the run."""
-        return tuple(after.get(f"{histogram}_{s}{{{label}}}", 0.0) - before.get(f"{histogram}_{s}{{{label}}}", 0.0)
-                     for s in ("count", "sum"))  # type: ignore[return-value]
+        return (after.delta(before, f"{histogram}_count", **labels), after.delta(before, f"{histogram}_sum", **labels))
 
-    n, total = delta("feedrank_gc_pause_seconds", "generation=2")
+    n, total = delta("feedrank_gc_pause_seconds", generation="2")
 
     def stages(quantile: float) -> str:
         out = []
         for stage in ("parse", "state", "wait", "score", "log"):
-            v = hist_quantile(after, before, "feedrank_score_stage_seconds", quantile, labels={"stage": stage})
+            v = after.quantile("feedrank_score_stage_seconds", quantile, since=before, stage=stage)
             out.append("-" if v is None else f"{v * 1000:g}")
         return "/".join(out)
 
     def thread_split() -> str:
         out = []
         for part in ("cpu", "runnable", "blocked"):
-            count, total_s = delta("feedrank_score_thread_seconds", f"part={part}")
+            count, total_s = delta("feedrank_score_thread_seconds", part=part)
             out.append("-" if count <= 0 else f"{total_s / count * 1000:.1f}")
-        p99 = (hist_quantile(after, before, "feedrank_score_thread_seconds", 0.99, labels={"part": part})
+        p99 = (after.quantile("feedrank_score_thread_seconds", 0.99, since=before, part=part)
                for part in ("cpu", "runnable", "blocked"))
         return "/".join(out) + "  " + "/".join("-" if v is None else f"{v * 1000:g}" for v in p99)
 
@@ -197,8 +196,8 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> in
         n = int(args.candidates)
         bodies = [_request(world, u, now, n) for u in range(200)]
         _run(url, bodies, 1, 3.0, None)  # warm-up
-        served = next((k[len("feedrank_model_info{"):-1] for k, v in scrape(url).items()
-                       if k.startswith("feedrank_model_info{") and v == 1), "unknown")
+        served = next((",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                       for s in scrape(url).select("feedrank_model_info") if s.value == 1), "unknown")
         print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.2f}; event producer and broker ({broker.kind}) at nice {infra_nice} "

@@ -15,3 +15,14 @@ def test_clients_lists_the_closed_loops_and_empty_means_paced_only() -> None:
         _clients("1,two")
     with pytest.raises(SystemExit, match="at least 1"):
         _clients("0,2")
+
+
+def test_worker_side_reads_the_worker_histograms_from_a_scrape() -> None:
+    from streams.metrics import SCORE_STAGE_SECONDS, parse_text, render
+    from streams.tools.bench_rpc import _worker_side
+
+    before = parse_text(render().decode())
+    SCORE_STAGE_SECONDS.labels("score").observe(0.004)
+    w = _worker_side(before, parse_text(render().decode()))
+    assert w["stages"].split("  ")[1].split("/")[3] == "5"  # the score stage's p99 bucket bound, ms
+    assert w["score_p99"] == "-"  # nothing observed in between
