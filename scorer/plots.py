@@ -203,10 +203,13 @@ def summary_table(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], tasks:
 # -- plots over time ------------------------------------------------------------------------------
 def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[str, Sequence[float | None]]]],
                       title: str, xlabel: str = "minute",
-                      bands: Mapping[int, tuple[float, float, str]] | None = None) -> Any:
+                      bands: Mapping[int, tuple[float, float, str]] | None = None, from_zero: bool = True,
+                      integer_x: bool = True) -> Any:
     """Stacked panels sharing the x axis: ``panels`` is ``[(y label, {series name: values})]``;
-    ``bands`` shades ``{panel index: (low, high, label)}`` (e.g. an alert band)."""
+    ``bands`` shades ``{panel index: (low, high, label)}`` (e.g. an alert band); ``from_zero``: y axes
+    start at 0 (quantities, not deviations); ``integer_x``: whole-number ticks (minutes)."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
     with plt.rc_context(_RC):
         fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.1 * len(panels) + 0.6), sharex=True, squeeze=False)
         for i, (ax, (ylabel, series)) in enumerate(zip(axes[:, 0], panels)):
@@ -221,9 +224,13 @@ def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[st
                 ax.axhline(hi, color="tab:green", lw=0.8, ls="--")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.25)
+            if from_zero:
+                ax.set_ylim(bottom=0)
             if len(series) > 1 or (bands and i in bands):
                 ax.legend(fontsize=7, loc="best")
         axes[-1, 0].set_xlabel(xlabel)
+        if integer_x:
+            axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(title, fontsize=11)
         fig.tight_layout()
     return fig
