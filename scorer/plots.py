@@ -236,30 +236,44 @@ def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[st
     return fig
 
 
-def histogram_figure(values: Sequence[float], title: str, xlabel: str, quantiles: Sequence[float] = (0.5, 0.99),
-                     bins: int = 50, log_x: bool = False) -> Any:
-    """A distribution: histogram of ``values`` with its quantiles marked and named in the legend."""
+def histogram_figure(distributions: Mapping[str, Sequence[float]], title: str, xlabel: str,
+                     quantiles: Sequence[float] = (0.5, 0.99), bins: int = 50, log_x: bool = False) -> Any:
+    """Distributions side by side on one axis: a step histogram per label, its quantiles marked and
+    named in the legend (``p50 = ...``)."""
     import numpy as np
 
     plt = pyplot()
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    data = {k: np.asarray([x for x in v if x is not None and np.isfinite(x)], dtype=np.float64)
+            for k, v in distributions.items()}
+    allv = np.concatenate([v for v in data.values() if v.size] or [np.zeros(0)])
     with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-        if v.size:
-            edges = (np.geomspace(max(v.min(), 1e-4), max(v.max(), 2e-4), bins + 1) if log_x
-                     else np.linspace(v.min(), max(v.max(), v.min() + 1e-9), bins + 1))
-            ax.hist(v, bins=edges, color="#1f77b4", alpha=0.8)
-            for q, c in zip(quantiles, ("tab:orange", "tab:red", "tab:purple")):
-                val = float(np.quantile(v, q))
-                ax.axvline(val, color=c, ls="--", lw=1, label=f"p{q * 100:g} = {val:.3g}")
-            ax.legend(fontsize=8)
+        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+        if allv.size:
+            lo, hi = float(allv.min()), float(allv.max())
+            edges = (np.geomspace(max(lo, 1e-3), max(hi, lo * 1.01, 2e-3), bins + 1) if log_x
+                     else np.linspace(lo, max(hi, lo + 1e-9), bins + 1))
+            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            for i, (label, v) in enumerate(data.items()):
+                if not v.size:
+                    continue
+                c = colors[i % len(colors)]
+                qs = ", ".join(f"p{q * 100:g} = {float(np.quantile(v, q)):.3g}" for q in quantiles)
+                ax.hist(v, bins=edges, histtype="step", lw=1.5, color=c, label=f"{label} (n={v.size}; {qs})")
+                for q, ls in zip(quantiles, ("--", ":", "-.")):
+                    ax.axvline(float(np.quantile(v, q)), color=c, ls=ls, lw=1)
+            ax.legend(fontsize=7)
             if log_x:
+                from matplotlib.ticker import FuncFormatter
+
                 ax.set_xscale("log")
+                plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+                ax.xaxis.set_major_formatter(plain)
+                ax.xaxis.set_minor_formatter(plain)
         else:
             ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("count")
-        ax.set_title(f"{title} (n={v.size})")
+        ax.set_ylabel("samples")
+        ax.set_title(title)
         ax.grid(alpha=0.25)
         fig.tight_layout()
     return fig
