@@ -1,4 +1,4 @@
-"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report}``, ``feedrank tune-blend``.
+"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report,bench}``, ``feedrank tune-blend``.
 
 ``register(subparsers)`` adds them to the project CLI; ``python -m
 scorer.calibration_cli ...`` works on its own. Every flag defaults from a
@@ -31,7 +31,7 @@ def _flag(p: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: C
 
 
 def register(subparsers: Any) -> None:
-    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``) and ``tune-blend``."""
+    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``, ``bench``) and ``tune-blend``."""
     r = subparsers.add_parser("replay", help="re-score logged calibration data with a new model and fit its calibrators")
     _flag(r, "--model", "REPLAY_MODEL", Path("var/models"), Path, "NEW model artifact dir or root (root: its latest)")
     _flag(r, "--log", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log (.npz with model inputs)")
@@ -79,6 +79,13 @@ def register(subparsers: Any) -> None:
     _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: all its windows, side by side)")
     _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to score labeled examples with (default: served probabilities)")
     p.set_defaults(func=cmd_report)
+    bn = cs.add_parser("bench", help="live calibration benchmark on synthetic traffic: online calibrators and the drift "
+                                     "alert through a shift; results.json and calibration.svg/.png (error by minute)")
+    _flag(bn, "--out", "CALIBRATION_BENCH_OUT", Path("var/calibration/bench"), Path, "directory for results.json and the plot")
+    _flag(bn, "--minutes", "CALIBRATION_BENCH_MINUTES", 100, int, "minutes of event time served online")
+    _flag(bn, "--shift-minute", "CALIBRATION_BENCH_SHIFT_MINUTE", 20, int, "minute the country's click and repin rates double")
+    _flag(bn, "--seed", "SEED", 7, int, "simulator seed")
+    bn.set_defaults(func=cmd_bench)
 
     t = subparsers.add_parser("tune-blend", help="search blend weights on logged data: max repins+closeups s.t. a hide cap")
     _flag(t, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path, "labeled examples (.npz / .jsonl)")
@@ -193,6 +200,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"calibration report: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .calibration_bench import LiveCalibrationConfig, format_result, run_and_write
+
+    cfg = LiveCalibrationConfig(seed=args.seed, minutes=args.minutes, shift_minute=args.shift_minute)
+    result, paths = run_and_write(cfg, args.out)
+    print(format_result(result))
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 

@@ -2,9 +2,11 @@
 
 matplotlib is an optional extra (``pip install 'feedrank[plots]'``), kept out of
 the serving dependencies: it is imported on first use, and a missing install
-raises :class:`PlotsUnavailable` with the command that fixes it. The Agg
-backend is used (no display). SVG keeps its text as text (``svg.fonttype:
-none``), so task names, axis labels and figures can be searched in the file.
+raises :class:`PlotsUnavailable` with the command that fixes it. Figures are
+``matplotlib.figure.Figure`` objects drawn by the Agg canvas: no pyplot, no
+display, no global figure registry (a worker may draw one off its event loop).
+SVG keeps its text as text (``svg.fonttype: none``), so task names, axis labels
+and figures can be searched in the file.
 """
 
 from __future__ import annotations
@@ -30,21 +32,24 @@ class PlotsUnavailable(RuntimeError):
                          + (f" ({cause})" if cause else ""))
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend, imported on first use."""
+def require() -> Any:
+    """The ``matplotlib`` module, imported on first use; :class:`PlotsUnavailable` when it is not installed."""
     try:
         import matplotlib
+        import matplotlib.figure  # noqa: F401
     except ImportError as exc:  # the plots extra is not installed
         raise PlotsUnavailable(exc) from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    return matplotlib
 
-    return plt
+
+def new_figure(figsize: tuple[float, float]) -> Any:
+    """A ``matplotlib.figure.Figure`` (not registered with pyplot: garbage-collected when dropped)."""
+    return require().figure.Figure(figsize=figsize)
 
 
 def available() -> bool:
     try:
-        pyplot()
+        require()
     except PlotsUnavailable:
         return False
     return True
@@ -53,9 +58,8 @@ def available() -> bool:
 # -- output ------------------------------------------------------------------------------------
 def figure_bytes(fig: Any, fmt: str) -> bytes:
     """The figure as ``png`` or ``svg`` bytes."""
-    plt = pyplot()
     buf = io.BytesIO()
-    with plt.rc_context(_RC):
+    with require().rc_context(_RC):
         fig.savefig(buf, format=fmt, dpi=110 if fmt == "png" else None, bbox_inches="tight",
                     metadata={"Date": None} if fmt == "svg" else None)
     return buf.getvalue()
@@ -77,40 +81,34 @@ def html_page(title: str, svg: str, note: str = "", extra_html: str = "") -> str
 
 
 def save(fig: Any, out: str | Path, title: str = "", note: str = "", extra_html: str = "") -> Path:
-    """Write ``fig`` to ``out`` by its suffix: ``.png``, ``.svg`` or ``.html`` (the SVG inline); closes it."""
+    """Write ``fig`` to ``out`` by its suffix: ``.png``, ``.svg`` or ``.html`` (the SVG inline)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"{out}: picture files end in {', '.join(FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if suffix == ".png":
-            out.write_bytes(figure_bytes(fig, "png"))
-        elif suffix == ".svg":
-            out.write_bytes(figure_bytes(fig, "svg"))
-        else:
-            out.write_text(html_page(title or out.stem, figure_svg(fig), note, extra_html), encoding="utf-8")
-    finally:
-        pyplot().close(fig)
+    if suffix == ".png":
+        out.write_bytes(figure_bytes(fig, "png"))
+    elif suffix == ".svg":
+        out.write_bytes(figure_bytes(fig, "svg"))
+    else:
+        out.write_text(html_page(title or out.stem, figure_svg(fig), note, extra_html), encoding="utf-8")
     log.info("picture written to %s", out)
     return out
 
 
 def save_all(fig: Any, stem: str | Path, suffixes: Sequence[str] = (".svg", ".png")) -> list[Path]:
-    """Write ``fig`` once per suffix next to each other (``stem.svg``, ``stem.png``); closes it."""
+    """Write ``fig`` once per suffix next to each other (``stem.svg``, ``stem.png``)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
-    try:
-        for s in suffixes:
-            p = stem.with_suffix(s)
-            if s == ".html":
-                p.write_text(html_page(stem.name, figure_svg(fig)), encoding="utf-8")
-            else:
-                p.write_bytes(figure_bytes(fig, s.lstrip(".")))
-            out.append(p)
-    finally:
-        pyplot().close(fig)
+    for s in suffixes:
+        p = stem.with_suffix(s)
+        if s == ".html":
+            p.write_text(html_page(stem.name, figure_svg(fig)), encoding="utf-8")
+        else:
+            p.write_bytes(figure_bytes(fig, s.lstrip(".")))
+        out.append(p)
     return out
 
 
@@ -138,7 +136,7 @@ def reliability_figure(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], t
     predicted probability vs observed rate per bin, the diagonal, each bin's count beside its point,
     and calibration error, ECE and positives in its title.
     """
-    plt = pyplot()
+    mpl = require()
     names = list(columns)
     tasks = [t for t in tasks if any(t in columns[c] for c in names)]
     if len(names) == 1:  # one set of tasks: a grid of 3 across
@@ -148,8 +146,9 @@ def reliability_figure(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], t
     else:  # windows side by side, a row per task
         ncols, nrows = len(names), max(len(tasks), 1)
         cells = [(c, t) for t in tasks for c in names]
-    with plt.rc_context(_RC):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.4 * nrows), squeeze=False)
+    with mpl.rc_context(_RC):
+        fig = new_figure((3.6 * ncols, 3.4 * nrows))
+        axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax in axes.ravel()[len(cells):]:
             ax.set_visible(False)
         for ax, (col, task) in zip(axes.ravel(), cells):
@@ -204,14 +203,17 @@ def summary_table(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], tasks:
 def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[str, Sequence[float | None]]]],
                       title: str, xlabel: str = "minute",
                       bands: Mapping[int, tuple[float, float, str]] | None = None, from_zero: bool = True,
-                      integer_x: bool = True) -> Any:
+                      integer_x: bool = True, vlines: Sequence[tuple[float, str]] = ()) -> Any:
     """Stacked panels sharing the x axis: ``panels`` is ``[(y label, {series name: values})]``;
     ``bands`` shades ``{panel index: (low, high, label)}`` (e.g. an alert band); ``from_zero``: y axes
-    start at 0 (quantities, not deviations); ``integer_x``: whole-number ticks (minutes)."""
-    plt = pyplot()
+    start at 0 (quantities, not deviations); ``integer_x``: whole-number ticks (minutes); ``vlines``:
+    ``[(x, label)]`` events marked on every panel (labelled in the first)."""
+    mpl = require()
     from matplotlib.ticker import MaxNLocator
-    with plt.rc_context(_RC):
-        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.1 * len(panels) + 0.6), sharex=True, squeeze=False)
+
+    with mpl.rc_context(_RC):
+        fig = new_figure((9, max(3.6, 2.1 * len(panels) + 0.6)))
+        axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
         for i, (ax, (ylabel, series)) in enumerate(zip(axes[:, 0], panels)):
             for name, ys in series.items():
                 pts = [(a, b) for a, b in zip(x, ys) if b is not None]
@@ -224,10 +226,12 @@ def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[st
                 ax.axhline(hi, color="tab:green", lw=0.8, ls="--")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.25)
+            for vx, vlabel in vlines:
+                ax.axvline(vx, color="0.35", ls=":", lw=1, label=vlabel if i == 0 else None)
             if from_zero:
                 ax.set_ylim(bottom=0)
-            if len(series) > 1 or (bands and i in bands):
-                ax.legend(fontsize=7, loc="best")
+            if len(series) > 1 or (bands and i in bands) or (vlines and i == 0):
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         axes[-1, 0].set_xlabel(xlabel)
         if integer_x:
             axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -242,17 +246,18 @@ def histogram_figure(distributions: Mapping[str, Sequence[float]], title: str, x
     named in the legend (``p50 = ...``)."""
     import numpy as np
 
-    plt = pyplot()
+    mpl = require()
     data = {k: np.asarray([x for x in v if x is not None and np.isfinite(x)], dtype=np.float64)
             for k, v in distributions.items()}
     allv = np.concatenate([v for v in data.values() if v.size] or [np.zeros(0)])
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    with mpl.rc_context(_RC):
+        fig = new_figure((7.5, 3.8))
+        ax = fig.subplots()
         if allv.size:
             lo, hi = float(allv.min()), float(allv.max())
             edges = (np.geomspace(max(lo, 1e-3), max(hi, lo * 1.01, 2e-3), bins + 1) if log_x
                      else np.linspace(lo, max(hi, lo + 1e-9), bins + 1))
-            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
             for i, (label, v) in enumerate(data.items()):
                 if not v.size:
                     continue
@@ -280,5 +285,5 @@ def histogram_figure(distributions: Mapping[str, Sequence[float]], title: str, x
 
 
 __all__ = ["FORMATS", "INSTALL_HINT", "PlotsUnavailable", "available", "figure_bytes", "figure_svg",
-           "histogram_figure", "html_page", "panel_title", "pyplot", "reliability_figure", "save", "save_all",
+           "histogram_figure", "html_page", "new_figure", "panel_title", "reliability_figure", "require", "save", "save_all",
            "summary_table", "timeseries_figure"]

@@ -76,11 +76,7 @@ def figure(summaries: Summaries | Mapping[str, Summaries], title: str = "Reliabi
 
 
 def render_svg(summaries: Summaries | Mapping[str, Summaries], title: str = "Reliability diagrams") -> str:
-    fig = figure(summaries, title)
-    try:
-        return plots.figure_svg(fig)
-    finally:
-        plots.pyplot().close(fig)
+    return plots.figure_svg(figure(summaries, title))
 
 
 def render_html(summaries: Summaries | Mapping[str, Summaries], title: str = "Reliability diagrams") -> str:
@@ -90,11 +86,7 @@ def render_html(summaries: Summaries | Mapping[str, Summaries], title: str = "Re
 
 
 def render_png(summaries: Summaries | Mapping[str, Summaries], title: str = "Reliability diagrams") -> bytes:
-    fig = figure(summaries, title)
-    try:
-        return plots.figure_bytes(fig, "png")
-    finally:
-        plots.pyplot().close(fig)
+    return plots.figure_bytes(figure(summaries, title), "png")
 
 
 def write_report(out: str | Path, summaries: Summaries | Mapping[str, Summaries],

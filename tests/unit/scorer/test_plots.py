@@ -66,7 +66,7 @@ def test_missing_matplotlib_raises_a_typed_error_with_the_fix(monkeypatch) -> No
 
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     with pytest.raises(plots.PlotsUnavailable, match=r"pip install 'feedrank\[plots\]'"):
-        plots.pyplot()
+        plots.require()
     assert not plots.available()
 
 
@@ -76,3 +76,20 @@ def test_timeseries_svg_keeps_labels_and_band(tmp_path) -> None:
     svg = plots.save(fig, tmp_path / "t.svg").read_text()
     assert "Live calibration" in svg and "calibration error" in svg and "alert band 0.85..1.15" in svg
     assert "minute" in svg and "click" in svg and "hide" in svg
+
+
+def test_live_calibration_plot_has_tasks_band_and_shift(tmp_path) -> None:
+    from scorer.calibration_bench import LiveCalibrationConfig, write_plots
+    from dataclasses import asdict
+
+    cfg = LiveCalibrationConfig(minutes=4, shift_minute=2)
+    rows = [{"minute": i + 1, "calibration_error": {a: 1.0 + 0.05 * i * (a == "click") for a in ACTIONS},
+             "positives": {a: 600 for a in ACTIONS}, "alerts": {a: "ok" for a in ACTIONS}} for i in range(4)]
+    rows[0]["calibration_error"]["repin"] = None  # too thin yet: no point
+    result = {"config": asdict(cfg), "alert_window": "10m", "alert_band": [0.9, 1.1], "by_minute": rows}
+    svg_path, png_path = write_plots(result, tmp_path)
+    svg = svg_path.read_text()
+    for text in (*ACTIONS, "calibration error (10m window)", "minute (event time)", "alert band 0.9..1.1",
+                 "shift: BR click+repin x2.0", "Live calibration"):
+        assert text in svg, text
+    assert png_path.read_bytes().startswith(b"\x89PNG")
