@@ -512,5 +512,8 @@ def _pictures(out: _Out, work: Path, samples: list[dict[str, Any]], scorer: _Sco
     except PlotsUnavailable as exc:
         out(f"  plots skipped: {exc}")
         return rows, []
+    except Exception as exc:  # a picture must never fail the scenario: its figures are in results.json
+        out(f"  plots failed: {type(exc).__name__}: {exc}")
+        return rows, []
     out(f"  plots: {', '.join(str(p) for p in paths)}")
     return rows, [str(p) for p in paths]
