@@ -43,8 +43,8 @@ def require() -> Any:
 
 
 def new_figure(figsize: tuple[float, float]) -> Any:
-    """A ``matplotlib.figure.Figure`` (not registered with pyplot: garbage-collected when dropped)."""
-    return require().figure.Figure(figsize=figsize)
+    """A ``matplotlib.figure.Figure`` with constrained layout (not registered with pyplot: collected when dropped)."""
+    return require().figure.Figure(figsize=figsize, layout="constrained")
 
 
 def available() -> bool:
@@ -180,7 +180,6 @@ def reliability_figure(columns: Mapping[str, Mapping[str, Mapping[str, Any]]], t
         if cells:
             axes.ravel()[0].legend(loc="upper left", fontsize=7)
         fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
     return fig
 
 
@@ -236,7 +235,6 @@ def timeseries_figure(x: Sequence[float], panels: Sequence[tuple[str, Mapping[st
         if integer_x:
             axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(title, fontsize=11)
-        fig.tight_layout()
     return fig
 
 
@@ -280,7 +278,6 @@ def histogram_figure(distributions: Mapping[str, Sequence[float]], title: str, x
         ax.set_ylabel("samples")
         ax.set_title(title)
         ax.grid(alpha=0.25)
-        fig.tight_layout()
     return fig
 
 
