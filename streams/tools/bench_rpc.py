@@ -7,12 +7,15 @@ with the model under ``FEEDRANK_MODEL_DIR`` and the shared load generator
 own), then measures ``POST /score`` from client threads: a paced run at a
 fixed request rate (the goal: p99 under 25 ms at 50 requests/s with 5,000
 events/s streaming in) and closed-loop runs at a few concurrency levels. After each run it
-prints the events acknowledged per second and each process's CPU.
+prints the events acknowledged per second and each process's CPU. ``--out DIR``
+writes ``results.json`` (every run's figures) and ``latency.svg``/``.png``: the
+client-side ``/score`` latency distribution of each run, p50 and p99 marked.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -84,7 +87,7 @@ def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float
     wall = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([np.nan])
     return {"requests": len(lat), "errors": errors[0], "rps": len(lat) / wall,
-            "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99))}
+            "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99)), "_latency_ms": lat}
 
 
 def _clients(spec: object) -> list[int]:
@@ -138,12 +141,35 @@ def main(args: argparse.Namespace) -> int:
         print(f"no model under {settings.model_dir}: run `feedrank train` (or `make demo` once) first")
         return 2
     rc = 0
+    runs: list[dict] = []
     for kind in [k.strip() for k in str(args.brokers).split(",") if k.strip()]:
-        rc = max(rc, _bench(args, settings, None if kind == "auto" else kind))
+        rc = max(rc, _bench(args, settings, None if kind == "auto" else kind, runs))
+    if getattr(args, "out", None):
+        for path in write_out(runs, Path(args.out)):
+            print(f"wrote {path}")
     return rc
 
 
-def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> int:
+def write_out(runs: list[dict], out: Path) -> list[Path]:
+    """``out/results.json`` (each run's figures, without raw latencies) and the latency distribution plot."""
+    from scorer.plots import PlotsUnavailable, histogram_figure, save_all
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        fig = histogram_figure({r["label"]: r.get("_latency_ms", []) for r in runs},
+                               "feedrank bench rpc: POST /score latency per run (client side)",
+                               "/score latency (ms, log scale)", log_x=True)
+        written = save_all(fig, out / "latency", (".svg", ".png"))
+    except PlotsUnavailable as exc:
+        print(f"latency plot skipped: {exc}", file=sys.stderr)
+    path = out / "results.json"
+    path.write_text(json.dumps({"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
+                                "plots": [str(p) for p in written]}, indent=1))
+    return [path, *written]
+
+
+def _bench(args: argparse.Namespace, settings: Settings, kind: str | None, runs: list[dict] | None = None) -> int:
     from features.world import World
 
     broker = resolve_broker(log_dir=settings.log_dir, kind=kind)
@@ -220,6 +246,9 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> in
             r = _run(url, bodies, threads, float(args.seconds), rate)
             w = _worker_side(before, scrape(url))
             span = time.monotonic() - t0
+            if runs is not None:
+                runs.append({"label": label, "clients": threads, "paced_rps": rate, **r, "worker": w,
+                             "events_acked_per_s": round((load.acked() - acked0) / span)})
             cpu = ", ".join(f"{k} {(cpu_seconds(v) - cpu0[k]) / span:.2f}" for k, v in pids.items() if v)
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                   f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}  {w['thread']}",
@@ -264,4 +293,7 @@ def register_bench(bench) -> None:
     env_flag(p, "--linger-ms", envvar="FEEDRANK_BENCH_LINGER_MS", default=LOAD_LINGER_MS,
              help="the event producer's linger with --producer-batches on (the embedded broker lists every batch "
                   "a partition holds on each fetch of it: fewer, larger batches keep its fetches cheap)")
+    env_flag(p, "--out", envvar="FEEDRANK_BENCH_OUT", default="",
+             help="directory for results.json and latency.svg/.png (the /score latency distribution per run); "
+                  "empty: print only")
     p.set_defaults(func=main)
