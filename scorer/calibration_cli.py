@@ -1,4 +1,4 @@
-"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report}``, ``feedrank tune-blend``.
+"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report,bench}``, ``feedrank tune-blend``.
 
 ``register(subparsers)`` adds them to the project CLI; ``python -m
 scorer.calibration_cli ...`` works on its own. Every flag defaults from a
@@ -31,7 +31,7 @@ def _flag(p: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: C
 
 
 def register(subparsers: Any) -> None:
-    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``) and ``tune-blend``."""
+    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``, ``bench``) and ``tune-blend``."""
     r = subparsers.add_parser("replay", help="re-score logged calibration data with a new model and fit its calibrators")
     _flag(r, "--model", "REPLAY_MODEL", Path("var/models"), Path, "NEW model artifact dir or root (root: its latest)")
     _flag(r, "--log", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log (.npz with model inputs)")
@@ -72,13 +72,20 @@ def register(subparsers: Any) -> None:
     _flag(lg, "--blend-config", "BLEND_CONFIG", "", str, "serving utility weights (.json/.yaml; default: built-in)")
     _flag(lg, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
     lg.set_defaults(func=cmd_log)
-    p = cs.add_parser("report", help="reliability diagrams per task to .html (inline SVG) or .png")
+    p = cs.add_parser("report", help="reliability diagrams per task to .png, .svg or .html (inline SVG); needs feedrank[plots]")
     _flag(p, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path,
           "drift record(s) (.json / .jsonl of calibration-drift records) or labeled examples (.npz / .jsonl)")
-    _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .html or .png")
-    _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: the alert window)")
+    _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .png, .svg or .html")
+    _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: all its windows, side by side)")
     _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to score labeled examples with (default: served probabilities)")
     p.set_defaults(func=cmd_report)
+    bn = cs.add_parser("bench", help="live calibration benchmark on synthetic traffic: online calibrators and the drift "
+                                     "alert through a shift; results.json and calibration.svg/.png (error by minute)")
+    _flag(bn, "--out", "CALIBRATION_BENCH_OUT", Path("var/calibration/bench"), Path, "directory for results.json and the plot")
+    _flag(bn, "--minutes", "CALIBRATION_BENCH_MINUTES", 100, int, "minutes of event time served online")
+    _flag(bn, "--shift-minute", "CALIBRATION_BENCH_SHIFT_MINUTE", 20, int, "minute the country's click and repin rates double")
+    _flag(bn, "--seed", "SEED", 7, int, "simulator seed")
+    bn.set_defaults(func=cmd_bench)
 
     t = subparsers.add_parser("tune-blend", help="search blend weights on logged data: max repins+closeups s.t. a hide cap")
     _flag(t, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path, "labeled examples (.npz / .jsonl)")
@@ -179,16 +186,31 @@ def _read_drift(path: Path) -> dict[str, Any] | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .calibration.records import load_labeled
-    from .report import report_for_batch, summaries_from_record, write_report
+    from .plots import PlotsUnavailable
+    from .report import report_for_batch, report_for_record
 
     src: Path = args.input
     rec = _read_drift(src) if src.suffix in (".json", ".jsonl") else None
-    if rec is not None:
-        out = write_report(args.out, summaries_from_record(rec, args.window or None),
-                           f"Reliability: model {rec.get('model_version')} at {rec.get('ts')} ({args.window or 'alert window'})")
-    else:
-        out = report_for_batch(args.out, load_labeled(src), _load_set(args.calibrators))
+    try:
+        if rec is not None:
+            out = report_for_record(args.out, rec, args.window or None)
+        else:
+            out = report_for_batch(args.out, load_labeled(src), _load_set(args.calibrators))
+    except PlotsUnavailable as exc:
+        print(f"calibration report: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .calibration_bench import LiveCalibrationConfig, format_result, run_and_write
+
+    cfg = LiveCalibrationConfig(seed=args.seed, minutes=args.minutes, shift_minute=args.shift_minute)
+    result, paths = run_and_write(cfg, args.out)
+    print(format_result(result))
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from features.events import ACTIONS
 
-from .metrics import LOG_EPS, N_BINS, bin_index, ece_from_bins
+from .metrics import N_BINS, bin_sums, calibration_error_from_sums, ece_from_bins, log_loss_sum
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,11 @@ class WindowAccumulator:
 def task_stats(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sufficient statistics ``[K]`` of one task's predictions ``p`` and labels ``y`` (summable over tiles)."""
     s = np.zeros(_K)
-    q = np.clip(p, LOG_EPS, 1 - LOG_EPS)
     s[_N] = len(p)
     s[_POS] = y.sum()
     s[_SP] = p.sum()
-    s[_LL] = -np.sum(y * np.log(q) + (1 - y) * np.log1p(-q))
-    b = bin_index(p)
-    s[_BC:_BP] = np.bincount(b, minlength=N_BINS)
-    s[_BP:_BY] = np.bincount(b, weights=p, minlength=N_BINS)
-    s[_BY:] = np.bincount(b, weights=y, minlength=N_BINS)
+    s[_LL] = log_loss_sum(p, y)
+    s[_BC:_BP], s[_BP:_BY], s[_BY:] = bin_sums(p, y, N_BINS)
     return s
 
 
@@ -145,7 +141,7 @@ def task_summary(s: np.ndarray) -> dict[str, Any]:
         "n": n,
         "positives": pos,
         "sum_pred": float(s[_SP]),
-        "calibration_error": float(s[_SP] / s[_POS]) if s[_POS] > 0 else None,
+        "calibration_error": calibration_error_from_sums(s[_SP], s[_POS]),
         "ece": ece_from_bins(s[_BC:_BP], s[_BP:_BY], s[_BY:]),
         "log_loss": float(s[_LL] / n) if n else None,
         "bins": {

@@ -25,63 +25,35 @@ from features.events import ACTIONS
 from features.world import DEFAULT_START_MS, World
 
 from .dataset import RowSet, make_split
+from .metrics import auc, log_loss, spearman
 from .model import REALTIME_COUNTERS, ModelConfig
 from .train import TrainConfig, predict_logits, train_model
 
 log = logging.getLogger(__name__)
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC via ranks (ties averaged); NaN when only one class is present."""
-    y = labels > 0
-    pos = int(y.sum())
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = _ranks(scores)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(probs, eps, 1 - eps)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two score vectors."""
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x), dtype=np.float64)
-    r[order] = np.arange(1, len(x) + 1)
-    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-    if (counts > 1).any():  # average ranks of ties
-        sums = np.bincount(inv, weights=r)
-        r = sums[inv] / counts[inv]
-    return r
-
-
-def task_metrics(logits: np.ndarray, rows: RowSet) -> dict[str, dict[str, float]]:
+def task_metrics(logits: np.ndarray, rows: RowSet) -> dict[str, dict[str, Any]]:
     """Per task (rows where the task can happen): AUC, raw log loss, oracle AUC/log loss, positives."""
     out: dict[str, dict[str, float]] = {}
     for i, a in enumerate(ACTIONS):
         k = rows.mask[:, i] > 0
         y, s, t = rows.labels[k, i], logits[k, i], rows.true_probs[k, i]
-        out[a] = {"auc": auc(y, s), "log_loss_raw": log_loss(y, 1 / (1 + np.exp(-s))), "oracle_auc": auc(y, t),
-                  "oracle_log_loss": log_loss(y, t), "positives": int(y.sum()), "rows": int(k.sum())}
+        out[a] = {"auc": auc(s, y), "log_loss_raw": log_loss(1 / (1 + np.exp(-s)), y), "oracle_auc": auc(t, y),
+                  "oracle_log_loss": log_loss(t, y), "positives": int(y.sum()), "rows": int(k.sum())}
     return out
 
 
-def mean_auc(metrics: dict[str, dict[str, float]]) -> float:
-    return float(np.nanmean([m["auc"] for m in metrics.values()]))
+def mean_auc(metrics: dict[str, dict[str, Any]]) -> float:
+    """Mean AUC over the tasks where it is defined (NaN when none is)."""
+    vals = [m["auc"] for m in metrics.values() if m["auc"] is not None]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def stability(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Mean over tasks of the Spearman correlation between two models' scores ``[R, T]`` (valid rows)."""
     ok = np.ones(a.shape, dtype=bool) if mask is None else mask > 0
-    return float(np.mean([spearman(a[ok[:, i], i], b[ok[:, i], i]) for i in range(a.shape[1])]))
+    vals = [spearman(a[ok[:, i], i], b[ok[:, i], i]) for i in range(a.shape[1])]
+    return float(np.mean([v for v in vals if v is not None])) if any(v is not None for v in vals) else float("nan")
 
 
 @dataclass(frozen=True)
@@ -140,6 +112,10 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
     return report
 
 
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Markdown tables: per-task AUC/log loss per variant, and stability."""
     names = list(report["models"])
@@ -147,8 +123,8 @@ def format_report(report: dict[str, Any]) -> str:
              "|---" * (len(names) + 4) + "|"]
     for a in ACTIONS:
         ms = [report["models"][n][a] for n in names]
-        lines.append(f"| {a} | " + " | ".join(f"{m['auc']:.4f}" for m in ms)
-                     + f" | {ms[0]['oracle_auc']:.4f} | {ms[0]['log_loss_raw']:.4f} | {ms[0]['oracle_log_loss']:.4f} |")
+        lines.append(f"| {a} | " + " | ".join(_f(m['auc']) for m in ms)
+                     + f" | {_f(ms[0]['oracle_auc'])} | {_f(ms[0]['log_loss_raw'])} | {_f(ms[0]['oracle_log_loss'])} |")
     lines.append("| **mean** | " + " | ".join(f"**{mean_auc(report['models'][n]):.4f}**" for n in names) + " | | | |")
     s = report["stability"]
     lines += ["", "| score stability (Spearman, 2 seeds) | without score reg. | with score reg. (w="
@@ -160,4 +136,4 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "auc", "format_report", "log_loss", "run_eval", "spearman", "stability", "task_metrics"]
+__all__ = ["EvalConfig", "format_report", "mean_auc", "run_eval", "stability", "task_metrics"]

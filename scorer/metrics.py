@@ -1,4 +1,9 @@
-"""Calibration and ranking metrics as pure functions of predictions and labels.
+"""The one metrics module: calibration and ranking metrics as pure numpy functions.
+
+AUC, log loss, ECE, calibration error, reliability bins and Spearman rank
+correlation, used by offline evaluation (``scorer.evaluate``), drift monitoring
+(``scorer.drift``), replay and reports alike. numpy only: this module is on the
+serving path; its tests check it against scikit-learn and scipy.
 
 ``p`` are predicted probabilities, ``y`` binary labels, both 1-D of equal length.
 The ``*_from_bins`` variants compute the same numbers from reliability-bin
@@ -28,11 +33,22 @@ def _check(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
+def calibration_error_from_sums(sum_pred: float, positives: float) -> float | None:
+    """sum(predicted) / sum(actual) from the two sums; None without positives."""
+    return float(sum_pred) / float(positives) if positives > 0 else None
+
+
 def calibration_error(p: np.ndarray, y: np.ndarray) -> float | None:
     """sum(predicted) / sum(actual): 1 is calibrated, >1 over-predicts; None without positives."""
     p, y = _check(p, y)
-    pos = float(y.sum())
-    return float(p.sum()) / pos if pos > 0 else None
+    return calibration_error_from_sums(float(p.sum()), float(y.sum()))
+
+
+def log_loss_sum(p: np.ndarray, y: np.ndarray, eps: float = LOG_EPS) -> float:
+    """Summed binary cross-entropy (natural log, predictions clipped to ``[eps, 1 - eps]``); summable over tiles."""
+    p, y = _check(p, y)
+    q = np.clip(p, eps, 1.0 - eps)
+    return float(-np.sum(y * np.log(q) + (1.0 - y) * np.log1p(-q)))
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, eps: float = LOG_EPS) -> float | None:
@@ -40,8 +56,7 @@ def log_loss(p: np.ndarray, y: np.ndarray, eps: float = LOG_EPS) -> float | None
     p, y = _check(p, y)
     if p.size == 0:
         return None
-    q = np.clip(p, eps, 1.0 - eps)
-    return float(-np.mean(y * np.log(q) + (1.0 - y) * np.log1p(-q)))
+    return log_loss_sum(p, y, eps) / p.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,19 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = N_BIN
     return ece_from_bins(*bin_sums(p, y, n_bins))
 
 
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x``, ties given their average rank (``scipy.stats.rankdata``'s default)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="mergesort")
+    sx = x[order]
+    boundaries = np.flatnonzero(np.diff(sx)) + 1
+    starts = np.concatenate([[0], boundaries]).astype(np.int64)
+    ends = np.concatenate([boundaries, [x.size]]).astype(np.int64)
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # average rank of each run of ties
+    return ranks
+
+
 def auc(p: np.ndarray, y: np.ndarray) -> float | None:
     """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; None if one class is absent."""
     p, y = _check(p, y)
@@ -116,16 +144,23 @@ def auc(p: np.ndarray, y: np.ndarray) -> float | None:
     n_neg = p.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(p, kind="mergesort")
-    sp = p[order]
-    ranks = np.empty(p.size, dtype=np.float64)
-    # average ranks over runs of tied scores
-    boundaries = np.flatnonzero(np.diff(sp)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [p.size]])
-    avg = (starts + ends + 1) / 2.0  # 1-based average rank of each run
-    ranks[order] = np.repeat(avg, ends - starts)
+    ranks = rankdata(p)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation of two score vectors (ties averaged); None when either is constant or short."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"score vectors differ in length: {a.shape[0]} vs {b.shape[0]}")
+    if a.size < 2:
+        return None
+    ra, rb = rankdata(a), rankdata(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    den = float(np.sqrt(np.sum(ra * ra) * np.sum(rb * rb)))
+    return float(np.sum(ra * rb) / den) if den > 0 else None
 
 
 __all__ = [
@@ -135,8 +170,12 @@ __all__ = [
     "bin_index",
     "bin_sums",
     "calibration_error",
+    "calibration_error_from_sums",
     "ece_from_bins",
     "expected_calibration_error",
     "log_loss",
+    "log_loss_sum",
+    "rankdata",
     "reliability_bins",
+    "spearman",
 ]

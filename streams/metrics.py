@@ -1,6 +1,9 @@
-"""Process metrics in Prometheus form (served at ``GET /metrics``)."""
+"""Process metrics in Prometheus form (served at ``GET /metrics``), and the one reader of that text (``parse_text``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
@@ -88,45 +91,75 @@ MODEL_INFO = Gauge("feedrank_model_info", "1 for the model a worker serves: its 
                    "of its expert GEMMs", ["version", "precision"], registry=REGISTRY)
 
 
-def parse_text(text: str) -> dict[str, float]:
-    """Prometheus text -> ``{"name{k=v,...}": value}`` plus ``{"name": sum over labels}``."""
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of Prometheus text, parsed by ``prometheus_client``'s own parser, with lookup helpers.
+
+    Sample names are as exposed (a counter ``x`` reads as ``x_total``; a histogram ``h`` as ``h_bucket``,
+    ``h_count``, ``h_sum``). Label arguments select the samples carrying those labels; other labels
+    are summed over.
+    """
+
+    samples: tuple[Sample, ...] = ()
+
+    def select(self, name: str, **labels: str) -> list[Sample]:
+        """The samples named ``name`` whose labels include ``labels``."""
+        return [s for s in self.samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    def value(self, name: str, default: float = 0.0, **labels: str) -> float:
+        """Sum of the matching samples' values; ``default`` when none match."""
+        got = self.select(name, **labels)
+        return sum(s.value for s in got) if got else default
+
+    def has(self, name: str, **labels: str) -> bool:
+        return bool(self.select(name, **labels))
+
+    def label_values(self, name: str, label: str) -> list[str]:
+        """The values ``label`` takes among samples named ``name`` (in order of appearance, once each)."""
+        return list(dict.fromkeys(s.labels[label] for s in self.samples if s.name == name and label in s.labels))
+
+    def buckets(self, histogram: str, **labels: str) -> list[tuple[float, float]]:
+        """``[(le, cumulative count)]`` of a histogram, sorted by bound, summed over unselected labels."""
+        acc: dict[float, float] = {}
+        for s in self.select(f"{histogram}_bucket", **labels):
+            le = float(s.labels["le"])
+            acc[le] = acc.get(le, 0.0) + s.value
+        return sorted(acc.items())
+
+    def quantile(self, histogram: str, q: float, since: "Scrape | None" = None, **labels: str) -> float | None:
+        """The ``q`` quantile (the bucket's upper bound) of a histogram, of the observations after ``since``;
+        None without observations."""
+        before = dict(since.buckets(histogram, **labels)) if since is not None else {}
+        buckets = [(le, c - before.get(le, 0.0)) for le, c in self.buckets(histogram, **labels)]
+        if not buckets or buckets[-1][1] <= 0:
+            return None
+        total = buckets[-1][1]
+        return next((le for le, cum in buckets if cum >= q * total), None)
+
+    def delta(self, since: "Scrape", name: str, **labels: str) -> float:
+        """How much a counter (or a histogram's ``_count``/``_sum``) grew since an earlier scrape."""
+        return self.value(name, **labels) - since.value(name, **labels)
+
+
+def parse_text(text: str) -> Scrape:
+    """Prometheus text exposition -> :class:`Scrape` (``prometheus_client.parser``; no hand parsing)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
-            out[key] = out.get(key, 0.0) + s.value
-            out[s.name] = out.get(s.name, 0.0) + s.value if s.labels else out[key]
-    return out
+    return Scrape(tuple(Sample(s.name, dict(s.labels), float(s.value))
+                        for family in text_string_to_metric_families(text) for s in family.samples))
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
+def scrape(url: str, timeout: float = 2.0) -> Scrape:
     """``parse_text`` of a worker's ``<url>/metrics``."""
     import urllib.request
 
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as resp:
         return parse_text(resp.read().decode())
-
-
-def hist_quantile(now: dict[str, float], prev: dict[str, float], name: str, q: float,
-                  labels: dict[str, str] | None = None) -> float | None:
-    """The ``q`` quantile (upper bucket bound) of a histogram between two scrapes, for one label set."""
-    prefix = f"{name}_bucket{{"
-    want = labels or {}
-    buckets = []
-    for key, value in now.items():
-        if not key.startswith(prefix):
-            continue
-        got = dict(kv.split("=", 1) for kv in key[len(prefix):-1].split(","))
-        if any(got.get(k) != v for k, v in want.items()) or len(got) != len(want) + 1:
-            continue
-        buckets.append((float(got["le"]), value - prev.get(key, 0.0)))
-    buckets.sort()
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    for le, cum in buckets:
-        if cum >= q * total:
-            return le
-    return None

@@ -42,17 +42,18 @@ def route_class(path: str) -> str | None:
 
 def api_token(settings: Any) -> str | None:
     """The configured token (the file wins over the variable), or None when the check is off."""
-    if settings.api_token_file is not None:
+    token_file, token_var = getattr(settings, "api_token_file", None), getattr(settings, "api_token", None)
+    if token_file is not None:
         try:
-            token = settings.api_token_file.read_text().strip()
+            token = token_file.read_text().strip()
         except OSError as exc:
-            raise ApiTokenError(f"FEEDRANK_API_TOKEN_FILE={settings.api_token_file}: cannot read it "
+            raise ApiTokenError(f"FEEDRANK_API_TOKEN_FILE={token_file}: cannot read it "
                                 f"({exc.strerror})") from None
         if not token:
-            raise ApiTokenError(f"FEEDRANK_API_TOKEN_FILE={settings.api_token_file} is empty")
+            raise ApiTokenError(f"FEEDRANK_API_TOKEN_FILE={token_file} is empty")
         return token
-    if settings.api_token is not None:
-        token = settings.api_token.get_secret_value().strip()
+    if token_var is not None:
+        token = token_var.get_secret_value().strip()
         if not token:
             raise ApiTokenError("FEEDRANK_API_TOKEN is set but empty")
         return token

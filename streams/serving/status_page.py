@@ -34,7 +34,8 @@ def render_status(api) -> str:
         rows = [[a, _fmt(tasks[a].get("calibration_error")), _fmt(tasks[a].get("ece")), tasks[a].get("n"),
                  tasks[a].get("positives"), drift["alerts"][a]["state"]] for a in ACTIONS if a in tasks]
         parts.append(f"<h2>Calibration ({window} window)</h2>"
-                     + _table(["task", "sum(p)/sum(y)", "ECE", "n", "positives", "alert"], rows))
+                     + _table(["task", "sum(p)/sum(y)", "ECE", "n", "positives", "alert"], rows)
+                     + "<p><a href='/calibration/report'>reliability diagrams</a> (every window, per task)</p>")
     snap = api.views.get_feedback_snapshot()
     rows = []
     for seg, c in sorted(snap.segments.items())[:40]:

@@ -4,6 +4,7 @@
 - ``GET /users/{user_id}/sequence`` the user's real-time action sequence and counters (routed)
 - ``GET /feedback-loop``          30-minute action rates per segment (``?segment=c:US``)
 - ``GET /calibration``            the latest calibration-drift record per task
+- ``GET /calibration/report``     reliability diagrams (HTML, inline SVG) of that record: its windows side by side
 - ``GET /metrics``                Prometheus text
 - ``GET /ready``                  200 once this worker's partitions are recovered, else 503
 - ``GET /``                       a small HTML status page
@@ -19,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -151,6 +153,13 @@ class WebApi:
         cal = self.serving.calibrator_info() if self.serving else None
         return _json(web, {"drift": record, "calibrators": cal})
 
+    async def calibration_report(self, web, request):
+        """Reliability diagrams of the latest drift record, drawn off the event loop (matplotlib: the plots extra)."""
+        record = self.serving.latest_drift() if self.serving else None
+        cal = self.serving.calibrator_info() if self.serving else None
+        page, status = await asyncio.get_running_loop().run_in_executor(None, render_calibration_report, record, cal)
+        return web.html(page, status=status)
+
     async def metrics(self, web, request):
         await self._update_lag()
         return web.bytes(render(), content_type="text/plain; version=0.0.4")
@@ -182,6 +191,37 @@ class WebApi:
         from streams.serving.status_page import render_status
 
         return web.html(render_status(self))
+
+
+_REPORT_LOCK = threading.Lock()  # matplotlib's rc settings are process-wide: one drawing at a time
+_REPORT_CACHE: dict[str, Any] = {}  # the last page, by drift record timestamp and calibrator version
+
+
+def render_calibration_report(record: dict[str, Any] | None, calibrators: Any = None) -> tuple[str, int]:
+    """``(html, status)`` of ``GET /calibration/report``: 200 with the diagrams, 404 before the first drift
+    record, 503 without matplotlib (the page says what to install)."""
+    import html as _html
+
+    from scorer.plots import PlotsUnavailable, html_page
+
+    if not record:
+        return html_page("Calibration report", "", "No calibration-drift record yet: the drift monitor publishes one "
+                         "a minute once labeled examples arrive.") + "<p><a href='/status'>status</a></p>", 404
+    key = f"{record.get('ts')}:{calibrators}"
+    with _REPORT_LOCK:
+        if _REPORT_CACHE.get("key") == key:
+            return _REPORT_CACHE["page"], 200
+        from scorer.report import render_html, record_title, windows_from_record
+
+        try:
+            page = render_html(windows_from_record(record), record_title(record))
+        except PlotsUnavailable as exc:
+            return html_page("Calibration report", "", str(exc)), 503
+        cal = f"<h3>Calibrators</h3><pre>{_html.escape(str(calibrators))}</pre>" if calibrators else ""
+        page = page.replace("</body>", f"{cal}<p><a href='/status'>status</a> · <a href='/calibration'>JSON</a></p>"
+                                       "</body>")
+        _REPORT_CACHE.update(key=key, page=page)
+        return page, 200
 
 
 def _counts(c) -> dict[str, Any]:
@@ -220,6 +260,10 @@ def install_web(app, settings, views: StreamViews, serving, directory) -> WebApi
     @app.page("/calibration")
     async def calibration(web, request):  # pragma: no cover
         return await _guard(web, api.calibration, request)
+
+    @app.page("/calibration/report")
+    async def calibration_report(web, request):  # pragma: no cover
+        return await _guard(web, api.calibration_report, request)
 
     @app.page("/metrics")
     async def metrics(web, request):  # pragma: no cover

@@ -28,6 +28,10 @@
    (send -> acked: linger, the produce request and the broker's append).
 5. Goals: ``goal_*`` lines say whether this run met them.
 
+``--out DIR`` writes ``results.json`` (every figure, per broker) and
+``freshness.svg``/``freshness.png``: the distribution of the probe's
+produce -> visible delays of each freshness run, p50 and p99 marked.
+
 Event time advances ``--event-ms-per-request`` per request (default 200 ms),
 so attribution windows (600 s) close during the runs and the steady-state
 work (closing windows, labeled examples to their topic, expiring logs) is
@@ -303,7 +307,8 @@ async def _engine_live(settings: Any, bootstrap: str, n: int, users: int, rate: 
                "produce_ack_p50_ms": round(k50, 1), "produce_ack_p99_ms": round(k99, 1),
                "freshness_broker_cpu_cores": round(broker_cores, 2) if broker_pid else "n/a",
                "live_labeled_examples": sum(
-                   t.join.stats.counts["labeled_examples"] for t in engine.tables.values())}
+                   t.join.stats.counts["labeled_examples"] for t in engine.tables.values()),
+               "_freshness_ms": [round(d, 2) for d in delays]}  # the samples, for the plot (not printed)
     finally:
         stop.set()
         for proc in procs:
@@ -397,6 +402,8 @@ def run(args: argparse.Namespace, kind: str | None = None) -> dict[str, Any]:
                                                  live_single, warmup_s=min(2.0, args.seconds / 4),
                                                  step_ms=args.event_ms_per_request, producers=args.producers,
                                                  linger_ms=args.linger_ms, broker_pid=broker_pid)))
+            samples = live.pop("_freshness_ms", [])
+            result.setdefault("_freshness_ms", {})[f"{load:,.0f} events/s"] = samples
             result.update({prefix + k: v for k, v in live.items()})
         result.update(_goals(args, result))
     finally:
@@ -441,11 +448,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only; default: the setting's)")
     p.add_argument("--event-ms-per-request", type=int, default=200,
                    help="event time between requests (windows of 600 s close during the run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for results.json and freshness.svg/.png (the freshness distribution); "
+                        "default: print only")
 
 
 def print_side_by_side(results: list[dict[str, Any]]) -> None:
-    """One row per figure, one column per broker."""
-    keys = list(dict.fromkeys(k for r in results for k in r))
+    """One row per figure, one column per broker (keys starting with ``_`` are raw samples: not printed)."""
+    keys = list(dict.fromkeys(k for r in results for k in r if not k.startswith("_")))
     width = max(len(k) for k in keys)
     cols = [[str(r.get(k, "")) for k in keys] for r in results]
     colw = [max(len(c) for c in col) for col in cols]
@@ -460,7 +470,36 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"bench ingest on {kind} ...", file=sys.stderr, flush=True)
         results.append(run(args, None if kind == "auto" else kind))
     print_side_by_side(results)
+    if args.out is not None:
+        for path in write_out(results, args.out):
+            print(f"wrote {path}")
     return 0
+
+
+def freshness_distributions(results: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """``{"<broker>, <rate> events/s": produce -> visible delays in ms}`` of every freshness run."""
+    return {f"{r.get('broker', '?')}, {load}": list(v) for r in results
+            for load, v in (r.get("_freshness_ms") or {}).items()}
+
+
+def write_out(results: list[dict[str, Any]], out: Path) -> list[Path]:
+    """``out/results.json`` (figures, without the raw samples) and the freshness distribution plot."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dists = freshness_distributions(results)
+    figures = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]
+    written: list[Path] = []
+    from scorer.plots import PlotsUnavailable, histogram_figure, save_all
+
+    try:
+        fig = histogram_figure(dists, "feedrank bench ingest: freshness (produce -> visible in get_user_state)",
+                               "freshness (ms, log scale)", log_x=True)
+        written = save_all(fig, out / "freshness", (".svg", ".png"))
+    except PlotsUnavailable as exc:
+        print(f"freshness plot skipped: {exc}", file=sys.stderr)
+    path = out / "results.json"
+    path.write_text(json.dumps({"results": figures, "plots": [str(p) for p in written]}, indent=1, default=str))
+    return [path, *written]
 
 
 def register_bench(bench: Any) -> None:

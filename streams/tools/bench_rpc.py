@@ -7,12 +7,15 @@ with the model under ``FEEDRANK_MODEL_DIR`` and the shared load generator
 own), then measures ``POST /score`` from client threads: a paced run at a
 fixed request rate (the goal: p99 under 25 ms at 50 requests/s with 5,000
 events/s streaming in) and closed-loop runs at a few concurrency levels. After each run it
-prints the events acknowledged per second and each process's CPU.
+prints the events acknowledged per second and each process's CPU. ``--out DIR``
+writes ``results.json`` (every run's figures) and ``latency.svg``/``.png``: the
+client-side ``/score`` latency distribution of each run, p50 and p99 marked.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,7 +31,7 @@ from streams.kafka.embedded import embedded_broker_pid
 
 from streams.kafka.procutil import free_port, pdeathsig
 from streams.tools.loadgen import LOAD_LINGER_MS, LoadProducer, child_pids, cpu_seconds
-from streams.metrics import hist_quantile, scrape
+from streams.metrics import Scrape, scrape
 from streams.settings import Settings
 from streams.kafka.topics import ensure_topics, topic_specs
 
@@ -84,7 +87,7 @@ def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float
     wall = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([np.nan])
     return {"requests": len(lat), "errors": errors[0], "rps": len(lat) / wall,
-            "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99))}
+            "p50": float(np.nanpercentile(a, 50)), "p99": float(np.nanpercentile(a, 99)), "_latency_ms": lat}
 
 
 def _clients(spec: object) -> list[int]:
@@ -98,32 +101,31 @@ def _clients(spec: object) -> list[int]:
     return counts
 
 
-def _worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
+def _worker_side(before: Scrape, after: Scrape) -> dict[str, str]:
     """What the worker's own histograms say about one run (bucket upper bounds, ms)."""
     def q(name: str) -> str:
-        v = hist_quantile(after, before, name, 0.99)
+        v = after.quantile(name, 0.99, since=before)
         return "-" if v is None else f"<={v * 1000:g}"
 
-    def delta(histogram: str, label: str) -> tuple[float, float]:
+    def delta(histogram: str, **labels: str) -> tuple[float, float]:
         """(count, sum) of one labeled histogram over the run."""
-        return tuple(after.get(f"{histogram}_{s}{{{label}}}", 0.0) - before.get(f"{histogram}_{s}{{{label}}}", 0.0)
-                     for s in ("count", "sum"))  # type: ignore[return-value]
+        return (after.delta(before, f"{histogram}_count", **labels), after.delta(before, f"{histogram}_sum", **labels))
 
-    n, total = delta("feedrank_gc_pause_seconds", "generation=2")
+    n, total = delta("feedrank_gc_pause_seconds", generation="2")
 
     def stages(quantile: float) -> str:
         out = []
         for stage in ("parse", "state", "wait", "score", "log"):
-            v = hist_quantile(after, before, "feedrank_score_stage_seconds", quantile, labels={"stage": stage})
+            v = after.quantile("feedrank_score_stage_seconds", quantile, since=before, stage=stage)
             out.append("-" if v is None else f"{v * 1000:g}")
         return "/".join(out)
 
     def thread_split() -> str:
         out = []
         for part in ("cpu", "runnable", "blocked"):
-            count, total_s = delta("feedrank_score_thread_seconds", f"part={part}")
+            count, total_s = delta("feedrank_score_thread_seconds", part=part)
             out.append("-" if count <= 0 else f"{total_s / count * 1000:.1f}")
-        p99 = (hist_quantile(after, before, "feedrank_score_thread_seconds", 0.99, labels={"part": part})
+        p99 = (after.quantile("feedrank_score_thread_seconds", 0.99, since=before, part=part)
                for part in ("cpu", "runnable", "blocked"))
         return "/".join(out) + "  " + "/".join("-" if v is None else f"{v * 1000:g}" for v in p99)
 
@@ -139,12 +141,35 @@ def main(args: argparse.Namespace) -> int:
         print(f"no model under {settings.model_dir}: run `feedrank train` (or `make demo` once) first")
         return 2
     rc = 0
+    runs: list[dict] = []
     for kind in [k.strip() for k in str(args.brokers).split(",") if k.strip()]:
-        rc = max(rc, _bench(args, settings, None if kind == "auto" else kind))
+        rc = max(rc, _bench(args, settings, None if kind == "auto" else kind, runs))
+    if getattr(args, "out", None):
+        for path in write_out(runs, Path(args.out)):
+            print(f"wrote {path}")
     return rc
 
 
-def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> int:
+def write_out(runs: list[dict], out: Path) -> list[Path]:
+    """``out/results.json`` (each run's figures, without raw latencies) and the latency distribution plot."""
+    from scorer.plots import PlotsUnavailable, histogram_figure, save_all
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        fig = histogram_figure({r["label"]: r.get("_latency_ms", []) for r in runs},
+                               "feedrank bench rpc: POST /score latency per run (client side)",
+                               "/score latency (ms, log scale)", log_x=True)
+        written = save_all(fig, out / "latency", (".svg", ".png"))
+    except PlotsUnavailable as exc:
+        print(f"latency plot skipped: {exc}", file=sys.stderr)
+    path = out / "results.json"
+    path.write_text(json.dumps({"runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
+                                "plots": [str(p) for p in written]}, indent=1))
+    return [path, *written]
+
+
+def _bench(args: argparse.Namespace, settings: Settings, kind: str | None, runs: list[dict] | None = None) -> int:
     from features.world import World
 
     broker = resolve_broker(log_dir=settings.log_dir, kind=kind)
@@ -197,8 +222,8 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> in
         n = int(args.candidates)
         bodies = [_request(world, u, now, n) for u in range(200)]
         _run(url, bodies, 1, 3.0, None)  # warm-up
-        served = next((k[len("feedrank_model_info{"):-1] for k, v in scrape(url).items()
-                       if k.startswith("feedrank_model_info{") and v == 1), "unknown")
+        served = next((",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                       for s in scrape(url).select("feedrank_model_info") if s.value == 1), "unknown")
         print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.2f}; event producer and broker ({broker.kind}) at nice {infra_nice} "
@@ -221,6 +246,9 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None) -> in
             r = _run(url, bodies, threads, float(args.seconds), rate)
             w = _worker_side(before, scrape(url))
             span = time.monotonic() - t0
+            if runs is not None:
+                runs.append({"label": label, "clients": threads, "paced_rps": rate, **r, "worker": w,
+                             "events_acked_per_s": round((load.acked() - acked0) / span)})
             cpu = ", ".join(f"{k} {(cpu_seconds(v) - cpu0[k]) / span:.2f}" for k, v in pids.items() if v)
             print(f"{label:<24} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                   f"{r['errors']:>7} {w['score_p99']:>10} {w['loop_p99']:>9} {w['full_gc']:>9}  {w['stages']}  {w['thread']}",
@@ -265,4 +293,7 @@ def register_bench(bench) -> None:
     env_flag(p, "--linger-ms", envvar="FEEDRANK_BENCH_LINGER_MS", default=LOAD_LINGER_MS,
              help="the event producer's linger with --producer-batches on (the embedded broker lists every batch "
                   "a partition holds on each fetch of it: fewer, larger batches keep its fetches cheap)")
+    env_flag(p, "--out", envvar="FEEDRANK_BENCH_OUT", default="",
+             help="directory for results.json and latency.svg/.png (the /score latency distribution per run); "
+                  "empty: print only")
     p.set_defaults(func=main)

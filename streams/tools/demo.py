@@ -29,7 +29,7 @@ from typing import Any
 from streams.kafka.embedded import EmbeddedBroker
 
 from streams.kafka.procutil import free_port, pdeathsig
-from streams.metrics import hist_quantile, scrape
+from streams.metrics import Scrape, scrape
 from streams.settings import Settings
 from streams.kafka.topics import ensure_system_topics
 
@@ -181,7 +181,7 @@ class Demo:
 
     def _loop(self, url: str, stats_path: Path) -> int:
         start = time.monotonic()
-        last: dict[str, float] = {}
+        last = Scrape()
         last_t = start
         while not self._stop:
             time.sleep(0.5)
@@ -207,9 +207,9 @@ class Demo:
                 last_t = now
                 continue
             sim = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-            consumed = m.get("feedrank_events_valid_total", 0.0)
-            rate = (consumed - last.get("feedrank_events_valid_total", 0.0)) / (now - last_t)
-            fresh = hist_quantile(m, last, "feedrank_freshness_seconds", 0.99)
+            consumed = m.value("feedrank_events_valid_total")
+            rate = m.delta(last, "feedrank_events_valid_total") / (now - last_t)
+            fresh = m.quantile("feedrank_freshness_seconds", 0.99, since=last)
             print(self.summary_line(now - start, consumed, rate, fresh, sim, cal), flush=True)
             last, last_t = m, now
         self.final_report(url, stats_path)

@@ -205,14 +205,15 @@ def test_a_user_with_no_history_still_gets_a_ranking(worker) -> None:
         assert len(resp.items) == 30 and resp.history_len == 0
         # the score stage is split on the score thread: running, waiting for a core, blocked
         m = scrape(worker.url)
-        assert m["feedrank_score_thread_seconds_count{part=cpu}"] >= 1
-        assert m["feedrank_score_thread_seconds_sum{part=cpu}"] > 0
-        assert m["feedrank_score_thread_seconds_count{part=blocked}"] == m["feedrank_score_thread_seconds_count{part=cpu}"]
+        assert m.value("feedrank_score_thread_seconds_count", part="cpu") >= 1
+        assert m.value("feedrank_score_thread_seconds_sum", part="cpu") > 0
+        assert (m.value("feedrank_score_thread_seconds_count", part="blocked")
+                == m.value("feedrank_score_thread_seconds_count", part="cpu"))
         # the served model and its expert GEMMs' number format (auto: bfloat16 where the CPU has it)
         from scorer.export import native_bf16
 
         want = "bfloat16" if native_bf16() else "float32"
-        assert m[f"feedrank_model_info{{precision={want},version={resp.model_version}}}"] == 1
+        assert m.value("feedrank_model_info", precision=want, version=resp.model_version) == 1
         assert m["feedrank_model_info"] == 1  # one model at a time
         with pytest.raises(ScorerError) as info:
             client.score({"user_id": "x", "context": {}, "candidates": []})

@@ -15,10 +15,13 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from streams.settings import Settings
 from streams.tools.loadgen import child_pids
+
+if TYPE_CHECKING:
+    from streams.metrics import Scrape
 
 #: the repository root: the working directory of the ``python -m streams.cli worker`` subprocesses
 ROOT = Path(__file__).resolve().parents[3]
@@ -122,15 +125,15 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         return self.get_json("/tables/stats")
 
-    def metric(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
+    def scrape(self) -> Scrape:
+        """The worker's ``/metrics`` (``streams.metrics.parse_text``)."""
+        from streams.metrics import parse_text
 
-        total = 0.0
-        for family in text_string_to_metric_families(self.get("/metrics").decode()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return parse_text(self.get("/metrics").decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples named ``name`` carrying ``labels`` (0 when none)."""
+        return self.scrape().value(name, **labels)
 
     def rss_mb(self) -> float:
         """Resident set size of the worker process and its score process (MiB), 0 when it is gone."""

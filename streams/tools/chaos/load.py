@@ -68,6 +68,7 @@ class _ScoreLoad(threading.Thread):
         self.failed = 0
         self.errors: list[str] = []  # the first few failures, for the report
         self.latency_ms: list[float] = []
+        self.latency_at: list[float] = []  # time.monotonic() of each latency, for per-minute figures
 
     def run(self) -> None:
         from streams.serving.client import ScorerClient, ScorerError
@@ -83,6 +84,7 @@ class _ScoreLoad(threading.Thread):
                 client.score(score_body(f"u{rng.randrange(self.users)}", n=self.n, ts=self.ts))
                 self.ok += 1
                 self.latency_ms.append((time.monotonic() - t) * 1000)
+                self.latency_at.append(t)
             except (ScorerError, OSError) as exc:
                 self.failed += 1
                 if len(self.errors) < 5:
@@ -91,6 +93,10 @@ class _ScoreLoad(threading.Thread):
             if delay > 0:
                 time.sleep(delay)
         client.close()
+
+    def latencies_since(self, t0: float) -> list[tuple[float, float]]:
+        """``(seconds after t0, ms)`` per successful request."""
+        return [(t - t0, ms) for t, ms in zip(self.latency_at, self.latency_ms)]
 
     def percentiles(self) -> tuple[float | None, float | None]:
         lat = sorted(self.latency_ms)
@@ -317,7 +323,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
         scorer.start()
         producer.go()
         t_start = time.monotonic()
-        prev_acked, prev_t = 0, t_start
+        prev_acked, prev_applied, prev_t = 0, 0, t_start
         wpid, ppid = w.proc.pid if w.proc else None, producer.proc.pid
         cpu_start = prev_cpu = (_cpu_s(wpid), _cpu_s(ppid), _cpu_s(bpid))
         while time.monotonic() - t_start < minutes * 60:
@@ -332,8 +338,10 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             n = sum(sum(v.values()) for v in acked.values())
             mem = rocksdb_memory_mb(w)
             cpu = (_cpu_s(wpid), _cpu_s(ppid), _cpu_s(bpid))
+            applied = _applied(st, events)
             smp = {"t": round(now - t_start), "sent": producer.sent, "acked": n,
-                   "rate": round((n - prev_acked) / (now - prev_t)), "lag": _lag(st, acked),
+                   "rate": round((n - prev_acked) / (now - prev_t)), "lag": _lag(st, acked), "applied": applied,
+                   "applied_rate": round((applied - prev_applied) / (now - prev_t)),
                    "rss_mb": round(w.rss_mb(), 1), "score_rss_mb": round(w.child_rss_mb(), 1),
                    "rocksdb_mem_mb": None if mem is None else round(mem, 1),
                    "rocksdb_mb": round(_dir_mb(data_dir), 1), "score_ok": scorer.ok,
@@ -344,7 +352,7 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
                    "broker_disk_mb": round(_dir_mb(broker_data), 1) if broker_data else None,
                    "load1": round(os.getloadavg()[0], 2), "held": int(st.get("held_engagements", 0)),
                    "deadlines": int(st.get("open_deadlines", 0)), "imp_ahead_s": _imp_ahead_s(st)}
-            prev_acked, prev_t, prev_cpu = n, now, cpu
+            prev_acked, prev_applied, prev_t, prev_cpu = n, applied, now, cpu
             samples.append(smp)
             out(f"  {smp['t']:>5}s {smp['sent']:>10,} {smp['acked']:>10,} {smp['rate']:>7,} {smp['lag']:>7,} "
                 f"{smp['rss_mb']:>8.1f} {smp['score_rss_mb']:>6.0f} {(mem or 0):>8.1f} {smp['rocksdb_mb']:>8.1f} {smp['score_ok']:>8,} "
@@ -481,9 +489,32 @@ def run_load(bootstrap: str, work: Path, model_dir: Path, calibrator_dir: Path, 
             producer.stop()
         w.stop()
     peak = max((s["rss_mb"] for s in samples), default=0.0)
+    minutes_rows, pictures = _pictures(out, work, samples, scorer, t_start if samples else None, rate)
     _verdict(out, "load", problems)
     return {"scenario": "load", "minutes": minutes, "rate": rate, "max_rate": max_rate, "max_rate_basis": basis,
             "max_rate_measurement": measured, "events_sent": producer.sent if producer else 0,
             "prediction_logs": preds, "events_acked": n_acked, "valid": valid, "dead_lettered": dead,
             "accounted": accounted, "score_ok": scorer.ok, "score_failed": scorer.failed, "score_p50_ms": p50,
-            "score_p99_ms": p99, "peak_rss_mb": peak, **figures, "samples": samples, "problems": problems}
+            "score_p99_ms": p99, "peak_rss_mb": peak, **figures, "samples": samples, "by_minute": minutes_rows,
+            "plots": pictures, "problems": problems}
+
+
+def _pictures(out: _Out, work: Path, samples: list[dict[str, Any]], scorer: _ScoreLoad, t_start: float | None,
+              rate: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """The run by minute, and ``load.svg``/``load.png`` beside ``results.json`` (skipped without matplotlib)."""
+    from scorer.plots import PlotsUnavailable
+    from streams.tools.chaos.load_plot import by_minute, write_load_plot
+
+    rows = by_minute(samples, scorer.latencies_since(t_start) if t_start is not None else ())
+    if not rows:
+        return rows, []
+    try:
+        paths = write_load_plot(rows, work, f"feedrank chaos --scenarios load: {rate:,.0f} events/s offered, by minute")
+    except PlotsUnavailable as exc:
+        out(f"  plots skipped: {exc}")
+        return rows, []
+    except Exception as exc:  # a picture must never fail the scenario: its figures are in results.json
+        out(f"  plots failed: {type(exc).__name__}: {exc}")
+        return rows, []
+    out(f"  plots: {', '.join(str(p) for p in paths)}")
+    return rows, [str(p) for p in paths]

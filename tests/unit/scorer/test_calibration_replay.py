@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pytest
@@ -101,11 +100,9 @@ def test_reports_from_rows_and_from_a_drift_record(logged: dict, tmp_path) -> No
     batch = logged["batch"]
     summ = summaries_from_batch(batch, batch.extras["served"])
     html = render_html(summ)
-    assert html.count("<svg") == len(ACTIONS) and "CE=" in html
+    assert html.count("<svg") == 1 and all(a in html for a in ACTIONS) and "calibration error" in html
     png = render_png(summ)
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    idat = png[png.index(b"IDAT") + 4:png.index(b"IEND") - 8]
-    assert len(zlib.decompress(idat)) > 1000
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     mon = DriftMonitor(alert=AlertConfig(window="1h"))
     mon.observe(batch.ts, batch.extras["served"], batch.y, batch.mask)
     rec = json.loads(json.dumps(mon.record()))
@@ -125,7 +122,7 @@ def test_cli_fit_report_and_tune(logged: dict, tmp_path, capsys, monkeypatch) ->
     out = tmp_path / "rep.html"
     assert calibration_cli.main(["calibration", "report", "--input", str(jsonl), "--out", str(out),
                                  "--calibrators", str(tmp_path / "cal" / "old" / "calibrators.json")]) == 0
-    assert out.read_text().count("<svg") == len(ACTIONS)
+    assert out.read_text().count("<svg") == 1 and all(a in out.read_text() for a in ACTIONS)
     drift = tmp_path / "drift.jsonl"
     mon = DriftMonitor()
     mon.observe(batch.ts, batch.extras["served"], batch.y, batch.mask)

@@ -10,15 +10,15 @@ import pytest
 
 from features.events import ACTIONS
 from scorer import metrics as m
-from scorer.calibration import CalibratorHolder, CalibratorSet, FtrlConfig, LabeledBatch, OnlineCalibration, fit_calibrator_set
+from scorer.calibration import CalibratorSet, LabeledBatch, fit_calibrator_set
 from features.numeric import sigmoid
 from scorer.calibration.synthetic import CalibrationSim, SimConfig
-from scorer.drift import AlertConfig, DriftMonitor, WindowSpec
+from scorer import plots
+from scorer.calibration_bench import LiveCalibrationConfig, format_result, run_live, write_plots
 
 #: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
 pytestmark = pytest.mark.slow
 
-MIN = 60_000
 ENOUGH_POSITIVES = 2000
 
 
@@ -58,47 +58,20 @@ def test_offline_fit_recovers_downsampling_shift(world: dict) -> None:
             assert ece <= 0.01, a
 
 
-def test_online_ftrl_follows_a_country_shift_and_alerts_clear(world: dict) -> None:
-    sim: CalibrationSim = world["sim"]
-    frozen: CalibratorSet = world["cs"]
-    holder = CalibratorHolder(frozen)
-    online = OnlineCalibration(frozen, FtrlConfig())
-    windows = (WindowSpec("10m", 10 * MIN, 30_000), WindowSpec("1h", 60 * MIN, 5 * MIN))
-    mon = DriftMonitor(windows, AlertConfig(window="10m", low=0.9, high=1.1, min_positives=500))
-    affected = ("click", "repin")
-    fired: dict[str, int] = {}
-    cleared: dict[str, int] = {}
-    frozen_p, frozen_y, online_p = [], [], []
-    shift_ms = None
-    for minute in range(100):
-        if minute == 20:
-            sim.shift("BR", affected, 2.0)
-            shift_ms = sim.now_ms
-        step = sim.step()
-        b = step.batch
-        p = holder.calibrate(b.X)  # served before the labels arrive
-        mon.observe(b.ts, p, b.y, b.mask)
-        online.update(b.X, b.y, b.mask, b.ts)
-        holder.swap(online.snapshot())  # the snapshot interval: one minute of event time
-        rec = mon.record(step.end_ms)
-        for tr in rec["transitions"]:
-            assert shift_ms is not None, f"alert before the shift: {tr}"
-            if tr["to"] != "ok":
-                fired.setdefault(tr["task"], tr["ts"] - shift_ms)
-            else:
-                cleared[tr["task"]] = tr["ts"] - shift_ms
-        if minute >= 90:
-            frozen_p.append(frozen.calibrate(b.X)), frozen_y.append(b.y), online_p.append(p)
+def test_online_ftrl_follows_a_country_shift_and_alerts_clear(world: dict, tmp_path) -> None:
+    # the live calibration benchmark (``feedrank calibration bench``) on this module's simulator
+    cfg = LiveCalibrationConfig()
+    res = run_live(cfg, world["sim"], world["cs"])  # the fixture ran the warm-up, training and hold-out minutes
     print()
-    for a in affected:
-        print(f"{a}: alert fired {fired.get(a, -1) / MIN:.1f} min after the shift, "
-              f"cleared {cleared.get(a, -1) / MIN:.1f} min after (event time)")
-    fp, fy, op = np.concatenate(frozen_p), np.concatenate(frozen_y), np.concatenate(online_p)
-    for t, a in enumerate(ACTIONS[:5]):
-        print(f"{a:12s} last 10 min CE: frozen calibrator {m.calibration_error(fp[:, t], fy[:, t]):.3f}, "
-              f"online {m.calibration_error(op[:, t], fy[:, t]):.3f}")
-    for a in affected:
+    print(format_result(res))
+    fired, cleared = res["fired_min_after_shift"], res["cleared_min_after_shift"]
+    assert not res["alerts_before_shift"], f"alert before the shift: {res['alerts_before_shift']}"
+    for a in cfg.shift_tasks:
         assert a in fired, f"no drift alert for shifted task {a}"
         assert a in cleared and cleared[a] > fired[a], f"alert for {a} did not clear"
-        assert mon.state(a).value == "ok"
-    assert not set(fired) - set(affected), f"alerts for unshifted tasks: {set(fired) - set(affected)}"
+        assert res["final_alert_states"][a] == "ok"
+    assert not set(fired) - set(cfg.shift_tasks), f"alerts for unshifted tasks: {set(fired) - set(cfg.shift_tasks)}"
+    assert len(res["by_minute"]) == cfg.minutes
+    if plots.available():
+        svg = write_plots(res, tmp_path)[0].read_text()
+        assert "alert band 0.9..1.1" in svg and all(a in svg for a in ACTIONS)

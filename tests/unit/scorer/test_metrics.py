@@ -64,3 +64,60 @@ def test_ece_from_bins_matches_direct() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         m.calibration_error(np.zeros(3), np.zeros(2))
+
+
+# -- against the libraries (scikit-learn, scipy: the `test` extra) -----------------------------------
+def _cases() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    out = []
+    for n in (5, 50, 2000):
+        p = rng.uniform(size=n)
+        y = (rng.uniform(size=n) < p).astype(float)
+        y[0], y[1] = 0.0, 1.0  # both classes
+        out.append((p, y))
+    p = np.round(rng.uniform(size=500), 1)  # many ties
+    out.append((p, (rng.uniform(size=500) < p).astype(float)))
+    return out
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_auc_matches_sklearn(case: int) -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    p, y = _cases()[case]
+    assert m.auc(p, y) == pytest.approx(sk.roc_auc_score(y, p), abs=1e-12)
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_log_loss_matches_sklearn(case: int) -> None:
+    sk = pytest.importorskip("sklearn.metrics")
+    p, y = _cases()[case]
+    q = np.clip(p, m.LOG_EPS, 1 - m.LOG_EPS)  # sklearn no longer clips for us
+    assert m.log_loss(p, y) == pytest.approx(sk.log_loss(y, q, labels=[0, 1]), rel=1e-12)
+
+
+def test_ece_matches_sklearn_calibration_curve() -> None:
+    calib = pytest.importorskip("sklearn.calibration")
+    p, y = _cases()[2]
+    prob_true, prob_pred = calib.calibration_curve(y, p, n_bins=m.N_BINS, strategy="uniform")
+    counts = np.array([c for c in m.reliability_bins(p, y).counts if c > 0])
+    expected = float(np.sum(counts * np.abs(prob_true - prob_pred)) / counts.sum())
+    assert m.expected_calibration_error(p, y) == pytest.approx(expected, rel=1e-9)
+    rb = m.reliability_bins(p, y)
+    assert [v for v in rb.mean_pred if v is not None] == pytest.approx(list(prob_pred))
+    assert [v for v in rb.mean_label if v is not None] == pytest.approx(list(prob_true))
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_spearman_and_ranks_match_scipy(case: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    p, y = _cases()[case]
+    other = p ** 3 + np.random.default_rng(case).normal(scale=0.1, size=p.size)
+    assert m.spearman(p, other) == pytest.approx(stats.spearmanr(p, other).statistic, abs=1e-12)
+    assert m.rankdata(p).tolist() == pytest.approx(stats.rankdata(p).tolist())
+
+
+def test_undefined_values_are_none() -> None:
+    assert m.auc(np.array([0.2, 0.3]), np.array([0, 0])) is None
+    assert m.spearman(np.array([1.0, 1.0, 1.0]), np.array([1.0, 2.0, 3.0])) is None
+    assert m.spearman(np.array([1.0]), np.array([2.0])) is None
+    assert m.calibration_error_from_sums(3.0, 0) is None

@@ -11,7 +11,8 @@ import pytest
 from features.assembly import FeatureSpec
 from features.world import DEFAULT_START_MS, World
 from scorer.dataset import CLASS_ORDER, DEFAULT_RATES, WorldSplit, make_split
-from scorer.evaluate import auc, mean_auc, spearman, stability, task_metrics
+from scorer.evaluate import mean_auc, stability, task_metrics
+from scorer.metrics import auc, spearman
 from scorer.model import ModelConfig
 from scorer.train import TrainConfig, predict_logits, train_model
 
@@ -43,8 +44,8 @@ def test_downsampling_is_stratified_and_recorded(split: WorldSplit) -> None:
 
 def test_metric_helpers() -> None:
     y = np.array([0, 0, 1, 1])
-    assert auc(y, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert auc(np.array([0.1, 0.2, 0.3, 0.4]), y) == 1.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), y) == 0.5
     assert spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)
 
 

@@ -29,3 +29,27 @@ def test_goal_verdicts_follow_the_figures() -> None:
     slower = _goals(a, {"engine_events_per_s": 30_000, "freshness_p99_ms": 10.0, "freshness_load_events_per_s": 19_999})
     assert slower["goal_freshness_p99"].endswith("not measured at that rate")
     assert "goal_freshness_p99" not in _goals(a, {"engine_events_per_s": 30_000})
+
+
+def test_out_writes_results_and_the_freshness_distribution(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from streams.tools.bench_ingest import freshness_distributions, print_side_by_side, write_out
+
+    pytest.importorskip("matplotlib", reason="matplotlib is in the plots and test extras")
+    results = [{"broker": "embedded", "engine_events_per_s": 30_000,
+                "_freshness_ms": {"20,000 events/s": [5.0 + i % 40 for i in range(500)]}},
+               {"broker": "kafka", "engine_events_per_s": 41_000,
+                "_freshness_ms": {"20,000 events/s": [2.0 + i % 9 for i in range(300)]}}]
+    assert list(freshness_distributions(results)) == ["embedded, 20,000 events/s", "kafka, 20,000 events/s"]
+    paths = write_out(results, tmp_path)
+    assert [p.name for p in paths] == ["results.json", "freshness.svg", "freshness.png"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"][1] == {"broker": "kafka", "engine_events_per_s": 41_000}  # raw samples left out
+    svg = (tmp_path / "freshness.svg").read_text()
+    for text in ("freshness (ms, log scale)", "samples", "embedded, 20,000 events/s", "kafka, 20,000 events/s",
+                 "p99 = "):
+        assert text in svg, text
+    print_side_by_side(results)  # the samples are not printed
