@@ -1,0 +1,58 @@
+"""The demo's first-run pieces (issue 27): true summary lines, clean state, resumable set-up, progress lines."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from scorer.progress import Progress
+from streams.settings import Settings
+from streams.tools.demo import Demo
+
+CAL = {"drift": None}
+
+
+def test_no_ranking_figure_before_a_request_is_scored_and_the_rate_is_measured() -> None:
+    sim = {"requests": 40, "scored": 0, "failed": 40, "gain_captured": 0.23}
+    line = Demo.summary_line(12, 1000, 400, 0.04, sim, CAL, req_rate=4.5)
+    assert "gain - (nothing scored yet)" in line and "0.23" not in line
+    assert " req 0 ok 4.5/s (40 answered 503" in line
+    sim = {"requests": 80, "scored": 30, "failed": 50, "gain_captured": 0.31, "score_p50_ms": 8.0,
+           "score_p99_ms": 21.0}
+    line = Demo.summary_line(30, 5000, 400, 0.04, sim, CAL, req_rate=4.4)
+    assert " req 30 ok 4.4/s (50 failed)" in line and "gain 0.31" in line
+
+
+def test_degraded_freshness_says_why() -> None:
+    m = {"feedrank_consumer_lag{topic=impressions,partition=0}": 5000.0}
+    assert Demo.freshness_reason(m, {}, 0.04) == ""
+    why = Demo.freshness_reason(m, {}, 5.0)
+    assert "backlog 5,000 events behind" in why
+    assert Demo.freshness_reason({}, {}, 5.0)  # never silent when degraded
+
+
+def test_each_run_starts_clean_but_keeps_the_set_up(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    (run / "data" / "t0").mkdir(parents=True)
+    (run / "worker.log").write_text("old")
+    (run / "setup").mkdir()
+    (run / "setup" / "train.done").touch()
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
+                        calibrator_dir=tmp_path / "calibrators")
+    demo = Demo(settings, 10, 0, 60, run_dir=run)
+    demo.clean_state()
+    assert sorted(p.name for p in run.iterdir()) == ["setup"]
+    steps = demo.setup_steps()  # train was done by the earlier run: resumed after it
+    assert [n for n, _ in steps] == ["calibration-log", "replay"]
+
+
+def test_progress_lines_give_percent_and_eta() -> None:
+    out = io.StringIO()
+    p = Progress("train", 200, "steps", every_s=0, stream=out)
+    p.t0 -= 10  # 10 s in
+    p.update(50)
+    p.update(200)
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[train]  25% (50/200 steps) 10s elapsed, ETA 30s"), lines
+    assert "100%" in lines[-1] and "ETA 0s" in lines[-1]
