@@ -116,7 +116,11 @@ class Demo:
                                  "--hours", "1", *world, *background]),
             ("replay", ["replay", "--model", str(staging), "--log", str(log_path), "--out", str(s.calibrator_dir)]),
         ]
-        todo = [(n, a) for n, a in steps if not (self.setup_dir / f"{n}.done").exists()]
+        outputs = {"train": staging / "latest", "calibration-log": log_path}
+        # a step is redone when it is not marked done or its output is gone, and so is every step after it
+        first = next((i for i, (n, _) in enumerate(steps) if not (self.setup_dir / f"{n}.done").exists()
+                      or (n in outputs and not outputs[n].exists())), len(steps))
+        todo = steps[first:]
         done = [n for n, _ in steps if (n, _) not in todo]
         if done:
             print(f"model: set-up resumed from {self.setup_dir} ({', '.join(done)} done by an earlier run)", flush=True)

@@ -37,6 +37,8 @@ def test_each_run_starts_clean_but_keeps_the_set_up(tmp_path: Path) -> None:
     (run / "worker.log").write_text("old")
     (run / "setup").mkdir()
     (run / "setup" / "train.done").touch()
+    (run / "setup" / "models").mkdir()
+    (run / "setup" / "models" / "latest").write_text("v1")
     settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
                         calibrator_dir=tmp_path / "calibrators")
     demo = Demo(settings, 10, 0, 60, run_dir=run)
@@ -56,3 +58,14 @@ def test_progress_lines_give_percent_and_eta() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[train]  25% (50/200 steps) 10s elapsed, ETA 30s"), lines
     assert "100%" in lines[-1] and "ETA 0s" in lines[-1]
+
+
+def test_a_set_up_step_whose_output_is_gone_is_redone(tmp_path: Path) -> None:
+    run = tmp_path / "demo"
+    (run / "setup").mkdir(parents=True)
+    for step in ("train", "calibration-log", "replay"):
+        (run / "setup" / f"{step}.done").touch()  # marked done, but no model was left behind
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
+                        calibrator_dir=tmp_path / "calibrators")
+    steps = Demo(settings, 10, 0, 60, run_dir=run).setup_steps()
+    assert [n for n, _ in steps] == ["train", "calibration-log", "replay"]
