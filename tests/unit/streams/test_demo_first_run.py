@@ -69,3 +69,24 @@ def test_a_set_up_step_whose_output_is_gone_is_redone(tmp_path: Path) -> None:
                         calibrator_dir=tmp_path / "calibrators")
     steps = Demo(settings, 10, 0, 60, run_dir=run).setup_steps()
     assert [n for n, _ in steps] == ["train", "calibration-log", "replay"]
+
+
+def test_produce_failures_are_summed_up_not_logged_one_by_one() -> None:
+    import logging
+
+    from streams.kafka.producer import CollapseProduceFailures
+
+    f = CollapseProduceFailures(every_s=3600)
+
+    def rec(i: int) -> logging.LogRecord:
+        return logging.LogRecord("kafka.producer.producer_batch", logging.WARNING, "x", 1,
+                                 "Failed to produce messages to topic-partition %s with base offset %s: %s",
+                                 (f"tp{i}", None, "KafkaTimeoutError"), None)
+
+    assert f.filter(rec(0))  # the first one passes as it is
+    assert not any(f.filter(rec(i)) for i in range(1, 1000))
+    f.every_s = 0
+    last = rec(1000)
+    assert f.filter(last) and last.getMessage().startswith("1000 more records failed to produce")
+    other = logging.LogRecord("kafka.producer.producer_batch", logging.WARNING, "x", 1, "something else", (), None)
+    assert f.filter(other)
