@@ -299,9 +299,11 @@ class Demo:
 
     @staticmethod
     def freshness_reason(m: dict[str, float], prev: dict[str, float], fresh_s: float | None) -> str:
-        """Why freshness p99 is over 1 s, from what was measured: consumer lag, a blocked loop, box load."""
+        """Why freshness p99 is over 1 s, from what was measured: start-up, consumer lag, a blocked loop, box load."""
         if fresh_s is None or fresh_s <= 1.0:
             return ""
+        if not prev.get("feedrank_events_valid_total"):
+            return "start-up backlog: events produced before the worker was up"
         reasons = []
         lag = sum(v for k, v in m.items() if k.startswith("feedrank_consumer_lag"))
         if lag > 100:

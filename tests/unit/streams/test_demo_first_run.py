@@ -25,10 +25,12 @@ def test_no_ranking_figure_before_a_request_is_scored_and_the_rate_is_measured()
 
 def test_degraded_freshness_says_why() -> None:
     m = {"feedrank_consumer_lag{topic=impressions,partition=0}": 5000.0}
-    assert Demo.freshness_reason(m, {}, 0.04) == ""
-    why = Demo.freshness_reason(m, {}, 5.0)
+    prev = {"feedrank_events_valid_total": 100.0}
+    assert Demo.freshness_reason(m, prev, 0.04) == ""
+    why = Demo.freshness_reason(m, prev, 5.0)
     assert "backlog 5,000 events behind" in why
-    assert Demo.freshness_reason({}, {}, 5.0)  # never silent when degraded
+    assert Demo.freshness_reason({}, prev, 5.0)  # never silent when degraded
+    assert Demo.freshness_reason(m, {}, 5.0).startswith("start-up backlog")  # the first events the worker saw
 
 
 def test_each_run_starts_clean_but_keeps_the_set_up(tmp_path: Path) -> None:
