@@ -92,3 +92,23 @@ def test_produce_failures_are_summed_up_not_logged_one_by_one() -> None:
     assert f.filter(last) and last.getMessage().startswith("1000 more records failed to produce")
     other = logging.LogRecord("kafka.producer.producer_batch", logging.WARNING, "x", 1, "something else", (), None)
     assert f.filter(other)
+
+
+def test_status_page_shows_the_served_model_and_calibrators_as_tables() -> None:
+    from types import SimpleNamespace
+
+    from features.state import Counts, FeedbackSnapshot
+    from streams.serving.status_page import render_status
+
+    cal = {"model_version": "m1", "version": 3, "source": "online", "trained_examples": 1200, "watermark_ms": 5}
+    serving = SimpleNamespace(served_version="m1", calibrator_info=lambda: cal, latest_drift=lambda: None)
+    views = SimpleNamespace(engine=SimpleNamespace(tables={0: None}, processed=10, dead_lettered=0),
+                            get_feedback_snapshot=lambda: FeedbackSnapshot({"all": Counts(10, {"click": 1})}))
+    api = SimpleNamespace(views=views, serving=serving,
+                          settings=SimpleNamespace(url="http://127.0.0.1:1", feedback_window_min=30))
+    page = render_status(api)
+    assert "{&#x27;" not in page and "{'" not in page  # no Python dict repr
+    assert "<td>m1</td><td>3</td><td>online</td><td>1200</td>" in page
+    serving.served_version, serving.calibrator_info = None, lambda: {"model": None, "error": "no model under x"}
+    page = render_status(api)
+    assert "none yet: /score answers 503" in page and "no model under x" in page
