@@ -24,7 +24,7 @@ demo: $(STAMP)
 # into ~/.cache/feedrank/kafka. Without Java 17+ or Maven they fall back to the embedded broker.
 test: $(STAMP)
 	$(BIN)/feedrank kafka --fetch-only || echo "no local Apache Kafka: the broker tests run on the embedded broker"
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -v --durations=10 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -119,7 +119,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _threads(args.threads)
     artifact = load_artifact(args.model)
     rlog = ReplayLog.load(args.log)
-    cs = replay(artifact_score_fn(artifact, rlog), rlog.batch, model_version=artifact.version,
+    cs = replay(artifact_score_fn(artifact, rlog, progress=True), rlog.batch, model_version=artifact.version,
                 holdout_frac=args.holdout_frac, l2=args.l2)
     path = CalibratorStore(args.out).save(cs)
     print(format_replay_report(cs))
@@ -150,7 +150,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     rlog = world_replay_log(world, artifact, _load_set(args.calibrators), hours=args.hours,
                             requests_per_s=args.requests_per_s, feed_size=args.feed_size, n_candidates=args.candidates,
                             start_ms=DEFAULT_START_MS, explore_frac=args.explore_frac, refit_every_s=args.refit_every_s,
-                            background=background, blender=blender, seed=args.seed)
+                            background=background, blender=blender, seed=args.seed, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rlog.save(args.out)
     print(f"replay log of model {artifact.version}: {len(rlog.batch)} shown items written to {args.out}")

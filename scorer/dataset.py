@@ -11,7 +11,6 @@ and raw model scores are NOT probabilities (calibration fixes that).
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -23,6 +22,7 @@ from features.events import ACTIONS
 from features.state import Candidate
 from features.world import HOUR_MS, World
 
+from .progress import Progress
 from .replay_state import ReplayState
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, s
     req_index, labels, probs, ts_rows = [], [], [], []
     rng = np.random.default_rng(world.seed + 7)
     t0 = time.perf_counter()
+    bar = Progress("simulate", (end - start_ms) / 1000, "simulated s", enabled=progress)
     q = 0
     for req in world.requests(start_ms, requests_per_s, n_candidates):
         if req.ts >= end:
@@ -122,12 +123,10 @@ def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, s
         probs.append(result.true_probs)
         ts_rows.append(np.full(len(shown), req.ts))
         q += 1
-        if progress and q % 2000 == 0:
-            done = (req.ts - start_ms) / (end - start_ms)
-            print(f"\r[simulate] {done:5.1%} requests={q} {q / (time.perf_counter() - t0):.0f} req/s",
-                  end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        if progress and q % 200 == 0:
+            bar.update((req.ts - start_ms) / 1000, f"{q:,} requests, {q / (time.perf_counter() - t0):.0f} req/s")
+    bar.update((end - start_ms) / 1000)
+    bar.close()
     lab = np.concatenate(labels).astype(np.float32)
     cand = {k: np.concatenate(v) for k, v in cands.items()}
     mask = np.ones_like(lab)

@@ -134,7 +134,7 @@ class ReplayLog:
             raise CalibratorStateError(f"cannot read replay log {path}: {exc}; write one with `feedrank calibration log`") from exc
 
 
-def artifact_score_fn(artifact: Any, rlog: ReplayLog) -> ScoreFn:
+def artifact_score_fn(artifact: Any, rlog: ReplayLog, progress: bool = False) -> ScoreFn:
     """A ``score_fn`` that re-scores ``rlog``'s requests with ``artifact`` (``scorer.artifact.Artifact``).
 
     The returned function ignores its batch argument's rows beyond their count and
@@ -142,16 +142,23 @@ def artifact_score_fn(artifact: Any, rlog: ReplayLog) -> ScoreFn:
     """
     from features.assembly import ModelInputs
 
+    from .progress import Progress
+
     def score(batch: LabeledBatch) -> np.ndarray:
         if len(batch) != len(rlog.batch):
             raise ValueError("artifact_score_fn scores its own replay log; pass rlog.batch to replay()")
         out = np.zeros((len(batch), len(ACTIONS)))
         starts = np.r_[0, np.flatnonzero(np.diff(rlog.req_index)) + 1]
         ends = np.r_[starts[1:], len(rlog.req_index)]
-        for s, e in zip(starts, ends):
+        bar = Progress("replay", len(starts), "requests re-scored", enabled=progress)
+        for n, (s, e) in enumerate(zip(starts, ends)):
             q = int(rlog.req_index[s])
             inputs = ModelInputs(**{k: v[q] for k, v in rlog.user.items()}, **{k: v[s:e] for k, v in rlog.cand.items()})
             out[s:e] = artifact.score(inputs)
+            if n % 50 == 0:
+                bar.update(n)
+        bar.update(len(starts))
+        bar.close()
         return out
 
     return score

@@ -49,6 +49,7 @@ from features.world import DEFAULT_START_MS, HOUR_MS, FeedRequest, World
 
 from .calibration import CalibratorHolder, CalibratorSet, LabeledBatch, fit_calibrator_set
 from .calibration.records import batch_from_records
+from .progress import Progress
 from .replay import ReplayLog
 from .replay_state import ReplayState
 
@@ -98,7 +99,8 @@ class _Background:
 def world_replay_log(world: World, artifact: Any, calibrators: CalibratorSet | None = None, hours: float = 1.0,
                      requests_per_s: float = 1.0, feed_size: int = 10, n_candidates: int = 100,
                      start_ms: int = DEFAULT_START_MS, explore_frac: float = 0.1, refit_every_s: float = 300.0,
-                     background: Iterable[Event] | None = None, blender: Any = None, seed: int = 0) -> ReplayLog:
+                     background: Iterable[Event] | None = None, blender: Any = None, seed: int = 0,
+                     progress: bool = False) -> ReplayLog:
     """``hours`` of world traffic served by ``artifact`` (``scorer.artifact.Artifact``) through the serving path.
 
     ``extras`` of the rows: ``served`` (the calibrated probabilities serving logged),
@@ -120,9 +122,12 @@ def world_replay_log(world: World, artifact: Any, calibrators: CalibratorSet | N
     parts: list[LabeledBatch] = []
     policy, req_index = [], []
     q = 0
+    bar = Progress("calibration log", (end - start_ms) / 1000, "simulated s", enabled=progress)
     for req in world.requests(start_ms, requests_per_s, n_candidates):
         if req.ts >= end:
             break
+        if q % 50 == 0:
+            bar.update((req.ts - start_ms) / 1000, f"{q:,} requests")
         if next_refit is not None and req.ts >= next_refit and parts:
             # a model that never served: refit on what was logged so far and serve with it
             fitted = fit_calibrator_set(LabeledBatch.concat(parts), artifact.version, version=holder.current.version + 1,
@@ -161,6 +166,8 @@ def world_replay_log(world: World, artifact: Any, calibrators: CalibratorSet | N
         policy.append(np.full(len(batch), EXPLORE if explore else SERVE, dtype=np.int8))
         req_index.append(np.full(len(batch), q))
         q += 1
+    bar.update((end - start_ms) / 1000, f"{q:,} requests")
+    bar.close()
     if q == 0:
         raise ValueError("no requests in the window; raise --hours or --requests-per-s")
     batch = LabeledBatch.concat(parts)

@@ -11,7 +11,6 @@ a retrained model's scores close to its predecessor's.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Dict
@@ -25,6 +24,7 @@ from features.assembly import FeatureSpec
 
 from .dataset import RowSet
 from .model import ModelConfig, RankingModel, build_model
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def train_model(rows: RowSet, spec: FeatureSpec, model_config: ModelConfig, conf
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(total, 1), pct_start=0.1)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
+    progress = Progress("train", total, "steps", enabled=config.progress)
     for epoch in range(config.epochs):
         model.train()
         run = 0.0
@@ -123,15 +124,12 @@ def train_model(rows: RowSet, spec: FeatureSpec, model_config: ModelConfig, conf
             opt.step()
             sched.step()
             run = 0.98 * run + 0.02 * float(loss.detach()) if s else float(loss.detach())
-            if config.progress and (s % 20 == 0 or s == steps - 1):
+            if config.progress:
                 done = epoch * steps + s + 1
                 rate = done * config.batch_size / (time.perf_counter() - t0)
-                bar = "#" * int(30 * done / total)
-                print(f"\r[train] [{bar:<30}] epoch {epoch + 1}/{config.epochs} step {s + 1}/{steps} "
-                      f"loss {run:.4f} {rate:,.0f} rows/s", end="", file=sys.stderr, flush=True)
+                progress.update(done, f"epoch {epoch + 1}/{config.epochs} loss {run:.4f} {rate:,.0f} rows/s")
         history.append({"epoch": epoch + 1, "loss": run, "seconds": time.perf_counter() - t0})
-    if config.progress:
-        print(file=sys.stderr)
+    progress.close()
     model.eval()
     log.info("trained %s on %d rows in %.1fs", model_config.arch, len(rows), time.perf_counter() - t0)
     return model, history

@@ -40,6 +40,7 @@ def create_app(settings: Settings, bootstrap: str, *, single_record_batches: boo
         broker_commit_interval=settings.commit_interval_s,
         web_enabled=True,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust binds 0.0.0.0 unless told: listen exactly where the settings say
         web_port=settings.web_port,
         web_in_thread=False,
         # Rebalances after a kill without leave take the session timeout.

@@ -92,6 +92,10 @@ def build_worker_app(settings: Settings, bootstrap: str):
         await app.add_runtime_dependency(calibration)
 
     @app.task
+    async def _connect_score_process() -> None:  # pragma: no cover - exercised by broker tests
+        serving.connect()  # from the start, so a model published while no request comes is loaded
+
+    @app.task
     async def _loop_monitor() -> None:  # pragma: no cover - exercised by broker tests
         from streams.serving.loopmon import install_gc_monitor, trim_heap, tune_runtime, watch_loop_lag
 

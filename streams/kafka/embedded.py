@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 class EmbeddedBroker:
     """The tansu broker as a child process (memory storage: state dies with it)."""
 
-    def __init__(self, port: int = 0, log_path: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int = 0, log_path: Path | None = None, host: str = "127.0.0.1",
+                 new_session: bool = False) -> None:
+        """``new_session``: start the broker in a session of its own (a terminal's Ctrl-C does not reach it)."""
         self.host = host
+        self.new_session = new_session
         self.port = port or free_port(host)
         self.log_path = log_path or Path("var/log") / f"tansu-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,7 +64,7 @@ class EmbeddedBroker:
         self.proc = subprocess.Popen(
             cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # Die with the parent even on SIGKILL of the parent (Linux only).
-            preexec_fn=pdeathsig,
+            preexec_fn=pdeathsig, start_new_session=self.new_session,
         )
         logf.close()
         atexit.register(self.stop)

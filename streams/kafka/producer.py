@@ -45,6 +45,43 @@ def kafka_python_batch_config(single: bool) -> dict[str, Any]:
     return {"batch_size": 64 * 1024, "linger_ms": 5, "compression_type": None}
 
 
+class CollapseProduceFailures(logging.Filter):
+    """kafka-python logs one WARNING per failed batch (one record each against the embedded broker): an
+    overloaded broker then floods the log (450,000 lines in a 23-minute demo). The first failure
+    passes; later ones are counted and summed up in one WARNING every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.count = 0
+        self.since: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        if not str(record.msg).startswith("Failed to produce"):
+            return True
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            return True
+        self.count += 1
+        if now - self.since < self.every_s:
+            return False
+        record.msg, record.args = ("%d more records failed to produce in the last %.0f s (the broker did not "
+                                   "take them in time: overloaded or down); the latest: %s",
+                                   (self.count, now - self.since, record.getMessage()))
+        self.count, self.since = 0, now
+        return True
+
+
+def collapse_produce_failures() -> None:
+    """Install ``CollapseProduceFailures`` on kafka-python's batch logger once per process."""
+    logger = logging.getLogger("kafka.producer.producer_batch")
+    if not any(isinstance(f, CollapseProduceFailures) for f in logger.filters):
+        logger.addFilter(CollapseProduceFailures())
+
+
 class EventProducer:
     """Sends contract events to their topics, keyed by user_id."""
 
@@ -52,6 +89,7 @@ class EventProducer:
                  single_record_batches: bool | None = None, **producer_config: Any) -> None:
         from kafka import KafkaProducer
 
+        collapse_produce_failures()
         self.settings = settings or get_settings()
         if single_record_batches is None:
             single_record_batches = one_record_per_batch(self.settings, bootstrap)

@@ -39,6 +39,15 @@ class ModelSlot:
         self.scorer = scorer
         self.holder = holder
         self.load_error: str | None = None
+        self.precision: str | None = None  # the loaded model's number format (``set_precision``)
+
+    def _publish_model_info(self) -> None:
+        """Set ``feedrank_model_info`` to the model this slot serves (``Serving``: what its score process serves)."""
+        from streams.metrics import MODEL_INFO
+
+        MODEL_INFO.clear()
+        if self.model_version is not None:
+            MODEL_INFO.labels(self.model_version, self.precision or "unknown").set(1)
 
     def _latest_version(self) -> str | None:
         latest = Path(self.settings.model_dir) / "latest"
@@ -60,14 +69,12 @@ class ModelSlot:
         from scorer.export import set_precision
         from scorer.service import Scorer
 
-        from streams.metrics import MODEL_INFO
-
         settings = self.settings
         version = self._latest_version()
         if version is None or version == self.model_version:
             if version is None and self.load_error is None:
                 self.load_error = f"no model under {settings.model_dir}: run `feedrank train`"
-                log.error("no model loaded, /score will answer 503: %s", self.load_error)
+                log.info("no model loaded yet, /score answers 503 until one is published: %s", self.load_error)
             return False
         try:
             artifact = load_artifact(settings.model_dir)
@@ -95,8 +102,8 @@ class ModelSlot:
             self.scorer.swap_model(artifact, holder)
         self.holder = holder
         self.load_error = None
-        MODEL_INFO.clear()
-        MODEL_INFO.labels(artifact.version, precision).set(1)
+        self.precision = precision
+        self._publish_model_info()
         log.info("serving model %s (%s expert GEMMs) with calibrators %s#%d (%s)", artifact.version, precision,
                  initial.model_version, initial.version, initial.source)
         return True

@@ -133,10 +133,17 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
 class ScoreProcess:
     """The worker's handle on its score process (use from the event loop; ``reload`` from any thread)."""
 
-    def __init__(self, settings, calibrators: Callable[[], Any] = lambda: None) -> None:
-        """``calibrators``: the parent's current calibrator set, given to every child it starts."""
+    def __init__(self, settings, calibrators: Callable[[], Any] = lambda: None,
+                 on_version: Callable[[str | None], None] = lambda version: None) -> None:
+        """``calibrators``: the parent's current calibrator set, given to every child it starts.
+
+        ``on_version``: called with the model version the child serves each time
+        that is known anew (its hello, each reload); on the loop's thread or the
+        reloading one.
+        """
         self.settings = settings
         self.calibrators = calibrators
+        self.on_version = on_version
         self.restarts = 0
         self.model_version: str | None = None
         self._proc: Any = None
@@ -180,13 +187,26 @@ class ScoreProcess:
         conn.close()
         self._streams = await asyncio.open_connection(sock=sock, limit=1 << 24)
         _, version = await asyncio.wait_for(self._read(), START_TIMEOUT_S)
+        # A model published after the child's spawn and before this hello is loaded now: nothing else
+        # would ask the child to reload (the parent's own reload found it not connected yet).
+        ok, value = await self._exchange("reload", None, START_TIMEOUT_S)
+        if ok:
+            version = value
+        else:
+            log.warning("score process could not load the latest model: %s", value)
         cs = self.calibrators()
         if cs is not None:  # before any queued call: they all wait for this hello
             ok, value = await self._exchange("install", cs, CALL_TIMEOUT_S)
             if not ok:
                 log.warning("score process refused calibrators %s#%s: %s", cs.model_version, cs.version, value)
         self.model_version = version
+        self.on_version(version)
         return version
+
+    @property
+    def connected(self) -> bool:
+        """The event loop has started talking to a child (``poke``); ``reload`` then reaches it."""
+        return self._loop is not None
 
     async def _exchange(self, op: str, arg: Any, timeout_s: float) -> tuple[bool, Any]:
         assert self._streams is not None
@@ -201,7 +221,11 @@ class ScoreProcess:
         if exc is not None:
             log.error("score process (pid %s) did not start: %s: %s", self.pid, type(exc).__name__, exc)
         else:
-            log.info("score process (pid %s) up, serving model %s", self.pid, task.result())
+            version = task.result()
+            if version is None:
+                log.info("score process (pid %s) up, no model yet: it loads one when published", self.pid)
+            else:
+                log.info("score process (pid %s) up, serving model %s", self.pid, version)
 
     async def _read(self) -> tuple[bool, Any]:
         assert self._streams is not None
@@ -286,12 +310,13 @@ class ScoreProcess:
     def reload(self, timeout_s: float = START_TIMEOUT_S) -> str | None:
         """From a thread other than the loop's: make the child load ``<model_dir>/latest``; its version."""
         if self._loop is None:
-            return None  # not connected yet: the child loads the latest model when it starts
+            return None  # not connected yet: the child loads the latest model when the loop connects
 
         async def go() -> str | None:
             return await self.call("reload", None, timeout_s)
 
         self.model_version = asyncio.run_coroutine_threadsafe(go(), self._loop).result(timeout_s + 5)
+        self.on_version(self.model_version)
         return self.model_version
 
     def close(self) -> None:

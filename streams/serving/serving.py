@@ -51,16 +51,40 @@ class Serving(ModelSlot):
 
         torch.set_num_threads(settings.score_threads)
         serving = cls(settings)
+        if settings.score_process:  # before the first reload: the model metric then waits for the child
+            serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None,
+                                        on_version=lambda version: serving._publish_model_info())
         serving.reload()
-        if settings.score_process:
-            serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None).start()
+        if serving.proc is not None:
+            serving.proc.start()
         return serving
 
-    def ready(self) -> bool:
-        """From the event loop: a model is loaded (and the score process is up; connects to it if need be)."""
+    @property
+    def served_version(self) -> str | None:
+        """The model that answers /score: the score process's (once it said hello), else this slot's."""
+        return self.proc.model_version if self.proc is not None else self.model_version
+
+    def _publish_model_info(self) -> None:
+        """``feedrank_model_info`` follows what the score process actually serves."""
+        from streams.metrics import MODEL_INFO
+
+        MODEL_INFO.clear()
+        version = self.served_version
+        if version is not None:
+            precision = self.precision if version == self.model_version else None
+            MODEL_INFO.labels(version, precision or "unknown").set(1)
+
+    def connect(self) -> None:
+        """From the event loop, at worker start: connect to the score process (so reloads reach it)."""
         if self.proc is not None:
             self.proc.poke()
-        return self.scorer is not None and (self.proc is None or self.proc.ready)
+
+    def ready(self) -> bool:
+        """From the event loop: a model is served (by the score process when there is one; connects to it)."""
+        if self.proc is not None:
+            self.proc.poke()
+            return self.proc.ready and self.proc.model_version is not None
+        return self.scorer is not None
 
     def read_user(self, views, user_id: str):
         """The user's state in the form ``score`` takes (raises ``NotLocalError`` for another worker's user)."""
@@ -71,8 +95,10 @@ class Serving(ModelSlot):
     def reload(self) -> bool:
         """``ModelSlot.reload``, then the score process follows."""
         swapped = super().reload()
-        if swapped and self.proc is not None:
-            log.info("score process now serving model %s", self.proc.reload())
+        proc = self.proc
+        # Also when this slot did not swap: a child that missed a reload (it was restarting) catches up.
+        if proc is not None and proc.connected and proc.ready and proc.model_version != self.model_version:
+            log.info("score process now serving model %s", proc.reload())
         return swapped
 
     def install_calibrators(self, cs) -> bool:

@@ -27,7 +27,16 @@ def render_status(api) -> str:
     parts = [f"<h1>feedrank worker {html.escape(api.settings.url)}</h1>",
              f"<p>partitions {sorted(engine.tables)}; events applied {engine.processed:,}; "
              f"dead-lettered {engine.dead_lettered:,}</p>"]
-    parts.append(f"<h2>Calibrators</h2><pre>{html.escape(str(cal))}</pre>")
+    served = serving.served_version if serving else None
+    parts.append(f"<h2>Model</h2><p>{html.escape(served or 'none yet: /score answers 503 until one is published')}</p>")
+    if cal and cal.get("model_version"):
+        parts.append("<h2>Calibrators</h2>" + _table(
+            ["model", "version", "source", "trained examples", "watermark ms"],
+            [[cal["model_version"], cal.get("version"), cal.get("source"), cal.get("trained_examples"),
+              cal.get("watermark_ms")]]))
+    else:
+        parts.append("<h2>Calibrators</h2><p>none yet" + (f" ({html.escape(str(cal['error']))})"
+                                                           if cal and cal.get("error") else "") + "</p>")
     if drift:
         window = drift["alert_config"]["window"]
         tasks = drift["windows"][window]["tasks"]

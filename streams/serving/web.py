@@ -103,7 +103,8 @@ class WebApi:
         except NotLocalError:
             return await self._forward(web, request, partition, body)
         if self.serving is None or self.serving.scorer is None:
-            return _error(web, 503, "model", "no model loaded on this worker; run `feedrank train` and restart")
+            return _error(web, 503, "model", "no model loaded on this worker yet; run `feedrank train`: the worker "
+                          "loads a published model within model_check_interval_s, no restart needed")
         feedback = self.views.get_feedback_snapshot()
         SCORE_STAGE_SECONDS.labels("parse").observe(t_parsed - t0)
         SCORE_STAGE_SECONDS.labels("state").observe(time.perf_counter() - t_parsed)
@@ -183,8 +184,10 @@ class WebApi:
 
     async def ready(self, web, request):
         engine = self.views.engine
-        ok = engine.caught_up.is_set() and (self.serving is None or self.serving.ready())
-        body = {"ready": ok, "partitions": sorted(engine.tables)}
+        serving_ok = self.serving is None or self.serving.ready()
+        ok = engine.caught_up.is_set() and serving_ok
+        body = {"ready": ok, "partitions": sorted(engine.tables), "caught_up": engine.caught_up.is_set(),
+                "model_version": self.serving.served_version if self.serving is not None else None}
         return _json(web, body, status=200 if ok else 503)
 
     async def status_page(self, web, request):

@@ -2,14 +2,21 @@
 
 1. A model: trained on first run and cached under ``var/models`` (then its
    calibrators are fit by replaying a logged hour of the synthetic world), so
-   later runs start in seconds.
+   later runs start in seconds. The set-up steps keep their outputs in
+   ``var/demo/setup``: a run stopped mid set-up resumes at the step it was in.
+   ``--duration`` counts from the model's publication.
 2. The embedded broker, a worker (tables, scorer, online calibration, web API)
    and the closed-loop simulator: simulated users ask ``/score``, see the top
    items and engage with the world's true probabilities; impressions join
    their engagements, the calibrators learn online, drift is published.
-3. A live summary every few seconds and a final report; Ctrl-C (or SIGTERM)
-   stops every process it started, broker included. Children also die with
-   the demo (PR_SET_PDEATHSIG), so even a SIGKILL leaves no orphan.
+3. A live summary every few seconds (only what was measured) and a final
+   report; Ctrl-C (or SIGTERM) stops every process it started in dependency
+   order: traffic, worker, then the broker. Each child runs in a session of
+   its own, so the terminal's Ctrl-C reaches only the demo. Children also die
+   with the demo (PR_SET_PDEATHSIG), so even a SIGKILL leaves no orphan.
+
+Each run starts from a clean state (tables, logs) unless ``--keep-state``: the
+embedded broker starts empty, so state kept from a previous run does not match it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from streams.kafka.topics import ensure_system_topics
 log = logging.getLogger(__name__)
 
 WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
+#: the first run's set-up (train, calibration log, replay) on a 2-core box: 4.4 minutes in issue 27's report;
+#: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12)
+SETUP_MINUTES = "5 to 20"
 #: the background producer's traffic (other users of the platform)
 BACKGROUND = {"--users": "20000", "--seed": "1"}
 
@@ -49,8 +59,12 @@ class Demo:
     """Supervises the demo's processes."""
 
     def __init__(self, settings: Settings, requests_per_s: float, background_rate: float,
-                 duration_s: float | None, run_dir: Path = Path("var/demo")) -> None:
+                 duration_s: float | None, run_dir: Path = Path("var/demo"), keep_state: bool = False) -> None:
         self.settings = settings
+        self.keep_state = keep_state
+        self.published_at: float | None = None  # monotonic time the model was there (cached or published)
+        self.first_scored_at: float | None = None
+        self.hinted_user = False
         self.requests_per_s = requests_per_s
         self.background_rate = background_rate
         self.duration_s = duration_s
@@ -59,12 +73,20 @@ class Demo:
         self.broker: EmbeddedBroker | None = None
         self._stop = False
         self.pending_steps: list[tuple[str, list[str]]] = []
+        self.current_step, self.step_started = "", 0.0
         self.env: dict[str, str] = {}
 
+    @property
+    def setup_dir(self) -> Path:
+        return self.run_dir / "setup"
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        logf = open(self.run_dir / f"{name}.log", "ab" if name == "setup" else "wb")
+        path = self.setup_dir / "setup.log" if name == "setup" else self.run_dir / f"{name}.log"
+        logf = open(path, "ab" if name == "setup" else "wb")
+        # a session of its own: the terminal's Ctrl-C reaches the demo only, which stops children in order
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args], env=env, stdout=logf,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=pdeathsig)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=pdeathsig,
+                                start_new_session=True)
         logf.close()
         self.children.append((name, proc))
         return proc
@@ -80,29 +102,41 @@ class Demo:
         if (s.model_dir / "latest").exists():
             print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
             return []
-        staging = self.run_dir / "staging-models"
+        staging = self.setup_dir / "models"
         world = [x for kv in WORLD.items() for x in kv]
-        log_path = self.run_dir / "replay-log.npz"
-        print("model: first run, training one on the synthetic world while the stream starts "
-              "(a few minutes on 2 cores); /score answers 503 until it is published", flush=True)
+        log_path = self.setup_dir / "replay-log.npz"
         # The calibration log stands in for the serving logs the calibrators are fit on, so it must
         # look like what the worker will serve: the same score path and policy (top 10 of 100 by
         # blended utility, recalibrated at the shown rank) and the same tables, which the background
         # producer's traffic feeds too. A log of other picks mis-calibrated the served items 1.5-2.8x.
         background = ["--background-rate", str(self.background_rate),
                       "--background-users", BACKGROUND["--users"], "--background-seed", BACKGROUND["--seed"]]
-        return [
+        steps = [
             ("train", ["train", "--out", str(staging), *world, "--train-hours", "12", "--epochs", "2"]),
             ("calibration-log", ["calibration", "log", "--model", str(staging), "--out", str(log_path),
                                  "--hours", "1", *world, *background]),
             ("replay", ["replay", "--model", str(staging), "--log", str(log_path), "--out", str(s.calibrator_dir)]),
         ]
+        outputs = {"train": staging / "latest", "calibration-log": log_path}
+        # a step is redone when it is not marked done or its output is gone, and so is every step after it
+        first = next((i for i, (n, _) in enumerate(steps) if not (self.setup_dir / f"{n}.done").exists()
+                      or (n in outputs and not outputs[n].exists())), len(steps))
+        todo = steps[first:]
+        done = [n for n, _ in steps if (n, _) not in todo]
+        if done:
+            print(f"model: set-up resumed from {self.setup_dir} ({', '.join(done)} done by an earlier run)", flush=True)
+        if todo:
+            print(f"model: first run, set-up ({', '.join(n for n, _ in todo)}) while the stream starts: "
+                  f"about {SETUP_MINUTES} minutes on a 2-core box, more when it is busy. /score answers 503 "
+                  "until the model is published; --duration counts from then. A stopped set-up resumes on the "
+                  "next run.", flush=True)
+        return todo
 
     def publish_model(self) -> None:
         """Copy the staged artifact into ``model_dir`` and point ``latest`` at it (atomic)."""
         import shutil
 
-        staging = self.run_dir / "staging-models"
+        staging = self.setup_dir / "models"
         version = (staging / "latest").read_text().strip()
         target = self.settings.model_dir / version
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,25 +145,50 @@ class Demo:
         tmp = self.settings.model_dir / ".latest.tmp"
         tmp.write_text(version + "\n")
         os.replace(tmp, self.settings.model_dir / "latest")
-        print(f"model {version} published with its calibrators; the worker swaps it in", flush=True)
+        self.published_at = time.monotonic()
+        print(f"model {version} published with its calibrators; the worker swaps it in"
+              + (f" (the demo runs {self.duration_s:g} s from now)" if self.duration_s else ""), flush=True)
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.keep_state:
+            self.clean_state()
+        self.setup_dir.mkdir(parents=True, exist_ok=True)
         try:
             return self._run()
         finally:
             self.shutdown()
 
+    def clean_state(self) -> None:
+        """Remove the previous run's tables and logs (the broker starts empty too); keep ``setup/``."""
+        import shutil
+
+        for entry in self.run_dir.iterdir():
+            if entry.name == "setup":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
     def _on_signal(self, *_: object) -> None:
+        if not self._stop:
+            print("\nstopping: traffic, then the worker, then the broker ...", flush=True)
         self._stop = True
 
     def _run(self) -> int:
         s = self.settings
         env = {**os.environ}
         self.pending_steps = self.setup_steps()
-        self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log").start()
+        if not self.pending_steps and (self.setup_dir / "models" / "latest").exists() and not (
+                s.model_dir / "latest").exists():
+            self.publish_model()  # every set-up step was done by an earlier run
+        elif not self.pending_steps:
+            self.published_at = time.monotonic()
+        self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log",
+                                     new_session=True).start()
         print(f"\nembedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
         ensure_system_topics(self.broker.bootstrap, s)
         web_port = s.web_port or free_port()
@@ -150,14 +209,18 @@ class Demo:
         world = [x for kv in WORLD.items() for x in kv]
         self._spawn("simulate", ["simulate", "--url", url, "--requests-per-s", str(self.requests_per_s),
                                  "--stats", str(stats_path), *world], env)
-        print(f"simulated users   {self.requests_per_s:g} feed requests/s in a closed loop "
-              f"(log {self.run_dir / 'simulate.log'})", flush=True)
+        print(f"simulated users   asking for {self.requests_per_s:g} feed requests/s in a closed loop; the summary "
+              f"shows the rate measured (log {self.run_dir / 'simulate.log'})", flush=True)
         if self.background_rate > 0:
             self._spawn("producer", ["produce", "--rate", str(self.background_rate), "--users", BACKGROUND["--users"],
                                      "--duration", str(10 ** 9), "--seed", BACKGROUND["--seed"]], env)
             print(f"background events {self.background_rate:g}/s from other users", flush=True)
         print(f"\ninspect:  {url}/status   {url}/feedback-loop   {url}/calibration   {url}/metrics\n"
-              f"          {url}/users/u1/sequence   feedrank inspect user u1 --url {url}\n"
+              "          a user with data is suggested once requests are scored\n"
+              f"port {web_port}: change it with FEEDRANK_WEB_PORT=<port> (0 = any free one)\n"
+              "summary: events (rate), freshness p99 (produce -> visible), /score rate measured and latency,\n"
+              "         gain = share of the achievable ranking gain (scored requests only), calibration error\n"
+              "         per task (sum p / sum y; 1 = calibrated; meaningful after ~5 minutes of labels)\n"
               "Ctrl-C stops everything.\n", flush=True)
         return self._loop(url, stats_path)
 
@@ -170,18 +233,24 @@ class Demo:
                 return
             self.children.remove(running[0])
             if proc.returncode != 0:
-                raise RuntimeError(f"set-up step failed (exit {proc.returncode}); see {self.run_dir / 'setup.log'}")
+                raise RuntimeError(f"set-up step failed (exit {proc.returncode}); see {self.setup_dir / 'setup.log'}")
+            (self.setup_dir / f"{self.current_step}.done").touch()
+            took = time.monotonic() - self.step_started
+            print(f"  set-up: {self.current_step} done in {took:.0f} s", flush=True)
             if not self.pending_steps:
                 self.publish_model()
                 return
         if self.pending_steps:
             name, args = self.pending_steps.pop(0)
-            print(f"  set-up: {name} (feedrank {' '.join(args[:2])} ...; log {self.run_dir / 'setup.log'})", flush=True)
+            self.current_step, self.step_started = name, time.monotonic()
+            print(f"  set-up: {name} (feedrank {' '.join(args[:2])} ...; progress in {self.setup_dir / 'setup.log'})",
+                  flush=True)
             self._spawn("setup", args, self.env)
 
     def _loop(self, url: str, stats_path: Path) -> int:
         start = time.monotonic()
         last = Scrape()
+        last_sim: dict[str, Any] = {}
         last_t = start
         while not self._stop:
             time.sleep(0.5)
@@ -195,7 +264,7 @@ class Demo:
                     print(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
                     return 1
             now = time.monotonic()
-            if self.duration_s is not None and now - start > self.duration_s:
+            if self.duration_s is not None and self.published_at is not None and now - self.published_at > self.duration_s:
                 break
             if now - last_t < 5.0:
                 continue
@@ -207,18 +276,50 @@ class Demo:
                 last_t = now
                 continue
             sim = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+            dt = now - last_t
             consumed = m.value("feedrank_events_valid_total")
-            rate = m.delta(last, "feedrank_events_valid_total") / (now - last_t)
+            rate = m.delta(last, "feedrank_events_valid_total") / dt
+            req_rate = (sim.get("requests", 0) - last_sim.get("requests", 0)) / dt
             fresh = m.quantile("feedrank_freshness_seconds", 0.99, since=last)
-            print(self.summary_line(now - start, consumed, rate, fresh, sim, cal), flush=True)
-            last, last_t = m, now
+            why = self.freshness_reason(m, last, fresh)
+            if sim.get("scored", 0) > 0 and self.first_scored_at is None:
+                self.first_scored_at = now
+                ref = self.published_at if self.published_at is not None else start
+                print(f"[{now - start:5.0f}s] first feed request scored ({now - start:.0f} s after start, "
+                      f"{max(0.0, now - ref):.0f} s after the model was there)", flush=True)
+            print(self.summary_line(now - start, consumed, rate, fresh, sim, cal, req_rate, why), flush=True)
+            if not self.hinted_user and sim.get("busiest_user") and sim.get("scored", 0) > 0:
+                u = sim["busiest_user"]
+                print(f"          a user with data: {url}/users/{u}/sequence   feedrank inspect user {u} --url {url}",
+                      flush=True)
+                self.hinted_user = True
+            last, last_sim, last_t = m, sim, now
         self.final_report(url, stats_path)
         return 0
 
     @staticmethod
+    def freshness_reason(m: Scrape, prev: Scrape, fresh_s: float | None) -> str:
+        """Why freshness p99 is over 1 s, from what was measured: start-up, consumer lag, a blocked loop, box load."""
+        if fresh_s is None or fresh_s <= 1.0:
+            return ""
+        if not prev.value("feedrank_events_valid_total"):
+            return "start-up backlog: events produced before the worker was up"
+        reasons = []
+        lag = m.value("feedrank_consumer_lag")
+        if lag > 100:
+            reasons.append(f"backlog {lag:,.0f} events behind")
+        loop = m.quantile("feedrank_event_loop_lag_seconds", 0.99, since=prev)
+        if loop is not None and loop > 0.1:
+            reasons.append(f"lag: event loop blocked p99 {'>10s' if loop == float('inf') else f'{loop * 1000:.0f}ms'}")
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > cores:
+            reasons.append(f"load {load:.1f} on {cores} cores")
+        return "; ".join(reasons) or "not lag, backlog or load (see the worker log)"
+
+    @staticmethod
     def summary_line(t: float, consumed: float, rate: float, fresh_s: float | None, sim: dict[str, Any],
-                     cal: dict[str, Any]) -> str:
-        """One line: events, freshness p99 (this interval, histogram bucket bound), /score, ranking, calibration."""
+                     cal: dict[str, Any], req_rate: float | None = None, fresh_why: str = "") -> str:
+        """One line of what was measured: events, freshness p99 (this interval), /score, ranking, calibration."""
         drift = cal.get("drift") or {}
         ce = ""
         if drift:
@@ -228,12 +329,22 @@ class Demo:
                           if tasks[a].get("calibration_error") is not None)
             alerts = [a for a, st in drift.get("alerts", {}).items() if st["state"] != "ok"]
             ce += f" alerts={','.join(alerts) or 'none'}"
-        gain = sim.get("gain_captured")
+        scored, failed = sim.get("scored", 0), sim.get("failed", 0)
         fresh = f"<{fresh_s * 1000:.0f}ms" if fresh_s is not None and fresh_s != float("inf") else (
             ">10s" if fresh_s is not None else "-")
-        return (f"[{t:5.0f}s] events {consumed:>8,.0f} ({rate:>6,.0f}/s) fresh p99 {fresh:>7} | score p50 {sim.get('score_p50_ms', float('nan')):5.1f}"
-                f" p99 {sim.get('score_p99_ms', float('nan')):5.1f}ms req {sim.get('scored', 0):,} "
-                f"gain {gain if gain is not None else float('nan'):.2f} | calib {ce or 'waiting for labels'}")
+        if fresh_why:
+            fresh += f" ({fresh_why})"
+        rate_txt = f" {req_rate:.1f}/s" if req_rate is not None else ""
+        if scored:
+            score = (f"req {scored:,} ok{rate_txt} ({failed:,} failed) p50 {sim.get('score_p50_ms', float('nan')):.1f}"
+                     f" p99 {sim.get('score_p99_ms', float('nan')):.1f}ms")
+            gain = sim.get("gain_captured")
+            ranking = f"gain {gain:.2f}" if gain is not None else "gain -"
+        else:
+            score = f"req 0 ok{rate_txt} ({failed:,} answered 503: no model yet)" if failed else f"req 0 ok{rate_txt}"
+            ranking = "gain - (nothing scored yet)"
+        return (f"[{t:5.0f}s] events {consumed:>8,.0f} ({rate:>6,.0f}/s) fresh p99 {fresh:>7} | {score} | {ranking}"
+                f" | calib {ce or 'waiting for labels'}")
 
     def final_report(self, url: str, stats_path: Path) -> None:
         print("\nfinal report", flush=True)
@@ -244,10 +355,21 @@ class Demo:
         except (OSError, ValueError) as exc:
             print(f"  (worker not reachable for the report: {exc})")
             return
-        print(f"  feed requests scored {sim.get('scored', 0):,} (failed {sim.get('failed', 0)}), "
-              f"/score p50 {sim.get('score_p50_ms', float('nan')):.1f} ms p99 {sim.get('score_p99_ms', float('nan')):.1f} ms")
-        print(f"  ranking quality: {sim.get('gain_captured') or float('nan'):.2f} of the achievable true-utility gain "
-              "over a random pick (0 = random, 1 = perfect)")
+        scored = sim.get("scored", 0)
+        print(f"  feed requests scored {scored:,} (failed {sim.get('failed', 0)})"
+              + (f", /score p50 {sim.get('score_p50_ms', float('nan')):.1f} ms p99 "
+                 f"{sim.get('score_p99_ms', float('nan')):.1f} ms" if scored else ""))
+        if self.first_scored_at is not None and self.published_at is not None:
+            print(f"  first request scored {max(0.0, self.first_scored_at - self.published_at):.0f} s after the model "
+                  "was there")
+        gain = sim.get("gain_captured")
+        if scored and gain is not None:
+            print(f"  ranking quality: {gain:.2f} of the achievable true-utility gain over a random pick "
+                  f"(0 = random, 1 = perfect; over the {scored:,} scored requests)")
+        else:
+            print("  ranking quality: - (no request was scored)")
+        if sim.get("busiest_user"):
+            print(f"  a user with data: {url}/users/{sim['busiest_user']}/sequence (while the demo runs)")
         print(f"  events applied {tables.get('processed', 0):,}, dead-lettered {tables.get('dead_lettered', 0)}, "
               f"freshness p50/p99 ms over the whole run, start-up backlog included: {tables.get('freshness_ms', {})}")
         print(f"  calibrators {cal.get('calibrators')}")
@@ -258,17 +380,23 @@ class Demo:
                 print(f"  {a:>15}: calibration error {s.get('calibration_error')}, ECE {s.get('ece')}, "
                       f"n {s.get('n')}, positives {s.get('positives')}, alert {drift['alerts'][a]['state']}")
 
-    def shutdown(self) -> None:
-        for _name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for _name, proc in self.children:
+    def _stop_group(self, names: set[str], timeout_s: float) -> None:
+        procs = [p for n, p in self.children if n in names and p.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def shutdown(self) -> None:
+        """Stop in dependency order: traffic (and set-up), then the worker, then the broker."""
+        self._stop_group({"simulate", "producer", "setup"}, 10)
+        self._stop_group({"worker"}, 20)
+        self._stop_group({n for n, _ in self.children}, 5)
         if self.broker is not None:
             self.broker.stop()
         print("demo stopped: every process it started is down.", flush=True)
@@ -278,18 +406,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings()
     duration = float(args.duration) if args.duration else None
     return Demo(settings, float(args.requests_per_s), float(args.background_rate), duration,
-                run_dir=Path(args.run_dir)).run()
+                run_dir=Path(args.run_dir), keep_state=bool(args.keep_state)).run()
 
 
 def register(sub) -> None:
     from streams.cli import env_flag
 
-    p = sub.add_parser("demo", help="the whole pipeline in a closed loop on the embedded broker, with a live summary")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline in a closed loop on the embedded broker, with a live summary",
+        description="The whole pipeline in a closed loop on the embedded broker, with a live summary. The first "
+                    f"run trains a model (about {SETUP_MINUTES} minutes on a 2-core box; kept and resumed in "
+                    "<run-dir>/setup); later runs start in under a minute. The worker's web server listens on "
+                    "FEEDRANK_WEB_HOST:FEEDRANK_WEB_PORT (default 127.0.0.1:6066): set FEEDRANK_WEB_PORT=<port> "
+                    "when 6066 is taken.")
     env_flag(p, "--requests-per-s", envvar="FEEDRANK_DEMO_RPS", default=10, help="simulated feed requests per second")
     env_flag(p, "--background-rate", envvar="FEEDRANK_DEMO_RATE", default=300,
              help="extra synthetic events per second from other users (0 = none)")
-    env_flag(p, "--duration", envvar="FEEDRANK_DEMO_DURATION", default=None, help="stop after N seconds")
+    env_flag(p, "--duration", envvar="FEEDRANK_DEMO_DURATION", default=None,
+             help="stop N seconds after the model is there (set-up on a first run is not counted)")
     env_flag(p, "--run-dir", envvar="FEEDRANK_DEMO_DIR", default="var/demo",
-             help="logs, state and the first run's staging files (models and calibrators: FEEDRANK_MODEL_DIR, "
-                  "FEEDRANK_CALIBRATOR_DIR)")
+             help="logs, state and the first run's set-up files in <run-dir>/setup (models and calibrators: "
+                  "FEEDRANK_MODEL_DIR, FEEDRANK_CALIBRATOR_DIR)")
+    p.add_argument("--keep-state", action="store_true",
+                   help="keep the previous run's tables (default: each run starts clean, as its broker does)")
     p.set_defaults(func=_cmd_demo)

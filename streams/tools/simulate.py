@@ -13,6 +13,7 @@ Stats go to a JSON file every few seconds for the demo's summary.
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import itertools
 import json
@@ -78,6 +79,7 @@ class Simulator:
         self.stats: dict[str, Any] = {"requests": 0, "scored": 0, "failed": 0, "impressions": 0,
                                       "engagements": 0, "utility_ranked": 0.0, "utility_random": 0.0,
                                       "utility_best": 0.0}
+        self.engaged: collections.Counter[str] = collections.Counter()  # engagements sent, by user
         self._stop = False
 
     def stop(self, *_: object) -> None:
@@ -99,6 +101,9 @@ class Simulator:
         pending: list[tuple[int, int, Any]] = []
         seq = itertools.count()
         last_write = 0.0
+        from scorer.progress import Progress
+
+        bar = Progress("simulate", duration_s, "s", enabled=duration_s < 10 ** 8)  # the demo's runs are open-ended
         for req in self.world.requests(start_ms=start_ms, requests_per_s=self.requests_per_s,
                                        n_candidates=self.candidates):
             if self._stop or time.time() - start_wall > duration_s:
@@ -122,22 +127,26 @@ class Simulator:
             except ScorerError as exc:
                 self.stats["failed"] += 1
                 log.debug("score failed: %s", exc)
-                ranked = [c.item_id for c in req.candidates][: self.feed_size]
-            shown_ids = ranked[: self.feed_size]
-            got, rand, best = ranking_quality(self.world, req, shown_ids, self.weights)
-            self.stats["utility_ranked"] += got
-            self.stats["utility_random"] += rand
-            self.stats["utility_best"] += best
+                ranked = None
+            shown_ids = (ranked if ranked is not None else [c.item_id for c in req.candidates])[: self.feed_size]
+            if ranked is not None:  # ranking quality is the ranker's: only requests it scored count
+                got, rand, best = ranking_quality(self.world, req, shown_ids, self.weights)
+                self.stats["utility_ranked"] += got
+                self.stats["utility_random"] += rand
+                self.stats["utility_best"] += best
             shown = self.world.show(req, shown_ids)
             for imp, engs in zip(shown.impressions, shown.engagements):
                 self.producer.send(imp)
                 self.stats["impressions"] += 1
+                self.engaged[req.user_id] += len(engs)
                 for e in engs:
                     heapq.heappush(pending, (e.ts, next(seq), e))
+            bar.update(time.time() - start_wall, f"{self.stats['scored']:,} scored, {self.stats['failed']:,} failed")
             if self.stats_path and time.monotonic() - last_write > 2.0:
                 last_write = time.monotonic()
                 self._write_stats()
         self.producer.flush()
+        bar.close()
         self._write_stats()
         return self.summary()
 
@@ -147,6 +156,8 @@ class Simulator:
         s["score_p50_ms"] = float(np.nanpercentile(lat, 50))
         s["score_p99_ms"] = float(np.nanpercentile(lat, 99))
         s["gain_captured"] = gain_captured(s["utility_ranked"], s["utility_random"], s["utility_best"])
+        busiest = self.engaged.most_common(1)
+        s["busiest_user"] = busiest[0][0] if busiest else None  # a user whose sequence has data
         return s
 
     def _write_stats(self) -> None:

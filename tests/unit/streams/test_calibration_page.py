@@ -33,7 +33,8 @@ class _Web:
 
 
 def _api(record: dict | None) -> WebApi:
-    serving = SimpleNamespace(latest_drift=lambda: record, calibrator_info=lambda: {"version": 4})
+    serving = SimpleNamespace(latest_drift=lambda: record, calibrator_info=lambda: {"version": 4},
+                              served_version="m-page")
     views = SimpleNamespace(engine=SimpleNamespace(tables={0: None}, processed=10, dead_lettered=0),
                             get_feedback_snapshot=lambda: SimpleNamespace(segments={}))
     settings = SimpleNamespace(url="http://localhost:0", feedback_window_min=30)
