@@ -97,7 +97,9 @@ class EventProducer:
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "acks": "all",
-            "retries": 10,
+            # retry until delivery_timeout_ms, like Kafka's Java producer: a leader failover (the dead
+            # broker's session timeout, ~9 s, plus an election) outlasts a fixed count of retries
+            "delivery_timeout_ms": 120_000,
             "retry_backoff_ms": 200,
             "max_in_flight_requests_per_connection": 1,
             "request_timeout_ms": 30_000,
