@@ -40,7 +40,7 @@ from features.predictions import PredictionDecodeError, decode_prediction_header
 
 from streams.kafka.broker_reset import InputWatch
 from streams.engine.ingest import DeadLetter, TimeBounds, breaks_rules, decode_message, key_problem
-from streams.engine.repartition import Router, origin_headers, origin_of
+from streams.engine.repartition import Router, forward_problem, origin_headers
 from streams.kafka.topics import repartition_topic
 from streams.settings import Settings
 from streams.engine.state import PartitionState, open_backend
@@ -109,7 +109,7 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
                        settings.topic_engagements: 3, rep_eng: 4}
         #: event inputs -> their repartition topic (records of a user on another partition are forwarded)
         self._forward_to = {settings.topic_impressions: rep_imp, settings.topic_engagements: rep_eng}
-        self._repartitioned = {rep_imp, rep_eng}
+        self._repartitioned = set(self._forward_to.values())
         self._route = Router(settings.partitions)
         self._bounds = TimeBounds.of(settings)
         self.forwarded = 0
@@ -434,11 +434,9 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
 
     def _forwarded_problem(self, tables: PartitionTables, p: int, m: Any, ev: Any) -> str | None:
         """Why a record of a repartition topic is not applied here: None to apply it, "" for a re-sent forward."""
-        origin = origin_of(m.headers)
+        origin, why = forward_problem(m.headers, self._route(ev.user_id), p)
         if origin is None:
-            return "repartition: no origin headers (only feedrank's engine writes its repartition topics)"
-        if self._route(ev.user_id) != p:
-            return f"repartition: user {ev.user_id!r} belongs to partition {self._route(ev.user_id)}, not {p}"
+            return why
         return None if tables.origins.admit(*origin) else ""
 
     async def _yield(self) -> None:

@@ -40,6 +40,17 @@ def origin_of(headers: Iterable[tuple[str, bytes]] | None) -> tuple[str, int] | 
         return None
 
 
+def forward_problem(headers: Iterable[tuple[str, bytes]] | None, user_partition: int,
+                    partition: int) -> tuple[tuple[str, int] | None, str | None]:
+    """(origin, None) for a well-formed forward read on its user's ``partition``, else (None, why not)."""
+    origin = origin_of(headers)
+    if origin is None:
+        return None, "repartition: no origin headers (only feedrank's engine writes its repartition topics)"
+    if user_partition != partition:
+        return None, f"repartition: the user belongs to partition {user_partition}, not {partition}"
+    return origin, None
+
+
 class OriginFence:
     """Per origin partition, the highest origin offset applied on this partition (checkpointed)."""
 
@@ -78,5 +89,5 @@ class Router:
         return p
 
 
-__all__ = ["OriginFence", "Router", "origin_headers", "origin_of"]
+__all__ = ["OriginFence", "Router", "forward_problem", "origin_headers", "origin_of"]
 

@@ -94,6 +94,7 @@ class KafkaSecurity:
         return ctx
 
     def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments of aiokafka's clients; kafka-python's take the same names."""
         if self.protocol == "PLAINTEXT":
             return {}
         out: dict[str, Any] = {"security_protocol": self.protocol}
@@ -104,16 +105,7 @@ class KafkaSecurity:
                        sasl_plain_password=self.password)
         return out
 
-    def kafka_python(self) -> dict[str, Any]:
-        if self.protocol == "PLAINTEXT":
-            return {}
-        out: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.tls:
-            out["ssl_context"] = self._ssl_context()
-        if self.sasl:
-            out.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.username,
-                       sasl_plain_password=self.password)
-        return out
+    kafka_python = aiokafka
 
     def confluent(self) -> dict[str, Any]:
         if self.protocol == "PLAINTEXT":

@@ -176,7 +176,8 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
     sent to another partition than their user's that the repartition topics do not hold (lost).
     """
     from streams.engine.ingest import DeadLetter, TimeBounds, decode_message, key_problem
-    from streams.engine.repartition import Router, origin_of
+    from streams.engine.repartition import Router, forward_problem
+    from streams.kafka.topics import repartition_topic
 
     examples: dict[str, dict[str, Any]] = {}
     feedback = FeedbackTiles()
@@ -184,7 +185,8 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
     bounds = TimeBounds.of(settings)
     route = Router(settings.partitions)
     kinds = {t: k for t, k in input_kinds(settings).items() if t in inputs}
-    rep_topics = set(list(input_kinds(settings))[2::2])
+    rep_topics = {repartition_topic(settings.app_id, t) for t in (settings.topic_impressions,
+                                                                  settings.topic_engagements)}
     dead: dict[tuple[str, int, int], str] = {}
     misrouted: set[tuple[str, int]] = set()
     forwarded: set[tuple[str, int]] = set()
@@ -212,9 +214,9 @@ def recompute(settings: Settings, inputs: dict[str, list[Any]]) -> dict[str, Any
                 if not isinstance(d, DeadLetter):
                     user = d.event.user_id
                     if topic in rep_topics:
-                        origin = origin_of(r.headers)
-                        if origin is None or route(user) != p:
-                            d = DeadLetter(topic, p, r.offset, r.key, r.value, "repartition")
+                        origin, why = forward_problem(r.headers, route(user), p)
+                        if origin is None:
+                            d = DeadLetter(topic, p, r.offset, r.key, r.value, why)
                         else:
                             forwarded.add(origin)
                             if not tables.origins.admit(*origin):

@@ -19,6 +19,7 @@ import pytest
 
 from streams.engine.repartition import Router
 from streams.kafka.topics import ensure_topics, topic_specs
+from streams.tools.chaos.fuzz import produce_librdkafka
 
 from conftest import wait_until
 from streams_support import dump_worker_state, read_inputs, recompute, table_settings
@@ -74,8 +75,6 @@ def _dlq_headers(bootstrap: str, settings, expect: int) -> dict[bytes, dict[str,
 
 
 def test_librdkafka_producer_with_hostile_records(settings_factory, worker_factory, kafka_bootstrap) -> None:
-    from confluent_kafka import Producer
-
     settings = table_settings(settings_factory, checkpoint_interval_s=0.2)
     ensure_topics(kafka_bootstrap, topic_specs(settings))
     topics = {"imp": settings.topic_impressions, "eng": settings.topic_engagements}
@@ -93,28 +92,17 @@ def test_librdkafka_producer_with_hostile_records(settings_factory, worker_facto
         ("key of another user", "eng", b"user-7", j(_eng("x6", "user-6", T0)), "key"),
     ]
 
-    delivered: Counter = Counter()
-    placed: list[tuple[str, bytes, int]] = []  # (key, value, partition) of every acked record
-
-    def on_delivery(err, msg) -> None:
-        assert err is None, err
-        delivered[(msg.topic(), msg.partition())] += 1
-        placed.append(((msg.key() or b"").decode(), msg.value(), msg.partition()))
-
     worker = worker_factory(settings)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})  # librdkafka's defaults: CRC32 partitioner
-    for kind, e in good:
-        producer.produce(topics[kind], j(e), e["user_id"].encode(), on_delivery=on_delivery)
-    producer.produce(topics["eng"], j(first_heavy_click), HEAVY.encode(), on_delivery=on_delivery)  # a re-send
-    producer.produce(topics["imp"], j(resent_impression), resent_impression["user_id"].encode(),
-                     on_delivery=on_delivery)
-    for _name, kind, key, value, _why in bad:
-        producer.produce(topics[kind], value, key, on_delivery=on_delivery)
-    assert producer.flush(30) == 0
-    del producer  # closes its connections before the broker stops
+    records = [(topics[kind], e["user_id"].encode(), j(e)) for kind, e in good]
+    records.append((topics["eng"], HEAVY.encode(), j(first_heavy_click)))  # a re-send
+    records.append((topics["imp"], resent_impression["user_id"].encode(), j(resent_impression)))
+    records += [(topics[kind], key, value) for _name, kind, key, value, _why in bad]
+    placed = produce_librdkafka(kafka_bootstrap, records)  # librdkafka's defaults: CRC32 partitioner
+    delivered = Counter((topic, p) for (topic, _k, _v), (_key, p) in zip(records, placed))
     route = Router(settings.partitions)
     bad_values = {v for _n, _t, _k, v, _w in bad}
-    misrouted = sum(1 for key, value, p in placed if value not in bad_values and route(key) != p)
+    misrouted = sum(1 for (_t, key, value), (_key, p) in zip(records, placed)
+                    if value not in bad_values and route(key.decode()) != p)
     users = sorted(want)
 
     def user(u: str) -> dict:
