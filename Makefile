@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-long install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,9 +22,16 @@ demo: $(STAMP)
 
 # The broker tests run on a local Apache Kafka: its jars are fetched once (Maven, deploy/kafka/pom.xml)
 # into ~/.cache/feedrank/kafka. Without Java 17+ or Maven they fall back to the embedded broker.
+# `make test` leaves out the tests marked `long` (reliability scenarios of a minute or more: a minute of
+# load, broker restart and failover, the embedded broker's outage, a rebalance, two hours of replayed
+# traffic); `make test-long` runs exactly those. CI (.ci/run) runs both.
 test: $(STAMP)
 	$(BIN)/feedrank kafka --fetch-only || echo "no local Apache Kafka: the broker tests run on the embedded broker"
-	$(BIN)/python -m pytest -v --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -v --durations=10 -m "not long" $(PYTEST_ARGS)
+
+test-long: $(STAMP)
+	$(BIN)/feedrank kafka --fetch-only || echo "no local Apache Kafka: the broker tests run on the embedded broker"
+	$(BIN)/python -m pytest -v --durations=10 -m long $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

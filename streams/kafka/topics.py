@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass
 
 from streams.settings import Settings
-from streams.kafka.security import KafkaSecurityError, explain_connection_failure, kafka_options
+from streams.kafka.security import KafkaSecurity, KafkaSecurityError, explain_connection_failure, kafka_options, probe
+
+#: how long a secured first connection is probed with librdkafka before the admin client tries it
+PROBE_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,17 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    if settings is None:
+        from streams.settings import get_settings
+
+        settings = get_settings()
+    sec = KafkaSecurity.of(settings)
+    if sec.protocol != "PLAINTEXT":
+        # librdkafka names a refused login or a failed TLS handshake in its log at once, where kafka-python's
+        # client only times out after request_timeout_ms (30 s): ask it first, for a few seconds
+        why = probe(bootstrap, sec, timeout_s=min(timeout_s, PROBE_S))
+        if why is not None:
+            raise KafkaSecurityError(why)
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
                                  **kafka_options("kafka-python", settings))

@@ -8,7 +8,7 @@ import pytest
 from streams.kafka.apache_kafka import available
 from streams.tools.chaos.broker_restart import run_broker_restart
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.long]
 
 _ok, _why = available()
 needs_kafka = pytest.mark.skipif(not _ok, reason=f"no local Apache Kafka: {_why}")

@@ -15,7 +15,7 @@ import pytest
 from streams.tools.chaos.load import run_load
 from streams.settings import Settings
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.long]
 
 
 def test_one_minute_of_load_loses_nothing_and_bounds_rocksdb(kafka_bootstrap, tmp_path, tiny_model_dir) -> None:

@@ -19,7 +19,7 @@ from streams.tools.chaos.outage import run_outage
 
 # the broker comes back empty: the embedded broker's outage (a private one; real Kafka keeps its data, see
 # test_reliability_broker.py)
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

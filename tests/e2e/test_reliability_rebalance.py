@@ -6,7 +6,7 @@ import pytest
 
 from streams.tools.chaos.rebalance import run_rebalance
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.long]
 
 
 def test_survivor_takes_over_serves_every_user_and_partitions_move_back(kafka_bootstrap, tmp_path,

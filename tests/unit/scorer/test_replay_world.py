@@ -35,8 +35,8 @@ from features.world import DEFAULT_START_MS, World
 
 from conftest import TINY_WORLD
 
-#: trains models or fits calibrators on simulated traffic (seconds to a minute): not in the fast tier
-pytestmark = pytest.mark.slow
+#: two hours of simulated traffic served by the model (about 1.5 minutes): in `make test-long`
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 #: positives a task needs on the evaluated rows for its ratio to be checked (Poisson noise ~1/sqrt(n))
 MIN_POSITIVES = 150

@@ -9,6 +9,7 @@ impression and prediction log (~120 KB each) of the attribution window as Python
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -39,9 +40,16 @@ def test_rocksdb_memory_of_all_dbs_stays_within_the_process_budget(tmp_path, sma
         for db in dbs:  # reads fill the block cache (data, index and filter blocks)
             for i in range(0, 2048, 7):
                 assert db.get(f"0-{i}".encode()) is not None
+        # memtables: one budget for all DBs (RocksDB's default would be up to 4 x 2 x 64 MiB, and would
+        # hold all 96 MiB here). The budget flushes and never stalls writes, so on a busy box the
+        # background flushes can trail the writes for a moment (21 MiB seen under load 3): give them
+        # a few seconds to land, then the memtables must be within the budget.
+        deadline = time.monotonic() + 10.0
         mem = rocksdb_memory()
+        while mem["memtables"] > small_budget.write_buffer_bytes * 1.25 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            mem = rocksdb_memory()
         assert mem["dbs"] == 4
-        # memtables: one budget for all DBs (RocksDB's default would be up to 4 x 2 x 64 MiB)
         assert mem["memtables"] <= small_budget.write_buffer_bytes * 1.25, mem
         assert mem["block_cache"] <= small_budget.cache_bytes * 1.05, mem
         assert mem["table_readers"] <= 1 << 20, mem  # index/filter blocks live in the cache
