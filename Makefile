@@ -22,8 +22,8 @@ demo: $(STAMP)
 
 # The broker tests run on a local Apache Kafka: its jars are fetched once (Maven, deploy/kafka/pom.xml)
 # into ~/.cache/feedrank/kafka. Without Java 17+ or Maven they fall back to the embedded broker.
-# `make test` leaves out the tests marked `long` (reliability scenarios of a minute or more: a minute of
-# load, broker restart and failover, the embedded broker's outage, a rebalance, two hours of replayed
+# `make test` leaves out the tests marked `long` (reliability scenarios: a minute of load, broker restarts,
+# a 3-node failover, the embedded broker's outage and restarts, a rebalance; two hours of replayed
 # traffic); `make test-long` runs exactly those. CI (.ci/run) runs both.
 test: $(STAMP)
 	$(BIN)/feedrank kafka --fetch-only || echo "no local Apache Kafka: the broker tests run on the embedded broker"

@@ -191,6 +191,7 @@ def test_data_survives_stop_and_start(single: LocalKafka) -> None:
     assert values == {f"record-{i}".encode() for i in range(500)}
 
 
+@pytest.mark.long
 def test_three_node_cluster_survives_one_node(kafka_ok: None, tmp_path: Path) -> None:
     with LocalKafka(brokers=3, data_dir=tmp_path / "kafka3") as k:
         assert len(k.bootstrap.split(",")) == 3 and all(k.pids)

@@ -324,6 +324,7 @@ async def _run_engine(settings: Any, bootstrap: str, want: int, timeout_s: float
 @pytest.mark.broker
 @pytest.mark.embedded
 @pytest.mark.slow
+@pytest.mark.long
 def test_engine_after_a_broker_restart_keeps_its_state_reseeds_and_reads_the_new_topics(tmp_path: Path) -> None:
     from streams.kafka.embedded import EmbeddedBroker
     from streams.tools.chaos import make_settings
@@ -401,6 +402,7 @@ def test_a_broker_error_during_recovery_is_retried_not_fatal(tmp_path: Path, kaf
 @pytest.mark.broker
 @pytest.mark.embedded
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_running_engine_reads_a_recreated_input_refilled_past_its_stored_offset(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CI failure of the outage scenario: the broker is away longer than the group session and comes back
