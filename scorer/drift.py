@@ -23,7 +23,8 @@ import numpy as np
 
 from features.events import ACTIONS
 
-from .metrics import N_BINS, bin_sums, calibration_error_from_sums, ece_from_bins, log_loss_sum
+from .metrics import (INTERVAL_Z, N_BINS, bin_sums, calibration_error_from_sums, calibration_error_interval,
+                      ece_from_bins, log_loss_sum)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,12 @@ class AlertState(str, Enum):
 class AlertConfig:
     """Alert when a task's calibration error in ``window`` leaves ``[low, high]``
     with at least ``min_positives`` positives; recover inside ``[recover_low, recover_high]``
-    (defaults to the band; a narrower one adds hysteresis)."""
+    (defaults to the band; a narrower one adds hysteresis).
+
+    With fewer positives a task is still *gathering* labels, and its 99.9 % interval on
+    sum(p) / E[sum(y)] decides: an interval wholly above ``high`` (or below ``low``) alerts, one
+    wholly inside the recovery band recovers, anything else keeps the state. So a task far off
+    alerts on few positives instead of never, and a calibrated one does not on noise."""
 
     window: str = "5m"
     low: float = 0.85
@@ -137,11 +143,13 @@ def task_stats(p: np.ndarray, y: np.ndarray) -> np.ndarray:
 def task_summary(s: np.ndarray) -> dict[str, Any]:
     """JSON-ready metrics of one task from its ``[K]`` sufficient statistics."""
     n, pos = int(s[_N]), int(round(s[_POS]))
+    interval = calibration_error_interval(s[_SP], s[_POS])
     return {
         "n": n,
         "positives": pos,
         "sum_pred": float(s[_SP]),
         "calibration_error": calibration_error_from_sums(s[_SP], s[_POS]),
+        "interval": list(interval) if interval is not None else None,
         "ece": ece_from_bins(s[_BC:_BP], s[_BP:_BY], s[_BY:]),
         "log_loss": float(s[_LL] / n) if n else None,
         "bins": {
@@ -151,6 +159,13 @@ def task_summary(s: np.ndarray) -> dict[str, Any]:
             "sum_label": [float(v) for v in s[_BY:]],
         },
     }
+
+
+def _fmt_interval(interval: Sequence[float | None] | None) -> str:
+    if interval is None:
+        return "-"
+    low, high = interval
+    return f"{low:.2f}..{'inf' if high is None else f'{high:.2f}'}"
 
 
 class DriftMonitor:
@@ -220,21 +235,40 @@ class DriftMonitor:
             st = self.alerts[a]
             err = s["calibration_error"]
             st.last_error = err
-            if err is None or s["positives"] < cfg.min_positives:
-                continue  # too thin to judge: keep the current state
-            if st.state is AlertState.OK:
-                new = AlertState.OVER if err > cfg.high else AlertState.UNDER if err < cfg.low else AlertState.OK
+            if s["positives"] >= cfg.min_positives and err is not None:
+                if st.state is AlertState.OK:
+                    new = AlertState.OVER if err > cfg.high else AlertState.UNDER if err < cfg.low else AlertState.OK
+                else:
+                    new = AlertState.OK if lo_r <= err <= hi_r else (
+                        AlertState.OVER if err > hi_r else AlertState.UNDER)
+                why = f"error {err:.3f}"
             else:
-                new = AlertState.OK if lo_r <= err <= hi_r else (AlertState.OVER if err > hi_r else AlertState.UNDER)
+                new = self._judge_thin(st.state, s.get("interval"), lo_r, hi_r)
+                why = (f"{s['positives']} positives, 99.9 % interval {_fmt_interval(s.get('interval'))}"
+                       + (f", error {err:.3f}" if err is not None else ""))
             if new is not st.state:
                 tr = Transition(a, st.state, new, now_ms, err, cfg.window)
                 out.append(tr)
                 (log.warning if new is not AlertState.OK else log.info)(
-                    "calibration drift %s: task %s %s -> %s (error %.3f over %s, band %.2f..%.2f)",
-                    "alert" if new is not AlertState.OK else "recovered", a, st.state.value, new.value, err,
+                    "calibration drift %s: task %s %s -> %s (%s over %s, band %.2f..%.2f)",
+                    "alert" if new is not AlertState.OK else "recovered", a, st.state.value, new.value, why,
                     cfg.window, cfg.low, cfg.high)
                 st.state, st.since_ms = new, now_ms
         return out
+
+    def _judge_thin(self, state: AlertState, interval: Sequence[float | None] | None, lo_r: float,
+                    hi_r: float) -> AlertState:
+        """A gathering task's state from its interval (see ``AlertConfig``)."""
+        if interval is None:
+            return state
+        low, high = interval
+        if low > self.alert.high:
+            return AlertState.OVER
+        if high is not None and high < self.alert.low:
+            return AlertState.UNDER
+        if state is not AlertState.OK and high is not None and lo_r <= low and high <= hi_r:
+            return AlertState.OK
+        return state
 
     def record(self, now_ms: int | None = None) -> dict[str, Any]:
         """The drift record at ``now_ms`` (default: the newest event time seen); advances alert states."""
@@ -252,9 +286,11 @@ class DriftMonitor:
             "calibrator_version": self.calibrator_version,
             "late": self.late,
             "alert_config": {"window": self.alert.window, "low": self.alert.low, "high": self.alert.high,
-                             "min_positives": self.alert.min_positives},
+                             "min_positives": self.alert.min_positives, "interval_z": INTERVAL_Z},
             "windows": windows,
-            "alerts": {a: {"state": s.state.value, "since_ms": s.since_ms, "calibration_error": s.last_error}
+            "alerts": {a: {"state": s.state.value, "since_ms": s.since_ms, "calibration_error": s.last_error,
+                           "interval": windows[self.alert.window]["tasks"][a]["interval"],
+                           "gathering": windows[self.alert.window]["tasks"][a]["positives"] < self.alert.min_positives}
                        for a, s in self.alerts.items()},
             "transitions": [t.to_dict() for t in transitions],
         }

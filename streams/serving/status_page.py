@@ -40,10 +40,21 @@ def render_status(api) -> str:
     if drift:
         window = drift["alert_config"]["window"]
         tasks = drift["windows"][window]["tasks"]
-        rows = [[a, _fmt(tasks[a].get("calibration_error")), _fmt(tasks[a].get("ece")), tasks[a].get("n"),
-                 tasks[a].get("positives"), drift["alerts"][a]["state"]] for a in ACTIONS if a in tasks]
+        need = drift["alert_config"]["min_positives"]
+
+        def interval(iv: Any) -> str:
+            return "-" if not iv else f"{_fmt(iv[0])}..{'inf' if iv[1] is None else _fmt(iv[1])}"
+
+        def alert(a: str) -> str:
+            st = drift["alerts"][a]
+            return st["state"] + (f" (gathering labels: {tasks[a].get('positives')} of {need} positives)"
+                                  if st.get("gathering") else "")
+
+        rows = [[a, _fmt(tasks[a].get("calibration_error")), interval(tasks[a].get("interval")),
+                 _fmt(tasks[a].get("ece")), tasks[a].get("n"), tasks[a].get("positives"), alert(a)]
+                for a in ACTIONS if a in tasks]
         parts.append(f"<h2>Calibration ({window} window)</h2>"
-                     + _table(["task", "sum(p)/sum(y)", "ECE", "n", "positives", "alert"], rows)
+                     + _table(["task", "sum(p)/sum(y)", "99.9 % interval", "ECE", "n", "positives", "alert"], rows)
                      + "<p><a href='/calibration/report'>reliability diagrams</a> (every window, per task)</p>")
     snap = api.views.get_feedback_snapshot()
     rows = []

@@ -325,7 +325,9 @@ class Demo:
         if drift:
             window = drift["alert_config"]["window"]
             tasks = drift["windows"][window]["tasks"]
-            ce = " ".join(f"{a[:6]}={tasks[a]['calibration_error']:.2f}" for a in tasks
+            gathering = {a for a, st in drift.get("alerts", {}).items() if st.get("gathering")}
+            # `?`: fewer positives than the alert needs (the 99.9 % interval decides alerts until then)
+            ce = " ".join(f"{a[:6]}={tasks[a]['calibration_error']:.2f}{'?' if a in gathering else ''}" for a in tasks
                           if tasks[a].get("calibration_error") is not None)
             alerts = [a for a, st in drift.get("alerts", {}).items() if st["state"] != "ok"]
             ce += f" alerts={','.join(alerts) or 'none'}"
@@ -376,9 +378,17 @@ class Demo:
         drift = cal.get("drift")
         if drift:
             window = drift["alert_config"]["window"]
+            need = drift["alert_config"]["min_positives"]
             for a, s in drift["windows"][window]["tasks"].items():
-                print(f"  {a:>15}: calibration error {s.get('calibration_error')}, ECE {s.get('ece')}, "
-                      f"n {s.get('n')}, positives {s.get('positives')}, alert {drift['alerts'][a]['state']}")
+                ce, iv = s.get("calibration_error"), s.get("interval")
+                ce_txt = "-" if ce is None else f"{ce:.3f}"
+                iv_txt = "" if not iv else f" (99.9 % interval {iv[0]:.2f}..{'inf' if iv[1] is None else f'{iv[1]:.2f}'})"
+                ece = s.get("ece")
+                state = drift["alerts"][a]["state"]
+                gathering = f", gathering labels ({s.get('positives')} of {need} positives)" if drift["alerts"][a].get(
+                    "gathering") else ""
+                print(f"  {a:>15}: calibration error {ce_txt}{iv_txt}, ECE {'-' if ece is None else f'{ece:.4f}'}, "
+                      f"n {s.get('n')}, positives {s.get('positives')}, alert {state}{gathering}")
 
     def _stop_group(self, names: set[str], timeout_s: float) -> None:
         procs = [p for n, p in self.children if n in names and p.poll() is None]

@@ -115,3 +115,34 @@ def test_status_page_shows_the_served_model_and_calibrators_as_tables() -> None:
     serving.served_version, serving.calibrator_info = None, lambda: {"model": None, "error": "no model under x"}
     page = render_status(api)
     assert "none yet: /score answers 503" in page and "no model under x" in page
+
+
+def test_a_task_still_gathering_labels_is_marked_in_the_summary_and_on_the_status_page() -> None:
+    """Issue 28: the summary and /status say which tasks have too few positives for their figure to mean much."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from features.events import ACTIONS
+    from features.state import Counts, FeedbackSnapshot
+    from scorer.drift import AlertConfig, DriftMonitor
+    from streams.serving.status_page import render_status
+
+    mon = DriftMonitor(alert=AlertConfig(min_positives=200))
+    n, t0 = 20_000, 1_700_000_000_000
+    p = np.full((n, len(ACTIONS)), 0.02)  # 400 predicted per task
+    y = np.zeros_like(p)
+    y[:400, ACTIONS.index("click")] = 1  # click: 400 positives, calibrated
+    y[:60, ACTIONS.index("hide")] = 1  # hide: 60 positives, 6.7x over-predicted: alerts while gathering
+    y[:380, [i for i, a in enumerate(ACTIONS) if a not in ("click", "hide")]] = 1
+    mon.observe(np.full(n, t0), p, y)
+    drift = mon.record(t0)
+    line = Demo.summary_line(300, 1000, 400, 0.04, {"scored": 0}, {"drift": drift})
+    assert "click=1.00 " in line and "hide=6.67?" in line and "alerts=hide" in line, line
+    serving = SimpleNamespace(served_version="m1", calibrator_info=lambda: {}, latest_drift=lambda: drift)
+    views = SimpleNamespace(engine=SimpleNamespace(tables={0: None}, processed=10, dead_lettered=0),
+                            get_feedback_snapshot=lambda: FeedbackSnapshot({"all": Counts(10, {"click": 1})}))
+    page = render_status(SimpleNamespace(views=views, serving=serving,
+                                         settings=SimpleNamespace(url="http://127.0.0.1:1", feedback_window_min=30)))
+    assert "over (gathering labels: 60 of 200 positives)" in page
+    assert "<td>click</td><td>1.0000</td><td>0.8" in page  # ratio, then the interval from ~0.8
