@@ -348,6 +348,24 @@ class Demo:
         return (f"[{t:5.0f}s] events {consumed:>8,.0f} ({rate:>6,.0f}/s) fresh p99 {fresh:>7} | {score} | {ranking}"
                 f" | calib {ce or 'waiting for labels'}")
 
+    @staticmethod
+    def freshness_text(fresh_ms: dict[str, Any]) -> str:
+        """The whole run's produce-to-visible delay, in the unit that reads best."""
+        def fmt(ms: float) -> str:
+            return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+        if fresh_ms.get("p50") is None or fresh_ms.get("p99") is None:
+            return ""
+        return (f"; freshness over the whole run (start-up backlog included): p50 {fmt(fresh_ms['p50'])}, "
+                f"p99 {fmt(fresh_ms['p99'])}")
+
+    @staticmethod
+    def calibrators_text(info: dict[str, Any]) -> str:
+        if not info.get("model_version"):
+            return f"none ({info.get('error') or 'no model yet'})"
+        return (f"version {info.get('version')} of model {info['model_version']} ({info.get('source')}, "
+                f"trained on {info.get('trained_examples') or 0:,} examples)")
+
     def final_report(self, url: str, stats_path: Path) -> None:
         print("\nfinal report", flush=True)
         try:
@@ -372,9 +390,9 @@ class Demo:
             print("  ranking quality: - (no request was scored)")
         if sim.get("busiest_user"):
             print(f"  a user with data: {url}/users/{sim['busiest_user']}/sequence (while the demo runs)")
-        print(f"  events applied {tables.get('processed', 0):,}, dead-lettered {tables.get('dead_lettered', 0)}, "
-              f"freshness p50/p99 ms over the whole run, start-up backlog included: {tables.get('freshness_ms', {})}")
-        print(f"  calibrators {cal.get('calibrators')}")
+        print(f"  events applied {tables.get('processed', 0):,}, dead-lettered {tables.get('dead_lettered', 0)}"
+              + self.freshness_text(tables.get("freshness_ms") or {}))
+        print("  calibrators: " + self.calibrators_text(cal.get("calibrators") or {}))
         drift = cal.get("drift")
         if drift:
             window = drift["alert_config"]["window"]

@@ -146,3 +146,15 @@ def test_a_task_still_gathering_labels_is_marked_in_the_summary_and_on_the_statu
                                          settings=SimpleNamespace(url="http://127.0.0.1:1", feedback_window_min=30)))
     assert "over (gathering labels: 60 of 200 positives)" in page
     assert "<td>click</td><td>1.0000</td><td>0.8" in page  # ratio, then the interval from ~0.8
+
+
+def test_the_final_report_prints_figures_not_python_reprs() -> None:
+    text = Demo.freshness_text({"p50": 40374.45361328125, "p99": 60962.930908203125})
+    assert text.endswith("p50 40.4 s, p99 61.0 s") and "{" not in text
+    assert Demo.freshness_text({"p50": 12.3, "p99": 95.0}).endswith("p50 12 ms, p99 95 ms")
+    assert Demo.freshness_text({}) == ""
+    none = Demo.calibrators_text({"model": None, "error": "no model under var/models: run `feedrank train`"})
+    assert none == "none (no model under var/models: run `feedrank train`)"
+    some = Demo.calibrators_text({"model_version": "m1", "version": 8, "source": "online", "trained_examples": 12000,
+                                  "watermark_ms": 5})
+    assert some == "version 8 of model m1 (online, trained on 12,000 examples)"
