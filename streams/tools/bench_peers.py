@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             from streams.tools.loadgen import librdkafka_config
 
-            p = Producer({**librdkafka_config(broker.bootstrap, False), "acks": 1})
+            conf = {**librdkafka_config(broker.bootstrap, False), "acks": 1}
+            p = Producer(conf)
             for _kind, key, value in records[:n_faust]:
                 while True:
                     try:

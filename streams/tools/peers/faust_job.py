@@ -19,13 +19,15 @@ def main(argv: list[str]) -> int:
     import faust
 
     from streams.app import faust_broker_url
+    from streams.kafka.security import kafka_options
 
     args = json.loads(argv[1])
     n_target = int(args["events"])
     app = faust.App(args["app_id"], broker=faust_broker_url(args["bootstrap"]), store="rocksdb://",
                     datadir=args["state_dir"], topic_partitions=args["partitions"], topic_replication_factor=1,
                     consumer_auto_offset_reset="earliest", processing_guarantee="at_least_once",
-                    broker_commit_interval=1.0, web_enabled=False, stream_wait_empty=False)
+                    broker_commit_interval=1.0, web_enabled=False, stream_wait_empty=False,
+                    **kafka_options("faust"))
     topic = app.topic(args["topic"], key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw", partitions=args["partitions"])
     counts = app.Table("counts", default=int, partitions=args["partitions"])
