@@ -19,7 +19,9 @@ own, reads it from the beginning:
 
 Each prints events/s (first event to last) and events per CPU-second (the
 process's CPU time over the same span, all its threads), and the ratio of both
-to Quix's. ``--out DIR`` writes ``results.json``.
+to Quix's. ``--baseline DIR`` adds a row: the same feedrank job run on the
+source tree ``DIR`` (a checkout of another commit), so a change shows beside
+its baseline in one run. ``--out DIR`` writes ``results.json``.
 
 Quix Streams pins ``confluent-kafka<2.13``; feedrank pins 2.16.1, so the two
 cannot share one environment (nor can an extra of ours install it). Quix runs
@@ -84,6 +86,12 @@ def _run_job(cmd: list[str], timeout_s: float, env: dict[str, str] | None = None
     return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
 
 
+def _describe(tree: Path) -> str:
+    """A short name of a source tree: its commit when it is a git checkout."""
+    out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or tree.name
+
+
 def _figures(r: dict[str, Any]) -> dict[str, Any]:
     if "error" in r or not r.get("wall_s"):
         return r
@@ -100,6 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = set(peers) - set(PEERS)
+    if args.baseline is not None:
+        peers.append(f"feedrank@{_describe(args.baseline)}")
     if unknown:
         raise SystemExit(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
     work = Path(tempfile.mkdtemp(prefix="feedrank-peers-"))
@@ -151,6 +161,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cmd = [*me, "streams.tools.peers.faust_job",
                        json.dumps({**base, "events": n_faust, "topic": faust_topic, "app_id": f"faust-{tag}",
                                    "state_dir": state, "partitions": args.partitions})]
+            elif peer.startswith("feedrank@"):  # the same job file, importing the baseline tree's packages
+                job = Path(__file__).resolve().parent / "peers" / "local_jobs.py"
+                cmd = [sys.executable, str(job), "feedrank",
+                       json.dumps({**base, "settings": s.model_copy(update={
+                           "app_id": f"peers-base-{tag}", "data_dir": work / "feedrank-base"}).model_dump_json()})]
+                run_env = {**env, "PYTHONPATH": str(args.baseline)}
             else:
                 py = peers_python(args.peers_python)
                 if py is None:
@@ -160,9 +176,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 job = Path(__file__).resolve().parent / "peers" / "quix_job.py"
                 cmd = [py, str(job), json.dumps({**base, "group": f"quix-{tag}", "state_dir": state})]
             load = os.getloadavg()[0]
-            out = _figures(_run_job(cmd, args.timeout, env))
+            out = _figures(_run_job(cmd, args.timeout, run_env if peer.startswith("feedrank@") else env))
             out["load_1m_at_start"] = round(load, 2)
-            out["job"] = JOBS[peer]
+            out["job"] = JOBS[peer.partition("@")[0]] + (f" (source tree {args.baseline})" if "@" in peer else "")
             result["peers"][peer] = out
         quix = result["peers"].get("quix", {})
         for out in result["peers"].values():
@@ -205,6 +221,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              help=f"the interpreter with quixstreams (default: {PEERS_VENV}/bin/python, else this one)")
     p.add_argument("--setup", action="store_true",
                    help=f"create the peers environment under {PEERS_VENV} ({QUIX_REQUIREMENT}) first")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a source tree (e.g. a git worktree of another commit): its engine runs the feedrank job "
+                        "too, as the last row")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds each peer may take")
     p.add_argument("--out", type=Path, default=None, help="directory for results.json; default: print only")
 
