@@ -163,9 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    "state_dir": state, "partitions": args.partitions})]
             elif peer.startswith("feedrank@"):  # the same job file, importing the baseline tree's packages
                 job = Path(__file__).resolve().parent / "peers" / "local_jobs.py"
-                cmd = [sys.executable, str(job), "feedrank",
-                       json.dumps({**base, "settings": s.model_copy(update={
-                           "app_id": f"peers-base-{tag}", "data_dir": work / "feedrank-base"}).model_dump_json()})]
+                sb = s.model_copy(update={"app_id": f"peers-base-{tag}", "data_dir": work / "feedrank-base"})
+                ensure_topics(broker.bootstrap, topic_specs(sb))  # its own changelog and repartition topics
+                cmd = [sys.executable, str(job), "feedrank", json.dumps({**base, "settings": sb.model_dump_json()})]
                 run_env = {**env, "PYTHONPATH": str(args.baseline)}
             else:
                 py = peers_python(args.peers_python)
@@ -195,13 +195,14 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"broker: {result['broker']}; {result['events']:,} events, {result['users']:,} users, "
           f"{result['partitions']} partitions; load (1 min) {result['load_before']:.2f} before, "
           f"{result.get('load_after', float('nan')):.2f} after")
-    head = f"{'peer':<9} {'events':>8} {'events/s':>9} {'ev/CPU-s':>9} {'/s÷quix':>8} {'CPU÷quix':>8} {'load':>5}  job"
+    w = max([9, *map(len, result["peers"])])
+    head = f"{'peer':<{w}} {'events':>8} {'events/s':>9} {'ev/CPU-s':>9} {'/s÷quix':>8} {'CPU÷quix':>8} {'load':>5}  job"
     print(head)
     for peer, r in result["peers"].items():
         if "error" in r:
-            print(f"{peer:<9} error: {r['error']}")
+            print(f"{peer:<{w}} error: {r['error']}")
             continue
-        print(f"{peer:<9} {r['events']:>8,} {r['events_per_s']:>9,} {r.get('events_per_cpu_s') or 0:>9,} "
+        print(f"{peer:<{w}} {r['events']:>8,} {r['events_per_s']:>9,} {r.get('events_per_cpu_s') or 0:>9,} "
               f"{r.get('events_per_s_vs_quix', ''):>8} {r.get('events_per_cpu_s_vs_quix', ''):>8} "
               f"{r['load_1m_at_start']:>5}  {r['job']}")
 
