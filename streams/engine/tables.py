@@ -40,7 +40,8 @@ from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
 from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS, FeedbackTiles, UserCounters, counters_max_ts
 
-from streams.engine.dedup import CounterDedup, SeenIds
+from streams.engine.dedup import CODEC as ids_codec
+from streams.engine.dedup import CounterDedup
 from streams.engine.repartition import OriginFence
 from streams.engine.state import Meta, PartitionState, CacheKV, RecordCache, Snapshot, StoreSpec
 
@@ -51,9 +52,9 @@ USER_COUNTERS = StoreSpec("user_counters")
 PENDING_IMPRESSIONS = StoreSpec("pending_impressions")
 ORPHAN_ENGAGEMENTS = StoreSpec("orphan_engagements")
 PREDICTION_LOGS = StoreSpec("prediction_logs")
-#: event ids counted in the counters, per input: user_id -> ``SeenIds`` (``streams.engine.dedup``)
-IMPRESSION_IDS = StoreSpec("user_impression_ids")
-ENGAGEMENT_IDS = StoreSpec("user_engagement_ids")
+#: event ids counted in the counters, per input: ``<hour of ts>|<user>`` -> the hour's ids (``streams.engine.dedup``)
+IMPRESSION_IDS = StoreSpec("impression_ids_by_hour")
+ENGAGEMENT_IDS = StoreSpec("engagement_ids_by_hour")
 ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS,
               IMPRESSION_IDS, ENGAGEMENT_IDS)
 
@@ -75,8 +76,8 @@ def _codecs(seq_len: int) -> dict[str, Any]:
     return {
         USER_SEQUENCES.name: (lambda b: decode_seq(b, seq_len), lambda s: s.encode()),
         USER_COUNTERS.name: (UserCounters.decode, lambda c: c.encode()),
-        IMPRESSION_IDS.name: (SeenIds.decode, lambda s: s.encode()),
-        ENGAGEMENT_IDS.name: (SeenIds.decode, lambda s: s.encode()),
+        IMPRESSION_IDS.name: ids_codec,
+        ENGAGEMENT_IDS.name: ids_codec,
     }
 
 
