@@ -176,6 +176,9 @@ class LabelJoin:
         # lazy min-heaps of packed (deadline, key) entries (``_entry``); re-checked against the table
         self._close_heap: list[bytes] = []
         self._orphan_heap: list[bytes] = []
+        #: keys of the stored orphans (few): an impression looks its key up here, not in the store (a miss there
+        #: is a RocksDB read for almost every impression)
+        self._orphan_keys: set[str] = set()
         self._pred_heap: list[bytes] = []
         # the last fully validated log (the impressions of one request close together)
         self._pred_cache: tuple[bytes, Any] = (b"", None)
@@ -190,7 +193,9 @@ class LabelJoin:
         """Rebuild the in-memory deadline heaps from the stored tables (on open)."""
         A, L = self.window_ms, self.lateness_ms
         self._close_heap = [_entry(_PENDING.unpack_from(v, 0)[1] + A + L, k) for k, v in pending]
+        orphans = list(orphans)
         self._orphan_heap = [_entry(min(t for t, _, _ in _decode_orphans(v)) + 2 * L, k) for k, v in orphans]
+        self._orphan_keys = {k for k, _ in orphans}
         self._pred_heap = []
         for k, v in predictions:
             (ts,) = struct.unpack_from("<q", v, 0)
@@ -227,7 +232,7 @@ class LabelJoin:
         fb = self.feedback()
         fb.add(segs, imp.ts, None)
         bits = 0
-        oblob = self.orphans.get(key)
+        oblob = self.orphans.get(key) if key in self._orphan_keys else None
         if oblob is not None:
             keep = []
             for ets, ai, eid in _decode_orphans(oblob):
@@ -243,6 +248,7 @@ class LabelJoin:
                 self.orphans.put(key, _encode_orphans(keep))
             else:
                 self.orphans.delete(key)
+                self._orphan_keys.discard(key)
         self.pending.put(key, encode_pending(bits, imp, raw))
         heapq.heappush(self._close_heap, _entry(imp.ts + A + L, key))
         self._expire_orphans()
@@ -275,9 +281,10 @@ class LabelJoin:
             self.stats.inc("unlabeled_engagements")
         else:
             ai = ACTIONS.index(eng.action)
-            old = self.orphans.get(key)
+            old = self.orphans.get(key) if key in self._orphan_keys else None
             item = _ORPHAN.pack(eng.ts, ai) + eng.event_id.encode() + b"\n"
             self.orphans.put(key, (old or b"") + item)
+            self._orphan_keys.add(key)
             heapq.heappush(self._orphan_heap, _entry(eng.ts + 2 * L, key))
         self._close_due()
         return True
@@ -350,6 +357,7 @@ class LabelJoin:
                 heapq.heappush(heap, _entry(min(t for t, _, _ in keep) + two_l, key))
             else:
                 self.orphans.delete(key)
+                self._orphan_keys.discard(key)
 
     def _expire_predictions(self) -> None:
         heap = self._pred_heap

@@ -29,6 +29,7 @@ PLUGINS = (
     "streams.tools.simulate",
     "streams.tools.inspect",
     "streams.tools.bench_rpc",
+    "streams.tools.bench_peers",
     "streams.tools.chaos.cli",
     "streams.tools.demo",
 )

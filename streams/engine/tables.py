@@ -40,6 +40,8 @@ from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
 from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS, FeedbackTiles, UserCounters, counters_max_ts
 
+from streams.engine.dedup import CODEC as ids_codec
+from streams.engine.dedup import CounterDedup
 from streams.engine.repartition import OriginFence
 from streams.engine.state import Meta, PartitionState, CacheKV, RecordCache, Snapshot, StoreSpec
 
@@ -50,12 +52,11 @@ USER_COUNTERS = StoreSpec("user_counters")
 PENDING_IMPRESSIONS = StoreSpec("pending_impressions")
 ORPHAN_ENGAGEMENTS = StoreSpec("orphan_engagements")
 PREDICTION_LOGS = StoreSpec("prediction_logs")
-#: event ids counted in the counters, per input: ``<hour of ts>|<user>|<event_id>`` (``CounterDedup``)
-IMPRESSION_IDS = StoreSpec("impression_ids")
-ENGAGEMENT_IDS = StoreSpec("engagement_ids")
+#: event ids counted in the counters, per input: ``<hour of ts>|<user>`` -> the hour's ids (``streams.engine.dedup``)
+IMPRESSION_IDS = StoreSpec("impression_ids_by_hour")
+ENGAGEMENT_IDS = StoreSpec("engagement_ids_by_hour")
 ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS,
               IMPRESSION_IDS, ENGAGEMENT_IDS)
-_SEEN = b"\x01"
 
 #: what a processed record is: (kind, offset, event-or-log, raw value bytes)
 Item = tuple[str, int, Any, bytes]
@@ -71,65 +72,12 @@ def retention_threshold(wm_eng: int, retention_ms: int | None) -> int:
     return (wm_eng - retention_ms) // LONG_TILE_MS * LONG_TILE_MS
 
 
-def dedup_threshold(wm: int) -> int:
-    """Event time below which an input's events no longer count in the counters, nor are remembered.
-
-    The counters' longest window (1 day) plus its tile behind that input's own watermark, down to the
-    hour: nothing older is in any window read at the watermark.
-    """
-    t = wm - LONG_WINDOW_MS - LONG_TILE_MS
-    return t // LONG_TILE_MS * LONG_TILE_MS if t > 0 else 0
-
-
-class CounterDedup:
-    """Which event ids of one input (impressions or engagements) the counters have counted.
-
-    The counters count each ``(event_id, ts)`` once within their horizon: a producer's retry or a
-    replay of an old event counts once, whether or not it is still in the user's sequence. An event
-    older than ``dedup_threshold`` of its input's watermark counts in no window read at the
-    watermark, so it is neither counted nor remembered (nor one older than the user-state retention
-    threshold, which follows the engagements: ids below it are forgotten when it moves); keys start with the hour of ``ts``, so the
-    ids below the threshold are deleted by a scan from the start of the store each time the
-    threshold moves. The threshold depends on that input's order only, so the tables equal the
-    from-scratch recomputation for any interleaving of the inputs.
-    """
-
-    __slots__ = ("store", "cache", "state", "threshold")
-
-    def __init__(self, store: StoreSpec, cache: RecordCache, state: PartitionState, wm: int, ttl: int) -> None:
-        self.store, self.cache, self.state = store, cache, state
-        self.threshold = max(dedup_threshold(wm), ttl)
-
-    def first(self, user_id: str, event_id: str, ts: int) -> bool | None:
-        """True the first time (and remembers it), False for a repeat, None when too old to count."""
-        if ts < self.threshold:
-            return None
-        key = f"{ts // LONG_TILE_MS:08d}|{user_id}|{event_id}"
-        if self.cache.get(self.store, key) is not None:
-            return False
-        self.cache.set(self.store, key, _SEEN)
-        return True
-
-    def advance(self, wm: int, ttl: int) -> None:
-        """Forget the ids below the new threshold: the input's (``wm``) or the retention's (``ttl``)."""
-        new = max(dedup_threshold(wm), ttl)
-        if new <= self.threshold:
-            return
-        self.threshold = new
-        below = f"{new // LONG_TILE_MS:08d}|"
-        old = [k for k, v in self.cache.cached_items(self.store) if v is not None and k < below]
-        for k, _ in self.state.items(self.store):
-            if k >= below:
-                break
-            old.append(k)
-        for k in set(old):
-            self.cache.delete(self.store, k)
-
-
 def _codecs(seq_len: int) -> dict[str, Any]:
     return {
         USER_SEQUENCES.name: (lambda b: decode_seq(b, seq_len), lambda s: s.encode()),
         USER_COUNTERS.name: (UserCounters.decode, lambda c: c.encode()),
+        IMPRESSION_IDS.name: ids_codec,
+        ENGAGEMENT_IDS.name: ids_codec,
     }
 
 
