@@ -5,7 +5,10 @@ exposes the same value types (``UserState``, ``FeedbackSnapshot``) that the
 ``features.assembly`` function reads, so offline rows are assembled exactly as
 online requests are. Windows: the user's last ``seq_len`` actions, user counts
 over 3 h and 1 day (hour tiles), and 30-minute feedback-loop counts per segment
-(minute tiles). Engagements are released in event-time order.
+(minute tiles). Engagements are released in event-time order, ties on the event time in the
+order of their event id's hash: the live sequence's order (``features.seqcodec.ActionSequence``),
+so a sequence replayed here equals the one the tables hold (issue 28's consistency check,
+``tests/unit/streams/test_online_offline_consistency.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from features.events import ACTIONS, Engagement, Impression
+from features.seqcodec import event_id_hash
 from features.state import Counts, FeedbackSnapshot, SeqAction, UserState, segment_keys
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ class ReplayState:
         self._seq: dict[str, deque[SeqAction]] = defaultdict(lambda: deque(maxlen=seq_len))
         self._user_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
         self._fb_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
-        self._pending: list[tuple[int, int, Engagement, str, str]] = []
+        self._pending: list[tuple[int, int, int, Engagement]] = []
         self._n = 0
         self._fb_minute = -1
         self._fb_cache: dict[str, Counts] = {}
@@ -63,12 +67,12 @@ class ReplayState:
         """Queue engagements; they take effect once the replay clock reaches their ts."""
         for e in engagements:
             self._n += 1
-            heapq.heappush(self._pending, (e.ts, self._n, e, "", ""))
+            heapq.heappush(self._pending, (e.ts, event_id_hash(e.event_id), self._n, e))
 
     def advance(self, now_ms: int) -> None:
         """Apply every queued engagement with ``ts <= now_ms``."""
         while self._pending and self._pending[0][0] <= now_ms:
-            _, _, e, _, _ = heapq.heappop(self._pending)
+            e = heapq.heappop(self._pending)[-1]
             self._apply(e)
 
     def _apply(self, e: Engagement) -> None:
