@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from features.events import ACTIONS, Engagement, Impression
-from features.seqcodec import event_id_hash
+from features.seqcodec import UNKNOWN_ITEM_TYPE, event_id_hash
 from features.state import Counts, FeedbackSnapshot, SeqAction, UserState, segment_keys
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,12 @@ def _counts(row: np.ndarray) -> Counts:
 class ReplayState:
     """User sequences, user windows and feedback-loop tiles built from an event stream."""
 
-    def __init__(self, seq_len: int = 100) -> None:
+    def __init__(self, seq_len: int = 100, attribution_ms: int = 600_000, lateness_ms: int = 60_000) -> None:
         self.seq_len = seq_len
+        # the label join's rule (``features.labels``): an engagement contributes to its impression when
+        # imp.ts - lateness <= eng.ts <= imp.ts + attribution (the settings' defaults, as the worker runs)
+        self.attribution_ms = attribution_ms
+        self.lateness_ms = lateness_ms
         self._seq: dict[str, deque[SeqAction]] = defaultdict(lambda: deque(maxlen=seq_len))
         self._user_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
         self._fb_tiles: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
@@ -49,7 +53,9 @@ class ReplayState:
         self._fb_minute = -1
         self._fb_cache: dict[str, tuple[int, Counts]] = {}
         self._fb_version: dict[str, int] = defaultdict(int)  # bumped by every change of a segment's tiles
-        self._imp_meta: dict[str, tuple[str, str, str]] = {}  # request:item -> (surface, item_type, seg)
+        self._imp_meta: dict[str, tuple[str, str, str, int]] = {}  # request:item -> (surface, item_type, seg, ts)
+        self._counted: set[tuple[str, str]] = set()  # (request:item, action) already in the feedback loop
+        self._seen: set[str] = set()  # engagement ids applied: a re-sent engagement is applied once
 
     def _bump(self, tiles: dict[int, np.ndarray], tile: int, col: int) -> None:
         row = tiles.get(tile)
@@ -63,7 +69,7 @@ class ReplayState:
             self._bump(self._fb_tiles[key], imp.ts // _MINUTE, 0)
             self._fb_version[key] += 1
         self._imp_meta[f"{imp.request_id}:{imp.item_id}"] = (imp.surface, imp.item_type,
-                                                             f"{imp.gender}:{imp.country}")
+                                                             f"{imp.gender}:{imp.country}", imp.ts)
 
     def add_engagements(self, engagements: Iterable[Engagement]) -> None:
         """Queue engagements; they take effect once the replay clock reaches their ts."""
@@ -78,10 +84,23 @@ class ReplayState:
             self._apply(e)
 
     def _apply(self, e: Engagement) -> None:
-        surface, item_type, seg = self._imp_meta.get(f"{e.request_id}:{e.item_id}", ("home", "organic", "u:US"))
-        gender, country = seg.split(":")
+        """As the tables apply it: the sequence and counters take every engagement once; only one that
+        contributes to its impression gets the impression's surface and item type (else ``""`` and
+        ``unknown``, as the live sequence keeps them), and the feedback loop counts an action once per
+        impression, when its label flips."""
+        if e.event_id in self._seen:
+            return
+        self._seen.add(e.event_id)
+        ref = f"{e.request_id}:{e.item_id}"
+        meta = self._imp_meta.get(ref)
+        contributes = meta is not None and meta[3] - self.lateness_ms <= e.ts <= meta[3] + self.attribution_ms
+        surface, item_type = (meta[0], meta[1]) if contributes else ("", UNKNOWN_ITEM_TYPE)  # type: ignore[index]
         self._seq[e.user_id].append(SeqAction(e.item_id, e.action, e.ts, surface, item_type, e.dwell_ms or 0))
         self._bump(self._user_tiles[e.user_id], e.ts // _HOUR, _A[e.action])
+        if not contributes or (ref, e.action) in self._counted:
+            return
+        self._counted.add((ref, e.action))
+        gender, country = meta[2].split(":")  # type: ignore[index]
         for key in segment_keys(country, gender):
             self._bump(self._fb_tiles[key], e.ts // _MINUTE, _A[e.action])
             self._fb_version[key] += 1
