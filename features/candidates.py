@@ -9,8 +9,10 @@ per-candidate Python objects: an item id list and numpy arrays.
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +28,8 @@ ITEM_IMPRESSIONS_KEY = "item_impressions_1d"
 ITEM_ACTION_KEYS: tuple[str, ...] = tuple(f"item_actions_1d:{a}" for a in ACTIONS)
 #: item type codes (0 = unknown), as the model's ``cand_type`` input
 TYPE_CODE: Mapping[str, int] = {"organic": 1, "video": 2}
+
+_NONE: Mapping[str, float] = {}
 
 _HASH_CACHE: dict[int, dict[str, int]] = {}
 _HASH_CACHE_MAX = 200_000
@@ -55,7 +59,7 @@ class CandidateColumns:
     * ``item_ids``       list of N item ids
     * ``type_code``      int64 ``[N]``: 1 organic, 2 video, 0 unknown
     * ``position``       int64 ``[N]``
-    * ``has_ctr_prior``  bool ``[N]``, ``ctr_prior`` float64 ``[N]`` (0 where absent)
+    * ``has_ctr_prior``  bool ``[N]``, ``ctr_prior`` float64 ``[N]`` (0 where absent; a NaN value counts as absent)
     * ``has_counts``     bool ``[N]`` (``item_impressions_1d`` given), ``impressions`` float64 ``[N]``,
       ``actions`` float64 ``[N, T]`` (``item_actions_1d:<action>``, 0 where absent)
     """
@@ -81,27 +85,18 @@ class CandidateColumns:
               features: Sequence[Mapping[str, float] | None]) -> "CandidateColumns":
         """From column lists (``features``: each candidate's mapping, or None)."""
         n = len(item_ids)
-        code = TYPE_CODE.get
-        type_code = np.fromiter((code(t, 0) for t in item_types), dtype=np.int64, count=n)
+        type_code = np.fromiter(map(TYPE_CODE.get, item_types, repeat(0, n)), dtype=np.int64, count=n)
         position = np.fromiter(positions, dtype=np.int64, count=n)
-        has_prior = np.zeros(n, dtype=bool)
-        prior = np.zeros(n, dtype=np.float64)
-        has_counts = np.zeros(n, dtype=bool)
-        imps = np.zeros(n, dtype=np.float64)
+        fs = [f or _NONE for f in features]
+        prior = np.fromiter([f.get(CTR_PRIOR_KEY, math.nan) for f in fs], dtype=np.float64, count=n)  # NaN: absent
+        has_prior = ~np.isnan(prior)
+        imps = np.fromiter([f.get(ITEM_IMPRESSIONS_KEY, math.nan) for f in fs], dtype=np.float64, count=n)
+        has_counts = ~np.isnan(imps)
         acts = np.zeros((n, len(ACTIONS)), dtype=np.float64)
-        for i, f in enumerate(features):  # most candidates carry one or two keys
-            if not f:
-                continue
-            p = f.get(CTR_PRIOR_KEY)
-            if p is not None:
-                has_prior[i] = True
-                prior[i] = p
-            m = f.get(ITEM_IMPRESSIONS_KEY)
-            if m is not None:
-                has_counts[i] = True
-                imps[i] = m
-                acts[i] = [f.get(k, 0.0) for k in ITEM_ACTION_KEYS]
-        return CandidateColumns(item_ids, type_code, position, has_prior, prior, has_counts, imps, acts)
+        for i in np.flatnonzero(has_counts).tolist():  # only candidates that carry item counts
+            acts[i] = [fs[i].get(k, 0.0) for k in ITEM_ACTION_KEYS]
+        return CandidateColumns(item_ids, type_code, position, has_prior, np.where(has_prior, prior, 0.0), has_counts,
+                                np.where(has_counts, imps, 0.0), acts)
 
     @staticmethod
     def of(candidates: "Sequence[Candidate] | CandidateColumns") -> "CandidateColumns":
