@@ -249,12 +249,12 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None, runs:
               "mean and p99 on the score thread: running / runnable but waiting for a core / blocked (mostly the GIL)")
         print(f"{'broker: mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
-        runs = [(f"{broker.kind}: paced {float(args.rate):g} req/s", 2, float(args.rate))] + [
+        plan = [(f"{broker.kind}: paced {float(args.rate):g} req/s", 2, float(args.rate))] + [
             (f"{broker.kind}: closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
         scorer = next(iter(child_pids(procs[0].pid, b"spawn_main")), None)  # the worker's score process
         pids = {"worker": procs[0].pid, "scorer": scorer, "producer": load.proc.pid, "broker": broker_pid,
                 "client": os.getpid()}
-        for label, threads, rate in runs:
+        for label, threads, rate in plan:
             before = scrape(url)
             cpu0, acked0, t0 = {k: cpu_seconds(v) for k, v in pids.items()}, load.acked(), time.monotonic()
             r = _run(url, bodies, threads, float(args.seconds), rate)
