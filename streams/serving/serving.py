@@ -33,6 +33,23 @@ def _score_thread_init(settings) -> None:
     torch.set_num_threads(pick_score_threads(settings.score_threads))
 
 
+def publish_score_threads(settings) -> int:
+    """The torch thread count scoring uses (``scorer.threads``), set on ``feedrank_score_threads`` and logged.
+
+    The score process picks the same: it inherits the worker's CPU affinity and cgroup.
+    """
+    from scorer.threads import pick_score_threads
+    from streams.metrics import SCORE_THREADS
+
+    threads = pick_score_threads(settings.score_threads)
+    source = "setting" if settings.score_threads > 0 else "usable_cores"
+    SCORE_THREADS.clear()
+    SCORE_THREADS.labels(source).set(threads)
+    log.info("scoring with %d torch thread(s) (%s)", threads, f"FEEDRANK_SCORE_THREADS={settings.score_threads}"
+             if settings.score_threads > 0 else "picked from the usable cores; FEEDRANK_SCORE_THREADS overrides")
+    return threads
+
+
 class Serving(ModelSlot):
     """The worker's model slot, its score process or thread, prediction logging and the drift view."""
 
@@ -49,16 +66,9 @@ class Serving(ModelSlot):
         """Load model, calibrators and blender (and start the score process); no model: /score answers 503."""
         import torch
 
-        from scorer.threads import pick_score_threads
-        from streams.metrics import SCORE_THREADS
         from streams.serving.score_process import ScoreProcess
 
-        threads = pick_score_threads(settings.score_threads)  # the score process inherits affinity and cgroup
-        torch.set_num_threads(threads)
-        SCORE_THREADS.clear()
-        SCORE_THREADS.labels("setting" if settings.score_threads > 0 else "usable_cores").set(threads)
-        log.info("scoring with %d torch thread(s) (%s)", threads, f"FEEDRANK_SCORE_THREADS={settings.score_threads}"
-                 if settings.score_threads > 0 else "picked from the usable cores; FEEDRANK_SCORE_THREADS overrides")
+        torch.set_num_threads(publish_score_threads(settings))
         serving = cls(settings)
         if settings.score_process:  # before the first reload: the model metric then waits for the child
             serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None,

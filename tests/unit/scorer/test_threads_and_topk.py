@@ -52,3 +52,17 @@ def test_top_k_equals_a_stable_sort_of_every_candidate(seed: int) -> None:
         u[rng.integers(0, n, size=max(1, n // 10))] = -np.inf
     for k in {1, min(n, 25), n, max(1, n // 2)}:
         np.testing.assert_array_equal(top_k_order(u, k), np.argsort(-u, kind="stable")[:k])
+
+
+def test_the_count_in_use_is_on_metrics() -> None:
+    from streams.metrics import render
+    from streams.serving.serving import publish_score_threads
+    from streams.settings import Settings
+
+    picked = publish_score_threads(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"))
+    assert picked == pick_score_threads(0)
+    assert f'feedrank_score_threads{{source="usable_cores"}} {float(picked)}' in render().decode()
+    assert publish_score_threads(Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", score_threads=3)) == 3
+    text = render().decode()
+    assert 'feedrank_score_threads{source="setting"} 3.0' in text and "usable_cores" not in text.split(
+        "feedrank_score_threads")[-1]
