@@ -144,7 +144,7 @@ def _user_dense(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, 
         vals += _rate_block(feedback.get(key), PRIOR_RATES if i == 0 else global_rates, FEEDBACK_PRIOR_WEIGHT)
     hour = (ctx.ts / 3_600_000.0) % 24.0
     vals += [math.sin(2 * math.pi * hour / 24.0), math.cos(2 * math.pi * hour / 24.0)]
-    vals.append(min(len(user.actions), spec.seq_len) / spec.seq_len)
+    vals.append(min(user.n_actions, spec.seq_len) / spec.seq_len)
     last = user.actions[-1].ts if user.actions else None
     vals.append(math.log1p(max(ctx.ts - last, 0) / 60_000.0) if last is not None else 10.0)
     return np.asarray(vals, dtype=np.float32)

@@ -74,7 +74,7 @@ def score_once(scorer, body: bytes, user: EncodedUserState, fb: FeedbackSnapshot
     """What the score process does for one call (``score_process._child``'s ``score``), but the pickling."""
     from features.rpc import parse_score_columns
 
-    scored = scorer.score(parse_score_columns(body), user.decode(), fb)
+    scored = scorer.score(parse_score_columns(body), user.decode(scorer.model.spec.seq_len), fb)
     return scored.body.to_json("bench", 0.0) + scored.log_json
 
 

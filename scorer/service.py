@@ -137,7 +137,7 @@ class Scorer:
         types = ["video" if v else "organic" for v in top_video.tolist()]
         calibrator_version = f"{cal_set.model_version}#{cal_set.version}"
         body = ResponseBody(request_id=request_id, user_id=req.user_id, model_version=model.version,
-                            calibrator_version=calibrator_version, history_len=len(user.actions),
+                            calibrator_version=calibrator_version, history_len=user.n_actions,
                             items_json=encode_items(ids, types, utility[order], cal_top, raw_top),
                             latency_ms=(time.perf_counter() - t0) * 1000.0)
         n_log = min(k, self.max_log_items)

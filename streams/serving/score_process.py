@@ -102,7 +102,8 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
         body, user, feedback = payload
         if serving.scorer is None:
             raise ScoreUnavailable(f"no model in the score process: {serving.load_error}")
-        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_columns(body), user.decode(), feedback)
+        newest = serving.scorer.model.spec.seq_len  # all the model reads of the history
+        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_columns(body), user.decode(newest), feedback)
         t1, c1 = time.perf_counter(), thread_clock()
         return scored.body, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
 

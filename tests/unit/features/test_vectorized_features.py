@@ -80,3 +80,23 @@ def test_rows_reread_at_their_rank_equal_features_computed_at_that_rank(seed: in
     np.testing.assert_array_equal(moved, calibration_features(logits[order], user, fb, ctx, ranked))
     taken = CandidateColumns.of(cands).take(order, position=np.arange(len(order)))
     np.testing.assert_array_equal(moved, calibration_features(logits[order], user, fb, ctx, taken))
+
+
+@pytest.mark.parametrize("n_actions", [0, 5, 16, 40, 256])
+def test_decoding_only_the_newest_actions_gives_the_same_features(n_actions: int) -> None:
+    from features.seqcodec import ActionSequence, EncodedUserState
+
+    seq = ActionSequence()
+    for k in range(n_actions):
+        seq.add(event_id=f"e{k}", item_id=f"i{k % 23}", action=ACTIONS[k % len(ACTIONS)], ts=TS - 10_000 * (300 - k),
+                surface="home", item_type="video" if k % 3 else "organic")
+    enc = EncodedUserState("u1", seq.encode() if n_actions else b"", Counts(9, {"click": 1}), Counts(50, {}))
+    spec = FeatureSpec(seq_len=16)
+    full, cut = enc.decode(), enc.decode(spec.seq_len)
+    assert full.n_actions == cut.n_actions == n_actions and len(cut.actions) == min(n_actions, 16)
+    _, fb, ctx, cands, logits = _random_request(n_actions)
+    a, b = assemble(full, fb, ctx, cands, spec).arrays(), assemble(cut, fb, ctx, cands, spec).arrays()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    np.testing.assert_array_equal(calibration_features(logits, full, fb, ctx, cands),
+                                  calibration_features(logits, cut, fb, ctx, cands))
