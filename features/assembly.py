@@ -193,7 +193,7 @@ def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext,
         cand_dense[:, 1] = has_prior
     if item_hits:
         hits = item_hits.get
-        cand_dense[:, 2] = np.log1p(np.fromiter((hits(i, 0) for i in cols.item_ids), dtype=np.float64, count=n))
+        cand_dense[:, 2] = np.log1p(np.asarray([hits(i, 0) for i in cols.item_ids], dtype=np.float64))
     if n_seq:
         cand_dense[:, 3] = (np.asarray(type_hits, dtype=np.float64) / n_seq)[cand_type]
 
