@@ -197,6 +197,7 @@ def _busy_core(args, module, spec, cfg, ns, threads, scorer, what, idle_results)
     idle = {threads: idle_results}
     for t in counts[1:]:
         idle[t] = bench_module(module, spec, cfg, ns, t, args.seconds)[0]
+    torch.set_num_threads(threads)  # bench_module left the last count set
     req_idle = ([time_request(scorer, n, k, args.seconds) for n in ns for k in (25, None)]
                 if scorer is not None else [])
     print(f"busy core: spinning one core ({_load()})")
