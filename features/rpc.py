@@ -123,7 +123,7 @@ class ScoreResponse(BaseModel):
     latency_ms: float = 0.0
 
 
-_ITEM_ORDER = ("request_id", "user_id", "model_version", "calibrator_version")
+_HEAD_FIELDS = ("request_id", "user_id", "model_version", "calibrator_version")
 _INNER = b",".join(b'"%s":%%s' % a.encode() for a in ACTIONS)
 _ITEM_TEMPLATE = (b'{"item_id":"%s","item_type":"%s","rank":%d,"utility":%s,"calibrated":{' + _INNER
                   + b'},"raw":{' + _INNER + b'}}')
@@ -176,7 +176,7 @@ class ResponseBody:
 
     def to_json(self, served_by: str = "", latency_ms: float | None = None) -> bytes:
         """The response's JSON, fields in ``ScoreResponse`` order."""
-        head = orjson.dumps({k: getattr(self, k) for k in _ITEM_ORDER})
+        head = orjson.dumps({k: getattr(self, k) for k in _HEAD_FIELDS})
         tail = orjson.dumps({"served_by": served_by, "history_len": self.history_len,
                              "latency_ms": self.latency_ms if latency_ms is None else latency_ms})
         return head[:-1] + b',"items":' + self.items_json + b"," + tail[1:]

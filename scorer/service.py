@@ -133,7 +133,7 @@ class Scorer:
         raw_top = _mask_impossible(sigmoid(logits[order]), top_video)
 
         request_id = req.request_id or uuid.uuid4().hex[:16]
-        ids = cands.take(order).item_ids
+        ids = [cands.item_ids[i] for i in order.tolist()]
         types = ["video" if v else "organic" for v in top_video.tolist()]
         calibrator_version = f"{cal_set.model_version}#{cal_set.version}"
         body = ResponseBody(request_id=request_id, user_id=req.user_id, model_version=model.version,
