@@ -4,7 +4,8 @@ Training, replay and serving all call ``assemble`` (model inputs) and
 ``calibration_features`` (the calibrators' inputs, delegated to
 ``features.calibration_features``), so online and offline features cannot drift
 apart. The user/sequence part is produced once per request and the candidate
-part once per candidate; the scorer computes the user side once as well.
+part over all candidates at once (``features.candidates.CandidateColumns``,
+numpy columns); the scorer computes the user side once as well.
 
 Model input arrays (``ModelInputs.arrays()``; ``N`` candidates, ``L = spec.seq_len``):
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from features.numeric import logit
 
+from .candidates import CandidateColumns, item_hashes
 from .events import ACTIONS
 from .state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState, segment_keys, stable_hash
 
@@ -142,7 +144,7 @@ def _user_dense(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, 
         vals += _rate_block(feedback.get(key), PRIOR_RATES if i == 0 else global_rates, FEEDBACK_PRIOR_WEIGHT)
     hour = (ctx.ts / 3_600_000.0) % 24.0
     vals += [math.sin(2 * math.pi * hour / 24.0), math.cos(2 * math.pi * hour / 24.0)]
-    vals.append(min(len(user.actions), spec.seq_len) / spec.seq_len)
+    vals.append(min(user.n_actions, spec.seq_len) / spec.seq_len)
     last = user.actions[-1].ts if user.actions else None
     vals.append(math.log1p(max(ctx.ts - last, 0) / 60_000.0) if last is not None else 10.0)
     return np.asarray(vals, dtype=np.float32)
@@ -155,9 +157,9 @@ def _ctx_codes(ctx: ScoreContext, spec: FeatureSpec) -> np.ndarray:
                       dtype=np.int64)
 
 
-def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, candidates: Sequence[Candidate],
-             spec: FeatureSpec = DEFAULT_SPEC) -> ModelInputs:
-    """Model inputs for one request: user/sequence part once, candidate part per candidate."""
+def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext,
+             candidates: Sequence[Candidate] | CandidateColumns, spec: FeatureSpec = DEFAULT_SPEC) -> ModelInputs:
+    """Model inputs for one request: the user/sequence part once, the candidate part over all N at once."""
     L = spec.seq_len
     seq_item = np.zeros(L, dtype=np.int64)
     seq_action = np.zeros(L, dtype=np.int64)
@@ -177,25 +179,21 @@ def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, can
         item_hits[a.item_id] = item_hits.get(a.item_id, 0) + 1
     n_seq = len(recent)
 
-    # candidates: column lists first, one numpy conversion each (per-element array writes cost ~2x)
-    n = len(candidates)
-    item_mod = spec.item_buckets - 1
-    type_code = ITEM_TYPE_CODE.get
-    ids = [c.item_id for c in candidates]
-    cand_item = np.fromiter((stable_hash(i, item_mod) + 1 for i in ids), dtype=np.int64, count=n)
-    cand_type = np.fromiter((type_code(c.item_type, 0) for c in candidates), dtype=np.int64, count=n)
-    cand_pos = np.clip(np.fromiter((c.position for c in candidates), dtype=np.int64, count=n),
-                       0, spec.position_buckets - 1)
+    # candidates: one array operation per column over all N (features.candidates)
+    cols = CandidateColumns.of(candidates)
+    n = len(cols)
+    cand_item = item_hashes(cols.item_ids, spec.item_buckets - 1) + 1
+    cand_type = cols.type_code
+    cand_pos = np.clip(cols.position, 0, spec.position_buckets - 1)
     cand_dense = np.zeros((n, len(CAND_DENSE_NAMES)), dtype=np.float32)
-    priors = [c.features.get("item_ctr_prior") for c in candidates]
-    has_prior = np.fromiter((p is not None for p in priors), dtype=bool, count=n)
+    has_prior = cols.has_ctr_prior
     if has_prior.any():
-        p = np.fromiter((0.5 if v is None else float(v) for v in priors), dtype=np.float64, count=n)
-        p = np.clip(p, 1e-5, 1.0 - 1e-5)
+        p = np.clip(np.where(has_prior, cols.ctr_prior, 0.5), 1e-5, 1.0 - 1e-5)
         cand_dense[:, 0] = np.where(has_prior, np.log(p / (1.0 - p)), 0.0)
         cand_dense[:, 1] = has_prior
     if item_hits:
-        cand_dense[:, 2] = np.log1p(np.fromiter((item_hits.get(i, 0) for i in ids), dtype=np.float64, count=n))
+        hits = item_hits.get
+        cand_dense[:, 2] = np.log1p(np.asarray([hits(i, 0) for i in cols.item_ids], dtype=np.float64))
     if n_seq:
         cand_dense[:, 3] = (np.asarray(type_hits, dtype=np.float64) / n_seq)[cand_type]
 
@@ -210,7 +208,7 @@ def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext, can
 
 
 def calibration_features(raw_logits: np.ndarray | None, user: UserState, feedback: FeedbackSnapshot,
-                         ctx: ScoreContext, candidates: Sequence[Candidate]) -> np.ndarray:
+                         ctx: ScoreContext, candidates: Sequence[Candidate] | CandidateColumns) -> np.ndarray:
     """``[N, F]`` calibrator inputs (``CALIBRATION_FEATURE_NAMES``); raw_logits ``[N, T]`` or None."""
     from .calibration_features import calibration_feature_matrix
 

@@ -33,8 +33,9 @@ from typing import Final, Mapping, Sequence
 
 import numpy as np
 
-from features.numeric import logit
+from features.numeric import LOGIT_EPS, logit
 
+from .candidates import CandidateColumns
 from .events import ACTIONS
 from .state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState, segment_keys
 
@@ -66,7 +67,7 @@ FEEDBACK_PRIOR_WEIGHT: Final[float] = 200.0
 USER_PRIOR_WEIGHT: Final[float] = 20.0
 ITEM_PRIOR_WEIGHT: Final[float] = 50.0
 #: Keys of optional item performance counts in ``Candidate.features``:
-#: ``item_impressions_1d`` and ``item_actions_1d:<action>``.
+#: ``item_impressions_1d`` and ``item_actions_1d:<action>`` (read in ``features.candidates``).
 ITEM_IMPRESSIONS_KEY: Final[str] = "item_impressions_1d"
 ITEM_ACTION_KEY_FMT: Final[str] = "item_actions_1d:{action}"
 
@@ -104,6 +105,8 @@ SHARED_OFFSET: Final[int] = N_TASKS * TASK_BLOCK_WIDTH
 
 _IDX = {n: i for i, n in enumerate(SHARED_FEATURE_NAMES)}
 _POS_EDGES = np.asarray(POSITION_BUCKETS[1:], dtype=np.int64)
+_POS_COLS = SHARED_OFFSET + np.asarray([_IDX[f"pos_bucket:{lo}"] for lo in POSITION_BUCKETS])
+_ITEM_COLS = SHARED_OFFSET + np.asarray([_IDX[f"item_1d:{a}"] for a in ACTIONS])
 
 
 def task_columns(task: int | str) -> np.ndarray:
@@ -166,9 +169,10 @@ def calibration_feature_matrix(
     user: UserState,
     feedback: FeedbackSnapshot,
     ctx: ScoreContext,
-    candidates: Sequence[Candidate],
+    candidates: "Sequence[Candidate] | CandidateColumns",
+    shared: tuple[np.ndarray, dict[str, float]] | None = None,
 ) -> np.ndarray:
-    """Calibration features for one request.
+    """Calibration features for one request, over all candidates at once.
 
     Args:
         raw_logits: ``[N, T]`` raw model logits in ``ACTIONS`` order, or ``None``
@@ -176,39 +180,53 @@ def calibration_feature_matrix(
         user, feedback, ctx: the request's user state, 30-min feedback counts
             and context.
         candidates: the ``N`` candidates (position, item type, optional item
-            counts in ``features``).
+            counts in ``features``), as a list or as ``CandidateColumns``.
+        shared: ``shared_context_row(user, feedback, ctx)`` when the caller has it already.
 
     Returns:
         ``[N, N_CALIBRATION_FEATURES]`` float32, columns ``CALIBRATION_FEATURE_NAMES``.
     """
-    n = len(candidates)
+    cols = CandidateColumns.of(candidates)
+    n = len(cols)
     out = np.zeros((n, N_CALIBRATION_FEATURES), dtype=np.float32)
     if n == 0:
         return out
-    shared, r_all = shared_context_row(user, feedback, ctx)
-    out[:, SHARED_OFFSET:] = shared.astype(np.float32)[None, :]
+    row, r_all = shared if shared is not None else shared_context_row(user, feedback, ctx)
+    out[:, SHARED_OFFSET:] = row.astype(np.float32)[None, :]
 
-    is_video = np.fromiter((c.item_type == "video" for c in candidates), dtype=bool, count=n)
-    positions = np.fromiter((c.position for c in candidates), dtype=np.int64, count=n)
+    is_video = cols.is_video
     base = SHARED_OFFSET
     out[:, base + _IDX["item_type:organic"]] = ~is_video
     out[:, base + _IDX["item_type:video"]] = is_video
-    bucket = np.searchsorted(_POS_EDGES, positions, side="right")
-    out[np.arange(n), base + _IDX[f"pos_bucket:{POSITION_BUCKETS[0]}"] + bucket] = 1.0
+    set_positions(out, cols.position)
 
     # item rates as lift over the overall 30-min rate: 0 = no item evidence
-    item_cols = base + np.asarray([_IDX[f"item_1d:{a}"] for a in ACTIONS])
-    for i, c in enumerate(candidates):
-        if c.features and ITEM_IMPRESSIONS_KEY in c.features:
-            imps = float(c.features[ITEM_IMPRESSIONS_KEY])
-            for j, a in enumerate(ACTIONS):
-                acts = float(c.features.get(ITEM_ACTION_KEY_FMT.format(action=a), 0.0))
-                rate = (acts + r_all[a] * ITEM_PRIOR_WEIGHT) / (imps + ITEM_PRIOR_WEIGHT)
-                out[i, item_cols[j]] = logit(rate) - logit(r_all[a])
+    has = cols.has_counts
+    if has.any():
+        prior = np.asarray([r_all[a] for a in ACTIONS], dtype=np.float64)  # [T]
+        rate = (cols.actions[has] + prior * ITEM_PRIOR_WEIGHT) / (cols.impressions[has] + ITEM_PRIOR_WEIGHT)[:, None]
+        out[np.flatnonzero(has)[:, None], _ITEM_COLS[None, :]] = _logits(rate) - _logits(prior)
 
     if raw_logits is not None:
         set_logits(out, raw_logits)
     return out
+
+
+def _logits(p: np.ndarray) -> np.ndarray:
+    """``features.numeric.logit`` elementwise."""
+    p = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(p / (1.0 - p))
+
+
+def set_positions(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Set the position-bucket one-hot columns of ``matrix`` (``[N, F]``) for ``positions`` ``[N]``, in place.
+
+    The scorer ranks, then re-reads its returned rows at the rank they are returned at. Returns ``matrix``.
+    """
+    bucket = np.searchsorted(_POS_EDGES, np.asarray(positions, dtype=np.int64), side="right")
+    matrix[:, _POS_COLS] = 0.0
+    matrix[np.arange(matrix.shape[0]), _POS_COLS[0] + bucket] = 1.0
+    return matrix
 
 
 def set_logits(matrix: np.ndarray, raw_logits: np.ndarray) -> np.ndarray:
@@ -226,9 +244,8 @@ def set_logits(matrix: np.ndarray, raw_logits: np.ndarray) -> np.ndarray:
         raise ValueError("raw_logits contain NaN or inf; check the model export before calibrating")
     logits = np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)
     video = matrix[:, SHARED_OFFSET + _IDX["item_type:video"]].astype(np.float64)
-    for t in range(N_TASKS):
-        matrix[:, t * TASK_BLOCK_WIDTH] = logits[:, t]
-        matrix[:, t * TASK_BLOCK_WIDTH + 1] = logits[:, t] * video
+    matrix[:, 0:SHARED_OFFSET:TASK_BLOCK_WIDTH] = logits
+    matrix[:, 1:SHARED_OFFSET:TASK_BLOCK_WIDTH] = logits * video[:, None]
     return matrix
 
 
@@ -238,6 +255,7 @@ __all__ = [
     "SHARED_FEATURE_NAMES",
     "calibration_feature_matrix",
     "set_logits",
+    "set_positions",
     "shared_context_row",
     "task_columns",
     "task_feature_names",

@@ -251,9 +251,14 @@ class EncodedUserState:
     counts_3h: Counts = Counts()
     counts_1d: Counts = Counts()
 
-    def decode(self) -> UserState:
-        actions = decode(self.sequence, maxlen=1 << 30).actions() if self.sequence else ()
-        return UserState(self.user_id, actions, self.counts_3h, self.counts_1d)
+    def decode(self, newest: int | None = None) -> UserState:
+        """The ``UserState``; with ``newest``, only that many of the newest actions become objects
+        (``history_len`` then counts them all): the score path reads ``seq_len`` of a 256-action history."""
+        if not self.sequence:
+            return UserState(self.user_id, (), self.counts_3h, self.counts_1d)
+        actions = decode(self.sequence, maxlen=1 << 30 if newest is None else newest).actions()
+        total = None if newest is None else _HEADER.unpack_from(self.sequence, 0)[1]
+        return UserState(self.user_id, actions, self.counts_3h, self.counts_1d, total)
 
 
 __all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "EncodedUserState", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",

@@ -54,6 +54,13 @@ class UserState:
     actions: tuple[SeqAction, ...] = ()  # oldest first, event-time order
     counts_3h: Counts = Counts()
     counts_1d: Counts = Counts()
+    #: when ``actions`` holds only the newest entries (a score process decodes what the model reads): all of them
+    history_len: int | None = None
+
+    @property
+    def n_actions(self) -> int:
+        """Actions in the user's history (``history_len`` when ``actions`` was cut to the newest)."""
+        return len(self.actions) if self.history_len is None else self.history_len
 
 
 def segment_keys(country: str, gender: str) -> tuple[str, str, str]:

@@ -71,8 +71,12 @@ def register_bench(bench: Any) -> None:
     b = bench.add_parser("score", help="candidates/s and p50/p99 latency of the serving module")
     _flag(b, "--model", "MODEL_DIR", Path("var/models"), Path, "artifact dir or root (untrained default model if none)")
     _flag(b, "--n", "BENCH_N", "100,500,1000", str, "comma-separated candidate counts")
-    _flag(b, "--threads", "BENCH_THREADS", 2, int, "torch threads")
+    _flag(b, "--threads", "BENCH_THREADS", 0, int, "torch threads; 0 = picked from the usable cores, as serving does")
     _flag(b, "--seconds", "BENCH_SECONDS", 2.0, float, "timing seconds per N")
+    _flag(b, "--request", "BENCH_REQUEST", False, _bool, "also time the score process's whole work for one request "
+          "(top 25 and all returned) against the model alone, with a cProfile breakdown by stage")
+    _flag(b, "--busy-core", "BENCH_BUSY_CORE", False, _bool, "run it all again beside a process spinning one core "
+          "and print idle against busy (and the same for threads = every usable core)")
     _flag(b, "--precision", "SCORE_PRECISION", "auto", str, "expert GEMMs: auto, float32 or bfloat16 (as a worker serves)")
     b.set_defaults(func=cmd_bench)
 
@@ -126,6 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from features.assembly import FeatureSpec
 
     from .artifact import ArtifactError, load_artifact
@@ -133,6 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .export import PRECISIONS, export_serving, load_serving, set_precision
     from .heap import keep_heap_pages
     from .model import ModelConfig, build_model
+    from .threads import pick_score_threads, usable_cores
 
     keep_heap_pages()  # as in a worker (streams.serving.loopmon.tune_runtime)
     ns = [int(x) for x in str(args.n).split(",") if x.strip()]
@@ -148,11 +155,70 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"--precision {args.precision!r}: expected one of {', '.join(PRECISIONS)}", file=sys.stderr)
         return 2
     precision = set_precision(module, args.precision)
-    results, peak = bench_module(module, spec, cfg, ns, args.threads, args.seconds)
-    print(format_bench(results, peak, args.threads, f"{source}: {cfg.arch}, {cfg.n_experts} experts "
-                       f"{cfg.expert_dims}, sequence={cfg.use_sequence} (L={spec.seq_len}), "
-                       f"expert GEMMs in {precision}"))
+    threads = pick_score_threads(args.threads)
+    print(f"load before: {_load()}; usable cores {usable_cores()}, threads {threads} "
+          f"({'--threads' if args.threads > 0 else 'picked as serving picks them'})")
+    what = (f"{source}: {cfg.arch}, {cfg.n_experts} experts {cfg.expert_dims}, sequence={cfg.use_sequence} "
+            f"(L={spec.seq_len}), expert GEMMs in {precision}")
+    results, peak = bench_module(module, spec, cfg, ns, threads, args.seconds)
+    print(format_bench(results, peak, threads, what))
+    scorer = None
+    if args.request:
+        from .bench_request import format_profile, format_timings, load_scorer, profile_request, time_request
+
+        scorer = load_scorer(args.model)
+        set_precision(scorer.model.module, args.precision)
+        torch.set_num_threads(threads)
+        idle = [("idle", time_request(scorer, n, k, args.seconds)) for n in ns for k in (25, None)]
+        print(format_timings(idle))
+        for k in (25, None):
+            print(format_profile(*profile_request(scorer, ns[-1], k), ns[-1], k))
+    if args.busy_core:
+        _busy_core(args, module, spec, cfg, ns, threads, scorer, what, results)
+    print(f"load after: {_load()}")
     return 0
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _busy_core(args, module, spec, cfg, ns, threads, scorer, what, idle_results) -> None:
+    """The module (and the request path) beside a process spinning one core: idle against busy p50/p99,
+    for the picked thread count and for one thread per usable core."""
+    import torch
+
+    from .bench import bench_module
+    from .bench_request import format_timings, spin_one_core, time_request
+    from .threads import usable_cores
+
+    every = usable_cores()
+    counts = [threads] + ([every] if every != threads else [])
+    idle = {threads: idle_results}
+    for t in counts[1:]:
+        idle[t] = bench_module(module, spec, cfg, ns, t, args.seconds)[0]
+    torch.set_num_threads(threads)  # bench_module left the last count set
+    req_idle = ([time_request(scorer, n, k, args.seconds) for n in ns for k in (25, None)]
+                if scorer is not None else [])
+    print(f"busy core: spinning one core ({_load()})")
+    spin = spin_one_core()
+    try:
+        busy = {t: bench_module(module, spec, cfg, ns, t, args.seconds)[0] for t in counts}
+        torch.set_num_threads(threads)
+        req_busy = ([time_request(scorer, n, k, args.seconds) for n in ns for k in (25, None)]
+                    if scorer is not None else [])
+        print(f"busy core: done ({_load()})")
+    finally:
+        spin.terminate()
+        spin.join(5)
+    print("| threads | N | idle p50 ms | idle p99 ms | busy p50 ms | busy p99 ms | busy p50 / idle p50 |")
+    print("|---|---|---|---|---|---|---|")
+    for t in counts:
+        for a, b in zip(idle[t], busy[t]):
+            print(f"| {t}{' (picked)' if t == threads else ''} | {a.n} | {a.p50_ms:.2f} | {a.p99_ms:.2f} | "
+                  f"{b.p50_ms:.2f} | {b.p99_ms:.2f} | {b.p50_ms / a.p50_ms:.2f}x |")
+    if scorer is not None:
+        print(format_timings([("idle", r) for r in req_idle] + [("busy core", r) for r in req_busy]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,6 +87,8 @@ CALIBRATION_ERROR = Gauge("feedrank_calibration_error", "sum(p)/sum(y) over the 
                           ["task"], registry=REGISTRY)
 CALIBRATION_ALERT = Gauge("feedrank_calibration_alert", "1 while a task's calibration is out of band",
                           ["task"], registry=REGISTRY)
+SCORE_THREADS = Gauge("feedrank_score_threads", "Torch intra-op threads per scoring call (FEEDRANK_SCORE_THREADS, "
+                      "or picked from the usable cores when 0)", ["source"], registry=REGISTRY)
 MODEL_INFO = Gauge("feedrank_model_info", "1 for the model a worker serves: its version and the number format "
                    "of its expert GEMMs", ["version", "precision"], registry=REGISTRY)
 

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,6 +24,7 @@ from features.events import ACTIONS
 
 from .errors import CalibratorStateError, IncompatibleCalibratorError
 from .logistic import LogisticCalibrator
+from .stacked import StackedCalibrators
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,12 @@ class CalibratorSet:
             raise IncompatibleCalibratorError(
                 f"calibration features must be [N, {N_CALIBRATION_FEATURES}], got {X.shape}"
             )
-        out = np.empty((X.shape[0], len(ACTIONS)), dtype=np.float64)
-        for t, a in enumerate(ACTIONS):
-            out[:, t] = self.calibrators[a].predict(X)
-        return out
+        return self._stacked.predict(X)
+
+    @cached_property
+    def _stacked(self) -> StackedCalibrators:
+        """Every task in one pass (built on first use; the set is immutable)."""
+        return StackedCalibrators.of([self.calibrators[a] for a in ACTIONS])
 
     def next_version(self, **changes: Any) -> "CalibratorSet":
         return replace(self, version=self.version + 1, created_ms=int(time.time() * 1000), **changes)

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from features.predictions import encode_prediction
-
 log = logging.getLogger(__name__)
 
 
@@ -113,11 +111,11 @@ class ModelSlot:
         return self.scorer.model.version if self.scorer else None
 
     def score_and_encode(self, req, user, feedback):
-        """Score ``req`` in this thread; the result, its prediction log encoded, and the thread's timings."""
+        """Score ``req`` in this thread; the ``ScoredRequest``, its prediction log encoded, and the thread's timings."""
         c0 = thread_clock()
         t0 = time.perf_counter()
         scored = self.scorer.score(req, user, feedback)
-        encoded = encode_prediction(scored.prediction_log)
+        encoded = scored.log_json
         t1 = time.perf_counter()
         c1 = thread_clock()
         return scored, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9

@@ -18,11 +18,12 @@ threads of the worker, each queueing for the GIL: 1 ms at p50 and 5 ms at
 p99 of waiting before the child started).
 
 The parent (``ScoreProcess``) sends each request as one pickled payload:
-the request body as received (the child parses it again, ~0.7 ms, cheaper
-than unpickling the parsed model), the user's state with the sequence as its
+the request body as received (the child parses it again into columns,
+``parse_score_columns``), the user's state with the sequence as its
 blob (``EncodedUserState``; pickled in the loop's thread, so the live
 sequence may change right after), and the feedback snapshot. The child
-answers with the response, the encoded prediction log and its clocks. The
+answers with the response encoded but for the two fields the worker sets
+(``features.rpc.ResponseBody``), the encoded prediction log and its clocks. The
 child also receives every calibrator hot swap and model reload the parent
 makes, in order: one process works through its queue first in, first out,
 so a request submitted after a swap is scored with the swapped-in set.
@@ -77,7 +78,7 @@ def _renice(nice: int) -> None:
 
 def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned process (tests/test_score_process.py)
     """The score process: load, say hello, then answer calls until the worker goes away."""
-    from features.rpc import parse_score_request
+    from features.rpc import parse_score_columns
     from scorer.heap import release_free_heap
 
     from streams.kafka.procutil import pdeathsig
@@ -89,7 +90,9 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
     _renice(settings.score_nice)
     import torch
 
-    torch.set_num_threads(settings.score_threads)
+    from scorer.threads import pick_score_threads
+
+    torch.set_num_threads(pick_score_threads(settings.score_threads))
     serving = ModelSlot(settings)
     serving.reload()
     tune_runtime()  # as in the worker: heap pages kept, the loaded model frozen out of the collector's way
@@ -99,9 +102,10 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
         body, user, feedback = payload
         if serving.scorer is None:
             raise ScoreUnavailable(f"no model in the score process: {serving.load_error}")
-        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_request(body), user.decode(), feedback)
+        newest = serving.scorer.model.spec.seq_len  # all the model reads of the history
+        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_columns(body), user.decode(newest), feedback)
         t1, c1 = time.perf_counter(), thread_clock()
-        return scored.response, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
+        return scored.body, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
 
     def reload(_):
         serving.reload()

@@ -25,10 +25,29 @@ log = logging.getLogger(__name__)
 
 
 def _score_thread_init(settings) -> None:
-    """Each score thread uses the configured torch thread count (OpenMP's is per calling thread)."""
+    """Each score thread uses the picked torch thread count (OpenMP's is per calling thread)."""
     import torch
 
-    torch.set_num_threads(settings.score_threads)
+    from scorer.threads import pick_score_threads
+
+    torch.set_num_threads(pick_score_threads(settings.score_threads))
+
+
+def publish_score_threads(settings) -> int:
+    """The torch thread count scoring uses (``scorer.threads``), set on ``feedrank_score_threads`` and logged.
+
+    The score process picks the same: it inherits the worker's CPU affinity and cgroup.
+    """
+    from scorer.threads import pick_score_threads
+    from streams.metrics import SCORE_THREADS
+
+    threads = pick_score_threads(settings.score_threads)
+    source = "setting" if settings.score_threads > 0 else "usable_cores"
+    SCORE_THREADS.clear()
+    SCORE_THREADS.labels(source).set(threads)
+    log.info("scoring with %d torch thread(s) (%s)", threads, f"FEEDRANK_SCORE_THREADS={settings.score_threads}"
+             if settings.score_threads > 0 else "picked from the usable cores; FEEDRANK_SCORE_THREADS overrides")
+    return threads
 
 
 class Serving(ModelSlot):
@@ -49,7 +68,7 @@ class Serving(ModelSlot):
 
         from streams.serving.score_process import ScoreProcess
 
-        torch.set_num_threads(settings.score_threads)
+        torch.set_num_threads(publish_score_threads(settings))
         serving = cls(settings)
         if settings.score_process:  # before the first reload: the model metric then waits for the child
             serving.proc = ScoreProcess(settings, lambda: serving.holder.current if serving.holder else None,
@@ -109,7 +128,7 @@ class Serving(ModelSlot):
         return installed
 
     async def score(self, req, body: bytes, user, feedback):
-        """Score ``req`` (``body`` as received) in the score process or thread, log it; the ``ScoreResponse``.
+        """Score ``req`` (``body`` as received) in the score process or thread, log it; the ``ResponseBody``.
 
         ``user`` comes from ``read_user``. The log is encoded where the scoring
         runs (~1 ms off the event loop).
@@ -122,7 +141,7 @@ class Serving(ModelSlot):
         else:
             scored, log_value, t_start, t_end, cpu, runnable = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.score_and_encode, req, user, feedback)
-            response = scored.response
+            response = scored.body
         SCORE_STAGE_SECONDS.labels("wait").observe(t_start - t_submit)
         SCORE_STAGE_SECONDS.labels("score").observe(t_end - t_start)
         SCORE_THREAD_SECONDS.labels("cpu").observe(cpu)

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from features.events import ACTIONS
-from features.rpc import RequestError, parse_score_request, peek_user_id
+from features.rpc import RequestError, parse_score_columns, peek_user_id
 
 from streams.metrics import SCORE_LATENCY, SCORE_REQUESTS, SCORE_STAGE_SECONDS, render
 from streams.serving.auth import HEADER as AUTH_HEADER, api_token
@@ -90,7 +90,7 @@ class WebApi:
             return _error(web, status if 400 <= status < 500 else 400, "<body>", f"cannot read body: {exc}")
         isolated = self.serving is not None and self.serving.proc is not None
         try:  # the score process validates the request itself: here only what routing needs
-            req = None if isolated else parse_score_request(body)
+            req = None if isolated else parse_score_columns(body)
             user_id = peek_user_id(body) if req is None else req.user_id
         except RequestError as exc:
             SCORE_REQUESTS.labels(str(exc.status)).inc()
@@ -116,12 +116,11 @@ class WebApi:
         except ScoreUnavailable as exc:
             SCORE_REQUESTS.labels("503").inc()
             return _error(web, 503, "model", str(exc))
-        response.served_by = self.directory.url if self.directory else ""
+        served_by = self.directory.url if self.directory else ""
         elapsed = time.perf_counter() - t0
-        response.latency_ms = elapsed * 1000.0
         SCORE_LATENCY.observe(elapsed)
         SCORE_REQUESTS.labels("200").inc()
-        return web.bytes(response.model_dump_json().encode(), content_type="application/json")
+        return web.bytes(response.to_json(served_by, elapsed * 1000.0), content_type="application/json")
 
     # -- inspection ----------------------------------------------------------------
     async def user_sequence(self, web, request, user_id: str):

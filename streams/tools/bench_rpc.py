@@ -36,14 +36,27 @@ from streams.settings import Settings
 from streams.kafka.topics import ensure_topics, topic_specs
 
 
-def _request(world, rng_user: int, ts: int, n: int) -> dict:
+def _request(world, rng_user: int, ts: int, n: int, top_k: int = 25) -> dict:
+    """A request of exactly ``n`` candidates (the world's retrieval drops repeats; other items fill in),
+    ``top_k`` returned (0: all)."""
     req = world.new_request(user=rng_user, ts=ts, n_candidates=n)
     c = req.context
-    return {"user_id": req.user_id, "top_k": 25,
+    cands = [{"item_id": x.item_id, "item_type": x.item_type, "features": dict(x.features)} for x in req.candidates]
+    have = {x["item_id"] for x in cands}
+    for i in range(world.n_items):
+        if len(cands) >= n:
+            break
+        if f"i{i}" not in have:
+            cands.append({"item_id": f"i{i}", "item_type": "video" if world.item_video[i] else "organic",
+                          "features": {"item_ctr_prior": float(world.item_ctr_prior[i]),
+                                       "item_is_video": float(world.item_video[i])}})
+    body = {"user_id": req.user_id,
             "context": {"surface": c.surface, "country": c.country, "gender": c.gender, "app_type": c.app_type,
                         "device_type": c.device_type},
-            "candidates": [{"item_id": x.item_id, "item_type": x.item_type, "features": dict(x.features)}
-                           for x in req.candidates]}
+            "candidates": cands}
+    if top_k:
+        body["top_k"] = top_k
+    return body
 
 
 def _run(url: str, bodies: list[dict], threads: int, seconds: float, rate: float | None) -> dict[str, float]:
@@ -220,11 +233,12 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None, runs:
         world = World(seed=0, n_users=1000, n_items=1000)
         now = int(time.time() * 1000)
         n = int(args.candidates)
-        bodies = [_request(world, u, now, n) for u in range(200)]
+        top_k = int(args.top_k)
+        bodies = [_request(world, u, now, n, top_k) for u in range(200)]
         _run(url, bodies, 1, 3.0, None)  # warm-up
         served = next((",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                        for s in scrape(url).select("feedrank_model_info") if s.value == 1), "unknown")
-        print(f"/score bench: {n} candidates per request, top 25 returned, events streaming at "
+        print(f"/score bench: {n} candidates per request, {f'top {top_k}' if top_k else 'all'} returned, events streaming at "
               f"{args.event_rate}/s into the same worker; machine: {os.cpu_count()} cores, load "
               f"{os.getloadavg()[0]:.2f}; event producer and broker ({broker.kind}) at nice {infra_nice} "
               f"({'standing in for machines of their own' if infra_nice else 'competing with the worker as equals'}); "
@@ -235,12 +249,12 @@ def _bench(args: argparse.Namespace, settings: Settings, kind: str | None, runs:
               "mean and p99 on the score thread: running / runnable but waiting for a core / blocked (mostly the GIL)")
         print(f"{'broker: mode':<24} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
               f"{'in-wkr p99':>10} {'loop p99':>9} {'full GCs':>9}  stages p50  p99  score thread cpu/runnable/blocked mean  p99")
-        runs = [(f"{broker.kind}: paced {float(args.rate):g} req/s", 2, float(args.rate))] + [
+        plan = [(f"{broker.kind}: paced {float(args.rate):g} req/s", 2, float(args.rate))] + [
             (f"{broker.kind}: closed loop, {c} client(s)", c, None) for c in _clients(args.clients)]
         scorer = next(iter(child_pids(procs[0].pid, b"spawn_main")), None)  # the worker's score process
         pids = {"worker": procs[0].pid, "scorer": scorer, "producer": load.proc.pid, "broker": broker_pid,
                 "client": os.getpid()}
-        for label, threads, rate in runs:
+        for label, threads, rate in plan:
             before = scrape(url)
             cpu0, acked0, t0 = {k: cpu_seconds(v) for k, v in pids.items()}, load.acked(), time.monotonic()
             r = _run(url, bodies, threads, float(args.seconds), rate)
@@ -276,6 +290,7 @@ def register_bench(bench) -> None:
     env_flag(p, "--brokers", envvar="FEEDRANK_BENCH_BROKERS", default="kafka,embedded",
              help="brokers to run on, one after the other: kafka (a local Apache Kafka), embedded, auto")
     env_flag(p, "--candidates", envvar="FEEDRANK_BENCH_CANDIDATES", default=500, help="candidates per request")
+    env_flag(p, "--top-k", envvar="FEEDRANK_BENCH_TOP_K", default=25, help="items returned per request (0: all)")
     env_flag(p, "--rate", envvar="FEEDRANK_BENCH_RPS", default=50, help="paced request rate (the goal: p99 < 25 ms at 50)")
     env_flag(p, "--seconds", envvar="FEEDRANK_BENCH_SECONDS", default=20, help="seconds per run")
     env_flag(p, "--clients", envvar="FEEDRANK_BENCH_CLIENTS", default="1,2,4",
