@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from features.events import ACTIONS
 from features.seqcodec import ActionSequence, EncodedUserState
