@@ -281,7 +281,8 @@ class Demo:
             rate = m.delta(last, "feedrank_events_valid_total") / dt
             req_rate = (sim.get("requests", 0) - last_sim.get("requests", 0)) / dt
             fresh = m.quantile("feedrank_freshness_seconds", 0.99, since=last)
-            why = self.freshness_reason(m, last, fresh)
+            setup = self.current_step if any(n == "setup" and p.poll() is None for n, p in self.children) else ""
+            why = self.freshness_reason(m, last, fresh, setup)
             if sim.get("scored", 0) > 0 and self.first_scored_at is None:
                 self.first_scored_at = now
                 ref = self.published_at if self.published_at is not None else start
@@ -298,8 +299,9 @@ class Demo:
         return 0
 
     @staticmethod
-    def freshness_reason(m: Scrape, prev: Scrape, fresh_s: float | None) -> str:
-        """Why freshness p99 is over 1 s, from what was measured: start-up, consumer lag, a blocked loop, box load."""
+    def freshness_reason(m: Scrape, prev: Scrape, fresh_s: float | None, setup: str = "") -> str:
+        """Why freshness p99 is over 1 s, from what was measured: start-up, consumer lag, a blocked loop, box load,
+        the first run's set-up step (``setup``: its name while it runs beside the stream)."""
         if fresh_s is None or fresh_s <= 1.0:
             return ""
         if not prev.value("feedrank_events_valid_total"):
@@ -312,6 +314,8 @@ class Demo:
         if loop is not None and loop > 0.1:
             reasons.append(f"lag: event loop blocked p99 {'>10s' if loop == float('inf') else f'{loop * 1000:.0f}ms'}")
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if setup:
+            reasons.append(f"the set-up's {setup} shares the {cores} cores")
         if load > cores:
             reasons.append(f"load {load:.1f} on {cores} cores")
         return "; ".join(reasons) or "not lag, backlog or load (see the worker log)"

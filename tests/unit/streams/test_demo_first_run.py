@@ -34,6 +34,7 @@ def test_degraded_freshness_says_why() -> None:
     assert "backlog 5,000 events behind" in why
     assert Demo.freshness_reason(Scrape(), prev, 5.0)  # never silent when degraded
     assert Demo.freshness_reason(m, Scrape(), 5.0).startswith("start-up backlog")  # the first events the worker saw
+    assert "the set-up's train shares the" in Demo.freshness_reason(Scrape(), prev, 2.4, setup="train")
 
 
 def test_each_run_starts_clean_but_keeps_the_set_up(tmp_path: Path) -> None:
