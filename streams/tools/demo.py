@@ -335,7 +335,7 @@ class Demo:
                           if tasks[a].get("calibration_error") is not None)
             alerts = [a for a, st in drift.get("alerts", {}).items() if st["state"] != "ok"]
             ce += f" alerts={','.join(alerts) or 'none'}"
-        scored, failed = sim.get("scored", 0), sim.get("failed", 0)
+        scored, failed, unavailable = sim.get("scored", 0), sim.get("failed", 0), sim.get("unavailable", 0)
         fresh = f"<{fresh_s * 1000:.0f}ms" if fresh_s is not None and fresh_s != float("inf") else (
             ">10s" if fresh_s is not None else "-")
         if fresh_why:
@@ -347,7 +347,8 @@ class Demo:
             gain = sim.get("gain_captured")
             ranking = f"gain {gain:.2f}" if gain is not None else "gain -"
         else:
-            score = f"req 0 ok{rate_txt} ({failed:,} answered 503: no model yet)" if failed else f"req 0 ok{rate_txt}"
+            score = f"req 0 ok{rate_txt}" + (f" ({unavailable:,} answered 503: no model yet)" if unavailable else "") + (
+                f" ({failed:,} failed)" if failed else "")
             ranking = "gain - (nothing scored yet)"
         return (f"[{t:5.0f}s] events {consumed:>8,.0f} ({rate:>6,.0f}/s) fresh p99 {fresh:>7} | {score} | {ranking}"
                 f" | calib {ce or 'waiting for labels'}")
@@ -380,7 +381,9 @@ class Demo:
             print(f"  (worker not reachable for the report: {exc})")
             return
         scored = sim.get("scored", 0)
-        print(f"  feed requests scored {scored:,} (failed {sim.get('failed', 0)})"
+        unavailable = sim.get("unavailable", 0)
+        print(f"  feed requests scored {scored:,}, failed {sim.get('failed', 0):,}"
+              + (f", answered 503 before the model was there {unavailable:,}" if unavailable else "")
               + (f", /score p50 {sim.get('score_p50_ms', float('nan')):.1f} ms p99 "
                  f"{sim.get('score_p99_ms', float('nan')):.1f} ms" if scored else ""))
         if self.first_scored_at is not None and self.published_at is not None:

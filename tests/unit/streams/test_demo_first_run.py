@@ -14,14 +14,15 @@ CAL = {"drift": None}
 
 
 def test_no_ranking_figure_before_a_request_is_scored_and_the_rate_is_measured() -> None:
-    sim = {"requests": 40, "scored": 0, "failed": 40, "gain_captured": 0.23}
+    sim = {"requests": 40, "scored": 0, "failed": 0, "unavailable": 40, "gain_captured": 0.23}
     line = Demo.summary_line(12, 1000, 400, 0.04, sim, CAL, req_rate=4.5)
     assert "gain - (nothing scored yet)" in line and "0.23" not in line
-    assert " req 0 ok 4.5/s (40 answered 503" in line
-    sim = {"requests": 80, "scored": 30, "failed": 50, "gain_captured": 0.31, "score_p50_ms": 8.0,
+    assert " req 0 ok 4.5/s (40 answered 503" in line and "failed" not in line
+    # the 503s before the model are not failures once requests are scored
+    sim = {"requests": 80, "scored": 30, "failed": 2, "unavailable": 48, "gain_captured": 0.31, "score_p50_ms": 8.0,
            "score_p99_ms": 21.0}
     line = Demo.summary_line(30, 5000, 400, 0.04, sim, CAL, req_rate=4.4)
-    assert " req 30 ok 4.4/s (50 failed)" in line and "gain 0.31" in line
+    assert " req 30 ok 4.4/s (2 failed)" in line and "gain 0.31" in line
 
 
 def test_degraded_freshness_says_why() -> None:
