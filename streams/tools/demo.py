@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
 #: the first run's set-up (train, calibration log, replay) on a 2-core box: 4.4 minutes in issue 27's report;
-#: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12)
-SETUP_MINUTES = "5 to 20"
+#: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12); 11.4
+#: (train 2.9, calibration log 8.1, replay 0.5) the same day, the box otherwise idle, the stream beside it
+SETUP_MINUTES = "10 to 20"
 #: the background producer's traffic (other users of the platform)
 BACKGROUND = {"--users": "20000", "--seed": "1"}
 
