@@ -32,14 +32,14 @@ import numpy as np
 
 from features.numeric import logit
 
-from .candidates import CandidateColumns, item_hashes
+from .candidates import TYPE_CODE, CandidateColumns, item_hashes
 from .events import ACTIONS
 from .state import Candidate, Counts, FeedbackSnapshot, ScoreContext, UserState, segment_keys, stable_hash
 
 log = logging.getLogger(__name__)
 
 CTX_FIELDS: tuple[str, ...] = ("surface", "country", "gender", "app_type", "device_type", "hour")
-ITEM_TYPE_CODE: dict[str, int] = {"organic": 1, "video": 2}
+ITEM_TYPE_CODE = TYPE_CODE  # the model's ``cand_type`` codes (0 = unknown), defined with the candidate columns
 ACTION_CODE: dict[str, int] = {a: i + 1 for i, a in enumerate(ACTIONS)}
 #: Smoothing priors for rates (pseudo-impressions at these rates).
 PRIOR_RATES: dict[str, float] = {"click": 0.04, "long_click": 0.015, "closeup": 0.03, "repin": 0.008,

@@ -33,7 +33,7 @@ from typing import Final, Mapping, Sequence
 
 import numpy as np
 
-from features.numeric import LOGIT_EPS, logit
+from features.numeric import logit, logits
 
 from .candidates import CandidateColumns
 from .events import ACTIONS
@@ -66,10 +66,8 @@ DEFAULT_RATES: Final[Mapping[str, float]] = {
 FEEDBACK_PRIOR_WEIGHT: Final[float] = 200.0
 USER_PRIOR_WEIGHT: Final[float] = 20.0
 ITEM_PRIOR_WEIGHT: Final[float] = 50.0
-#: Keys of optional item performance counts in ``Candidate.features``:
-#: ``item_impressions_1d`` and ``item_actions_1d:<action>`` (read in ``features.candidates``).
-ITEM_IMPRESSIONS_KEY: Final[str] = "item_impressions_1d"
-ITEM_ACTION_KEY_FMT: Final[str] = "item_actions_1d:{action}"
+#: Optional item performance counts in ``Candidate.features``: ``item_impressions_1d`` and
+#: ``item_actions_1d:<action>`` (``features.candidates.ITEM_IMPRESSIONS_KEY``, ``ITEM_ACTION_KEY_FMT``).
 
 
 def _task_block_names() -> list[str]:
@@ -205,17 +203,11 @@ def calibration_feature_matrix(
     if has.any():
         prior = np.asarray([r_all[a] for a in ACTIONS], dtype=np.float64)  # [T]
         rate = (cols.actions[has] + prior * ITEM_PRIOR_WEIGHT) / (cols.impressions[has] + ITEM_PRIOR_WEIGHT)[:, None]
-        out[np.flatnonzero(has)[:, None], _ITEM_COLS[None, :]] = _logits(rate) - _logits(prior)
+        out[np.flatnonzero(has)[:, None], _ITEM_COLS[None, :]] = logits(rate) - logits(prior)
 
     if raw_logits is not None:
         set_logits(out, raw_logits)
     return out
-
-
-def _logits(p: np.ndarray) -> np.ndarray:
-    """``features.numeric.logit`` elementwise."""
-    p = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
-    return np.log(p / (1.0 - p))
 
 
 def set_positions(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import zlib
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Iterable, Mapping, Sequence
@@ -18,14 +17,15 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .events import ACTIONS
-from .state import Candidate
+from .state import Candidate, stable_hash
 
 log = logging.getLogger(__name__)
 
 #: ``Candidate.features`` keys the features read (the rest are carried, never read)
 CTR_PRIOR_KEY = "item_ctr_prior"
 ITEM_IMPRESSIONS_KEY = "item_impressions_1d"
-ITEM_ACTION_KEYS: tuple[str, ...] = tuple(f"item_actions_1d:{a}" for a in ACTIONS)
+ITEM_ACTION_KEY_FMT = "item_actions_1d:{action}"
+ITEM_ACTION_KEYS: tuple[str, ...] = tuple(ITEM_ACTION_KEY_FMT.format(action=a) for a in ACTIONS)
 #: item type codes (0 = unknown), as the model's ``cand_type`` input
 TYPE_CODE: Mapping[str, int] = {"organic": 1, "video": 2}
 
@@ -38,7 +38,7 @@ _HASH_CACHE_MAX = 200_000
 def item_hashes(ids: Sequence[str], buckets: int) -> np.ndarray:
     """``stable_hash(id, buckets)`` of every id, int64 ``[N]``, from a bounded per-process cache.
 
-    A crc32 per id costs ~1 us (500 a request); a dict hit ~50 ns.
+    A ``stable_hash`` (crc32) per id costs ~1 us (500 a request); a dict hit ~50 ns.
     """
     cache = _HASH_CACHE.setdefault(buckets, {})
     try:
@@ -48,7 +48,7 @@ def item_hashes(ids: Sequence[str], buckets: int) -> np.ndarray:
             cache.clear()
         for i in ids:
             if i not in cache:
-                cache[i] = zlib.crc32(i.encode("utf-8")) % buckets
+                cache[i] = stable_hash(i, buckets)
         return np.fromiter(map(cache.__getitem__, ids), dtype=np.int64, count=len(ids))
 
 
@@ -114,10 +114,6 @@ class CandidateColumns:
                                 self.has_ctr_prior[rows], self.ctr_prior[rows], self.has_counts[rows],
                                 self.impressions[rows], self.actions[rows])
 
-    def item_types(self) -> list[str]:
-        """Item type names (``organic`` for an unknown code, as the response has always said only these two)."""
-        return ["video" if v else "organic" for v in self.is_video.tolist()]
 
-
-__all__ = ["CTR_PRIOR_KEY", "CandidateColumns", "ITEM_ACTION_KEYS", "ITEM_IMPRESSIONS_KEY", "TYPE_CODE",
-           "item_hashes"]
+__all__ = ["CTR_PRIOR_KEY", "CandidateColumns", "ITEM_ACTION_KEYS", "ITEM_ACTION_KEY_FMT", "ITEM_IMPRESSIONS_KEY",
+           "TYPE_CODE", "item_hashes"]

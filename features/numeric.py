@@ -19,3 +19,9 @@ def logit(p: float, eps: float = LOGIT_EPS) -> float:
     """``log(p / (1 - p))`` of ``p`` clipped to ``[eps, 1 - eps]``."""
     p = min(max(p, eps), 1.0 - eps)
     return math.log(p / (1.0 - p))
+
+
+def logits(p: np.ndarray, eps: float = LOGIT_EPS) -> np.ndarray:
+    """``logit`` elementwise over an array."""
+    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(q / (1.0 - q))

@@ -161,8 +161,9 @@ def task_summary(s: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _fmt_interval(interval: Sequence[float | None] | None) -> str:
-    if interval is None:
+def format_interval(interval: Sequence[float | None] | None) -> str:
+    """A drift record's ``interval`` as ``low..high`` (``inf`` without an upper bound, ``-`` without one at all)."""
+    if not interval:
         return "-"
     low, high = interval
     return f"{low:.2f}..{'inf' if high is None else f'{high:.2f}'}"
@@ -244,7 +245,7 @@ class DriftMonitor:
                 why = f"error {err:.3f}"
             else:
                 new = self._judge_thin(st.state, s.get("interval"), lo_r, hi_r)
-                why = (f"{s['positives']} positives, 99.9 % interval {_fmt_interval(s.get('interval'))}"
+                why = (f"{s['positives']} positives, 99.9 % interval {format_interval(s.get('interval'))}"
                        + (f", error {err:.3f}" if err is not None else ""))
             if new is not st.state:
                 tr = Transition(a, st.state, new, now_ms, err, cfg.window)
@@ -337,4 +338,5 @@ class DriftMonitor:
         self.calibrator_version = state.get("calibrator_version", self.calibrator_version)
 
 
-__all__ = ["AlertConfig", "AlertState", "DEFAULT_WINDOWS", "DriftMonitor", "SCHEMA", "Transition", "WindowSpec", "task_stats", "task_summary"]
+__all__ = ["AlertConfig", "AlertState", "DEFAULT_WINDOWS", "DriftMonitor", "SCHEMA", "Transition", "WindowSpec",
+           "format_interval", "task_stats", "task_summary"]

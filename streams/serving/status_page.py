@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from features.events import ACTIONS
+from scorer.drift import format_interval
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -42,15 +43,12 @@ def render_status(api) -> str:
         tasks = drift["windows"][window]["tasks"]
         need = drift["alert_config"]["min_positives"]
 
-        def interval(iv: Any) -> str:
-            return "-" if not iv else f"{_fmt(iv[0])}..{'inf' if iv[1] is None else _fmt(iv[1])}"
-
         def alert(a: str) -> str:
             st = drift["alerts"][a]
             return st["state"] + (f" (gathering labels: {tasks[a].get('positives')} of {need} positives)"
                                   if st.get("gathering") else "")
 
-        rows = [[a, _fmt(tasks[a].get("calibration_error")), interval(tasks[a].get("interval")),
+        rows = [[a, _fmt(tasks[a].get("calibration_error")), format_interval(tasks[a].get("interval")),
                  _fmt(tasks[a].get("ece")), tasks[a].get("n"), tasks[a].get("positives"), alert(a)]
                 for a in ACTIONS if a in tasks]
         parts.append(f"<h2>Calibration ({window} window)</h2>"

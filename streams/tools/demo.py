@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from scorer.drift import format_interval
 from streams.kafka.embedded import EmbeddedBroker
 
 from streams.kafka.procutil import free_port, pdeathsig
@@ -408,7 +409,7 @@ class Demo:
             for a, s in drift["windows"][window]["tasks"].items():
                 ce, iv = s.get("calibration_error"), s.get("interval")
                 ce_txt = "-" if ce is None else f"{ce:.3f}"
-                iv_txt = "" if not iv else f" (99.9 % interval {iv[0]:.2f}..{'inf' if iv[1] is None else f'{iv[1]:.2f}'})"
+                iv_txt = f" (99.9 % interval {format_interval(iv)})" if iv else ""
                 ece = s.get("ece")
                 state = drift["alerts"][a]["state"]
                 gathering = f", gathering labels ({s.get('positives')} of {need} positives)" if drift["alerts"][a].get(

@@ -12,8 +12,9 @@ import numpy as np
 
 from features.assembly import CAND_DENSE_NAMES, ITEM_TYPE_CODE, FeatureSpec
 from features.calibration_features import (
-    _IDX, _POS_EDGES, ITEM_ACTION_KEY_FMT, ITEM_IMPRESSIONS_KEY, ITEM_PRIOR_WEIGHT, N_CALIBRATION_FEATURES,
-    POSITION_BUCKETS, SHARED_OFFSET, set_logits, shared_context_row)
+    _IDX, _POS_EDGES, ITEM_PRIOR_WEIGHT, N_CALIBRATION_FEATURES, POSITION_BUCKETS, SHARED_OFFSET, set_logits,
+    shared_context_row)
+from features.candidates import ITEM_ACTION_KEY_FMT, ITEM_IMPRESSIONS_KEY
 from features.events import ACTIONS
 from features.numeric import logit
 from features.state import Candidate, FeedbackSnapshot, ScoreContext, UserState, stable_hash
