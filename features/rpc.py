@@ -44,6 +44,11 @@ class RequestContext(_Strict):
     #: epoch ms of the request; defaults to the server's clock
     ts: Annotated[int, Field(ge=MIN_TS_MS, le=MAX_TS_MS)] | None = None
 
+    def score_context(self, now_ms: int) -> ScoreContext:
+        """The ``ScoreContext`` the features read (``ts`` defaults to ``now_ms``)."""
+        return ScoreContext(surface=self.surface, country=self.country, gender=self.gender, app_type=self.app_type,
+                            device_type=self.device_type, ts=self.ts or now_ms, query_item_id=self.query_item_id)
+
 
 class CandidateIn(_Strict):
     item_id: Id
@@ -64,9 +69,7 @@ class ScoreRequest(_Strict):
     top_k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] | None = None
 
     def to_context(self, now_ms: int) -> ScoreContext:
-        c = self.context
-        return ScoreContext(surface=c.surface, country=c.country, gender=c.gender, app_type=c.app_type,
-                            device_type=c.device_type, ts=c.ts or now_ms, query_item_id=c.query_item_id)
+        return self.context.score_context(now_ms)
 
     def to_candidates(self) -> list[Candidate]:
         return [Candidate(item_id=c.item_id, item_type=c.item_type, position=c.position, features=dict(c.features))
@@ -91,9 +94,7 @@ class ScoreRequestColumns:
     top_k: int | None = None
 
     def to_context(self, now_ms: int) -> ScoreContext:
-        c = self.context
-        return ScoreContext(surface=c.surface, country=c.country, gender=c.gender, app_type=c.app_type,
-                            device_type=c.device_type, ts=c.ts or now_ms, query_item_id=c.query_item_id)
+        return self.context.score_context(now_ms)
 
     def columns(self) -> CandidateColumns:
         return self.candidates
