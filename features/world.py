@@ -283,11 +283,13 @@ class World:
         topics = topics[self._topic_size[topics] > 0]
         pos = self._topic_start[topics] + (rng.random(len(topics)) * self._topic_size[topics]).astype(np.int64)
         picked = np.concatenate([self._topic_order[pos], rng.integers(0, self.n_items, n - len(topics))])
-        items = list(dict.fromkeys(picked.tolist()))
-        video, prior = self.item_video, self.item_ctr_prior
-        return [Candidate(item_id=f"i{i}", item_type="video" if video[i] else "organic",
-                          features={"item_ctr_prior": float(prior[i]), "item_is_video": float(video[i])})
-                for i in items]
+        return [self.candidate(i) for i in dict.fromkeys(picked.tolist())]
+
+    def candidate(self, item: int) -> Candidate:
+        """Item ``item`` as a candidate: its id, type and the catalogue's features."""
+        video = self.item_video[item]
+        return Candidate(item_id=f"i{item}", item_type="video" if video else "organic",
+                         features={"item_ctr_prior": float(self.item_ctr_prior[item]), "item_is_video": float(video)})
 
     def new_request(self, user: int | None = None, ts: int = DEFAULT_START_MS, n_candidates: int = 50) -> FeedRequest:
         """A feed request for ``user`` (random when None) at event time ``ts``."""

@@ -41,15 +41,14 @@ def _request(world, rng_user: int, ts: int, n: int, top_k: int = 25) -> dict:
     ``top_k`` returned (0: all)."""
     req = world.new_request(user=rng_user, ts=ts, n_candidates=n)
     c = req.context
-    cands = [{"item_id": x.item_id, "item_type": x.item_type, "features": dict(x.features)} for x in req.candidates]
-    have = {x["item_id"] for x in cands}
+    chosen = list(req.candidates)
+    have = {x.item_id for x in chosen}
     for i in range(world.n_items):
-        if len(cands) >= n:
+        if len(chosen) >= n:
             break
         if f"i{i}" not in have:
-            cands.append({"item_id": f"i{i}", "item_type": "video" if world.item_video[i] else "organic",
-                          "features": {"item_ctr_prior": float(world.item_ctr_prior[i]),
-                                       "item_is_video": float(world.item_video[i])}})
+            chosen.append(world.candidate(i))
+    cands = [{"item_id": x.item_id, "item_type": x.item_type, "features": dict(x.features)} for x in chosen]
     body = {"user_id": req.user_id,
             "context": {"surface": c.surface, "country": c.country, "gender": c.gender, "app_type": c.app_type,
                         "device_type": c.device_type},
