@@ -54,7 +54,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.tools.loadgen import cpu_seconds
+from streams.tools.loadgen import cpu_seconds, produce_waiting
 from streams.kafka.security import kafka_options
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,7 @@ def _produce(bootstrap: str, settings: Any, records: list[tuple[str, bytes, byte
                 sent = time.time() * 1000.0
                 probe.put((ev["user_id"], ev["item_id"], ev["ts"], sent))
                 cb = on_ack(sent)
-        while True:
-            try:
-                p.produce(_topic_of(settings, kind), value=value, key=key, on_delivery=cb)
-                break
-            except BufferError:  # librdkafka's local queue is full
-                p.poll(0.005)
+        produce_waiting(p, _topic_of(settings, kind), value=value, key=key, on_delivery=cb)
         if i % 100 == 99:
             p.poll(0)
             if rate:

@@ -134,17 +134,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "faust" in peers:
             from confluent_kafka import Producer
 
-            from streams.tools.loadgen import librdkafka_config
+            from streams.tools.loadgen import librdkafka_config, produce_waiting
 
             conf = {**librdkafka_config(broker.bootstrap, False), "acks": 1}
             p = Producer(conf)
             for _kind, key, value in records[:n_faust]:
-                while True:
-                    try:
-                        p.produce(faust_topic, value=value, key=key)
-                        break
-                    except BufferError:
-                        p.poll(0.005)
+                produce_waiting(p, faust_topic, value=value, key=key)
             if p.flush(60):
                 raise RuntimeError("bench peers: the Faust input was not acknowledged")
         base = {"bootstrap": broker.bootstrap, "topics": topics, "events": args.events}
@@ -152,6 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for peer in peers:
             print(f"bench peers: {peer} ...", file=sys.stderr, flush=True)
             state = str(work / f"state-{peer}")
+            job_env = env
             if peer == "raw":
                 cmd = [*me, "streams.tools.peers.local_jobs", "raw", json.dumps(base)]
             elif peer == "feedrank":
@@ -166,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sb = s.model_copy(update={"app_id": f"peers-base-{tag}", "data_dir": work / "feedrank-base"})
                 ensure_topics(broker.bootstrap, topic_specs(sb))  # its own changelog and repartition topics
                 cmd = [sys.executable, str(job), "feedrank", json.dumps({**base, "settings": sb.model_dump_json()})]
-                run_env = {**env, "PYTHONPATH": str(args.baseline)}
+                job_env = {**env, "PYTHONPATH": str(args.baseline)}
             else:
                 py = peers_python(args.peers_python)
                 if py is None:
@@ -176,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 job = Path(__file__).resolve().parent / "peers" / "quix_job.py"
                 cmd = [py, str(job), json.dumps({**base, "group": f"quix-{tag}", "state_dir": state})]
             load = os.getloadavg()[0]
-            out = _figures(_run_job(cmd, args.timeout, run_env if peer.startswith("feedrank@") else env))
+            out = _figures(_run_job(cmd, args.timeout, job_env))
             out["load_1m_at_start"] = round(load, 2)
             out["job"] = JOBS[peer.partition("@")[0]] + (f" (source tree {args.baseline})" if "@" in peer else "")
             result["peers"][peer] = out

@@ -159,6 +159,17 @@ def librdkafka_config(bootstrap: str, single: bool, linger_ms: int = LOAD_LINGER
     return conf
 
 
+def produce_waiting(producer: Any, topic: str, **kw: Any) -> None:
+    """``producer.produce(topic, **kw)`` (a confluent-kafka ``Producer``), serving delivery callbacks and
+    retrying while librdkafka's local queue is full (``BufferError``)."""
+    while True:
+        try:
+            producer.produce(topic, **kw)
+            return
+        except BufferError:
+            producer.poll(0.005)
+
+
 def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int, users: int, seed: int,
                         world_rate: float, rate: float | None, clients: int, single: bool, linger_ms: int,
                         compression: str,
@@ -228,12 +239,7 @@ def _load_producer_main(bootstrap: str, topics: tuple[str, str], partitions: int
         while not stop.is_set():
             idx, key, p, value = pool.record(i)
             prod = producers[(idx * partitions + p) % clients]
-            while True:
-                try:
-                    prod.produce(topics[idx], value=value, key=key, partition=p, on_delivery=callbacks[idx])
-                    break
-                except BufferError:  # librdkafka's local queue is full: serve callbacks, then retry
-                    prod.poll(0.005)
+            produce_waiting(prod, topics[idx], value=value, key=key, partition=p, on_delivery=callbacks[idx])
             i += 1
             state["sent"] = i
             if i % 50 == 0:
