@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.tools.loadgen import cpu_seconds, produce_waiting
-from streams.kafka.security import kafka_options
+from streams.tools.peers.local_jobs import consume_raw, run_engine
 
 log = logging.getLogger(__name__)
 
@@ -169,46 +169,14 @@ def _produce_proc(bootstrap: str, settings_json: str, n: int, users: int, rate: 
     _produce(bootstrap, settings, records, single, rate, probe=probe, linger_ms=linger_ms)
 
 
-async def _raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
-    from aiokafka import AIOKafkaConsumer
-
-    c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4().hex[:8]}",
-                         auto_offset_reset="earliest", enable_auto_commit=False, **kafka_options("aiokafka"))
-    await c.start()
-    got, t0 = 0, None
-    try:
-        while got < n:
-            data = await c.getmany(timeout_ms=500, max_records=10_000)
-            if data and t0 is None:
-                t0 = time.perf_counter()
-            got += sum(len(v) for v in data.values())
-    finally:
-        await c.stop()
-    return got / (time.perf_counter() - (t0 or time.perf_counter()))
-
-
-async def _engine_rate(settings: Any, bootstrap: str, n: int,
-                       broker_pid: int | None = None) -> tuple[float, dict[str, Any]]:
-    from streams.engine.engine import TableEngine
-    from streams.serving.loopmon import tune_runtime
-
-    tune_runtime()  # as in a worker
-
-    engine = TableEngine(settings, bootstrap)
-    await engine.start()
-    t0 = None
-    b0 = 0.0
-    try:
-        while engine.processed + engine.dead_lettered < n:
-            if t0 is None and engine.processed:
-                t0, b0 = time.perf_counter(), cpu_seconds(broker_pid)
-            await asyncio.sleep(0.005)
-        dt = time.perf_counter() - (t0 or time.perf_counter())
-        stats = engine.stats()
-        stats["broker_cpu_cores"] = round((cpu_seconds(broker_pid) - b0) / dt, 2) if broker_pid and dt > 0 else "n/a"
-    finally:
-        await engine.stop()
-    return n / dt if dt > 0 else float("nan"), stats
+def _engine_rate(settings: Any, bootstrap: str, n: int, broker_pid: int | None = None) -> tuple[float, dict[str, Any]]:
+    """The engine's max rate on ``n`` pre-produced records (``run_engine``), with the broker's CPU over the span."""
+    b0: list[float] = []
+    out, stats = asyncio.run(run_engine(settings, bootstrap, n, lambda: b0.append(cpu_seconds(broker_pid))))
+    dt = out["wall_s"]
+    stats["broker_cpu_cores"] = (round((cpu_seconds(broker_pid) - b0[0]) / dt, 2)
+                                 if broker_pid and b0 and dt > 0 else "n/a")
+    return (n / dt if dt > 0 else float("nan")), stats
 
 
 async def _probe(views: Any, queue: Any, delays: list[float], missing: list[int], stop: asyncio.Event,
@@ -385,8 +353,9 @@ def run(args: argparse.Namespace, kind: str | None = None) -> dict[str, Any]:
         dt = _produce(broker.bootstrap, s, records, pre_single, linger_ms=args.linger_ms)
         result["produce_events_per_s"] = round(args.events / dt)
         topics = [s.topic_impressions, s.topic_engagements, s.topic_predictions]
-        result["raw_aiokafka_consume_per_s"] = round(asyncio.run(_raw_consume(broker.bootstrap, topics, args.events)))
-        rate, stats = asyncio.run(_engine_rate(s, broker.bootstrap, args.events, broker_pid))
+        raw = asyncio.run(consume_raw(broker.bootstrap, topics, args.events))
+        result["raw_aiokafka_consume_per_s"] = round(raw["events"] / raw["wall_s"])
+        rate, stats = _engine_rate(s, broker.bootstrap, args.events, broker_pid)
         result["engine_events_per_s"] = round(rate)
         result["engine_run_broker_cpu_cores"] = stats["broker_cpu_cores"]
         result["engine_checkpoints"] = stats["checkpoints"]
