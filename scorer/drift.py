@@ -236,7 +236,7 @@ class DriftMonitor:
             st = self.alerts[a]
             err = s["calibration_error"]
             st.last_error = err
-            if s["positives"] >= cfg.min_positives and err is not None:
+            if not self.gathering(s) and err is not None:
                 if st.state is AlertState.OK:
                     new = AlertState.OVER if err > cfg.high else AlertState.UNDER if err < cfg.low else AlertState.OK
                 else:
@@ -256,6 +256,10 @@ class DriftMonitor:
                     cfg.window, cfg.low, cfg.high)
                 st.state, st.since_ms = new, now_ms
         return out
+
+    def gathering(self, summary: Mapping[str, Any]) -> bool:
+        """Too few positives in a task's window summary for its point value to alert: the interval decides."""
+        return summary["positives"] < self.alert.min_positives
 
     def _judge_thin(self, state: AlertState, interval: Sequence[float | None] | None, lo_r: float,
                     hi_r: float) -> AlertState:
@@ -279,7 +283,8 @@ class DriftMonitor:
             stats, start, end = acc.window_stats(now)
             windows[name] = {"start_ms": start, "end_ms": end,
                              "tasks": {a: task_summary(stats[t]) for t, a in enumerate(ACTIONS)}}
-        transitions = self._evaluate(windows[self.alert.window]["tasks"], now)
+        judged = windows[self.alert.window]["tasks"]
+        transitions = self._evaluate(judged, now)
         return {
             "schema": SCHEMA,
             "ts": now,
@@ -290,8 +295,7 @@ class DriftMonitor:
                              "min_positives": self.alert.min_positives, "interval_z": INTERVAL_Z},
             "windows": windows,
             "alerts": {a: {"state": s.state.value, "since_ms": s.since_ms, "calibration_error": s.last_error,
-                           "interval": windows[self.alert.window]["tasks"][a]["interval"],
-                           "gathering": windows[self.alert.window]["tasks"][a]["positives"] < self.alert.min_positives}
+                           "interval": judged[a]["interval"], "gathering": self.gathering(judged[a])}
                        for a, s in self.alerts.items()},
             "transitions": [t.to_dict() for t in transitions],
         }
