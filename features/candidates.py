@@ -28,6 +28,7 @@ ITEM_ACTION_KEY_FMT = "item_actions_1d:{action}"
 ITEM_ACTION_KEYS: tuple[str, ...] = tuple(ITEM_ACTION_KEY_FMT.format(action=a) for a in ACTIONS)
 #: item type codes (0 = unknown), as the model's ``cand_type`` input
 TYPE_CODE: Mapping[str, int] = {"organic": 1, "video": 2}
+TYPE_NAME: Mapping[int, str] = {0: "unknown", **{v: k for k, v in TYPE_CODE.items()}}
 
 _NONE: Mapping[str, float] = {}
 
@@ -106,6 +107,16 @@ class CandidateColumns:
         return CandidateColumns.build([c.item_id for c in candidates], [c.item_type for c in candidates],
                                       [c.position for c in candidates], [c.features for c in candidates])
 
+    def features_at(self, i: int) -> dict[str, float]:
+        """Candidate ``i``'s features as a request carries them: what ``build`` reads back into these columns."""
+        out: dict[str, float] = {}
+        if self.has_ctr_prior[i]:
+            out[CTR_PRIOR_KEY] = float(self.ctr_prior[i])
+        if self.has_counts[i]:
+            out[ITEM_IMPRESSIONS_KEY] = float(self.impressions[i])
+            out.update(zip(ITEM_ACTION_KEYS, self.actions[i].tolist()))
+        return out
+
     def take(self, rows: np.ndarray, position: np.ndarray | None = None) -> "CandidateColumns":
         """The candidates at ``rows``, in that order (at ``position`` when given)."""
         ids = self.item_ids
@@ -116,4 +127,4 @@ class CandidateColumns:
 
 
 __all__ = ["CTR_PRIOR_KEY", "CandidateColumns", "ITEM_ACTION_KEYS", "ITEM_ACTION_KEY_FMT", "ITEM_IMPRESSIONS_KEY",
-           "TYPE_CODE", "item_hashes"]
+           "TYPE_CODE", "TYPE_NAME", "item_hashes"]

@@ -44,6 +44,36 @@ class ItemPrediction(BaseModel):
     features: dict[str, float] = Field(default_factory=dict)
 
 
+class ServedItemInputs(BaseModel):
+    """What a logged item was scored with: the request's candidate (type, position, features) and the model's
+    candidate dense features (``features.assembly.CAND_DENSE_NAMES`` order)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    item_type: str
+    position: int
+    features: dict[str, float] = Field(default_factory=dict)
+    cand_dense: list[float] = Field(default_factory=list)
+
+
+class ServedInputs(BaseModel):
+    """The exact model inputs of a sampled request (``FEEDRANK_FEATURE_LOG_SAMPLE``), for the online/offline
+    consistency check (``scorer.consistency``): the feature spec, the request context, the user side as the
+    model saw it (dense features in ``USER_DENSE_NAMES`` order, the sequence's present entries newest first)
+    and, per logged item (same order as ``items``), its candidate inputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: dict[str, int]
+    context: dict[str, str | int]
+    user_dense: list[float]
+    seq_item: list[int]
+    seq_action: list[int]
+    seq_type: list[int]
+    seq_age: list[int]
+    items: list[ServedItemInputs]
+
+
 class PredictionLog(BaseModel):
     """One score request's logged predictions (``predictions`` topic, key = user_id)."""
 
@@ -56,6 +86,8 @@ class PredictionLog(BaseModel):
     model_version: str = ""
     calibrator_version: str = ""
     items: list[ItemPrediction] = Field(default_factory=list)
+    #: present on sampled requests only (``ServedInputs``)
+    inputs: ServedInputs | None = None
 
     def item(self, item_id: str) -> ItemPrediction | None:
         for it in self.items:
@@ -135,6 +167,8 @@ __all__ = [
     "PredictionHeader",
     "decode_prediction_header",
     "PredictionLog",
+    "ServedInputs",
+    "ServedItemInputs",
     "decode_prediction",
     "encode_prediction",
     "prediction_fields",

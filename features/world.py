@@ -102,6 +102,16 @@ class WorldParams:
     #: mean requests per session and mean gap between a session's requests
     requests_per_session: float = 8.0
     request_gap_ms: int = 30_000
+    #: an injected behaviour shift (the live calibration benchmark's): from event time ``shift_from_ms`` on,
+    #: users of country ``shift_country`` (a ``COUNTRIES`` code; "" = no shift) click and close up with
+    #: ``shift_logit`` added to the logit (+0.7: about twice as often at these rates)
+    shift_country: str = ""
+    shift_from_ms: int = 0
+    shift_logit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.shift_country and self.shift_country not in COUNTRIES:
+            raise ValueError(f"shift_country {self.shift_country!r}: use one of {', '.join(COUNTRIES)}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,10 @@ class World:
         z[:, _IDX["repin"]] += sq
         z[:, _IDX["hide"]] += p.unwanted_weight * unwanted + 0.3 * pos - 0.5 * q
         z[:, _IDX["video_view_10s"]] += diurnal + 0.5 * pos + q + act + mood
+        if p.shift_country and p.shift_logit:
+            shifted = p.shift_logit * ((country == COUNTRIES.index(p.shift_country)) & (ts >= p.shift_from_ms))
+            z[:, _IDX["click"]] += shifted
+            z[:, _IDX["closeup"]] += shifted
         return z
 
     def true_prob_matrix(self, users: np.ndarray, items: np.ndarray, country: np.ndarray, gender: np.ndarray,

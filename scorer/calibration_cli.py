@@ -78,6 +78,8 @@ def register(subparsers: Any) -> None:
     _flag(p, "--out", "CALIBRATION_REPORT", Path("var/calibration/report.html"), Path, "output .png, .svg or .html")
     _flag(p, "--window", "CALIBRATION_REPORT_WINDOW", "", str, "drift record window to draw (default: all its windows, side by side)")
     _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json to score labeled examples with (default: served probabilities)")
+    _flag(p, "--consistency", "CONSISTENCY_REPORT", "", str, "an online/offline consistency report (`feedrank consistency "
+          "--out`, or `/calibration`'s JSON) to print and add to an .html report")
     p.set_defaults(func=cmd_report)
     bn = cs.add_parser("bench", help="live calibration benchmark on synthetic traffic: online calibrators and the drift "
                                      "alert through a shift; results.json and calibration.svg/.png (error by minute)")
@@ -199,6 +201,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     except PlotsUnavailable as exc:
         print(f"calibration report: {exc}", file=sys.stderr)
         return 2
+    if args.consistency:
+        from html import escape
+
+        from .consistency import format_report
+
+        data = json.loads(Path(args.consistency).read_text(encoding="utf-8"))
+        data = data.get("consistency") or data  # `/calibration`'s JSON carries it under "consistency"
+        text = format_report(data)
+        print(text)
+        if Path(out).suffix == ".html":
+            page = Path(out).read_text(encoding="utf-8")
+            Path(out).write_text(page.replace("</body>", f"<h2>Online/offline consistency</h2><pre>{escape(text)}"
+                                              "</pre></body>"), encoding="utf-8")
     print(f"wrote {out}")
     return 0
 

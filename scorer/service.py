@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Mapping, Protocol, Sequence
 
@@ -33,12 +33,13 @@ import orjson
 from features.numeric import sigmoid
 
 from features.assembly import assemble
+from features.candidates import TYPE_NAME
 from features.calibration_features import (CALIBRATION_FEATURE_NAMES, calibration_feature_matrix, set_positions,
                                            shared_context_row)
 from features.events import ACTIONS
 from features.predictions import PredictionLog, decode_prediction
 from features.rpc import ResponseBody, ScoreRequest, ScoreRequestColumns, ScoreResponse, encode_items
-from features.state import FeedbackSnapshot, UserState
+from features.state import FeedbackSnapshot, UserState, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class ScoredRequest:
 class Scorer:
     """Model + calibrators + blender, swappable at run time without a restart."""
 
-    def __init__(self, model, calibrators, blender: Blending, max_log_items: int = 50) -> None:
+    def __init__(self, model, calibrators, blender: Blending, max_log_items: int = 50,
+                 feature_log_sample: float = 0.0) -> None:
         self._model = model
+        self.feature_log_sample = feature_log_sample
         self._calibrators = calibrators  # CalibratorHolder (has .current) or a CalibratorSet
         self.blender = blender
         self.max_log_items = max_log_items
@@ -116,7 +119,8 @@ class Scorer:
         model, cal_set = self._model, self._current_calibrators()  # one consistent pair per request
         ctx = req.to_context(now_ms)
         cands = req.columns()
-        logits = model.score(assemble(user, feedback, ctx, cands, model.spec))  # [N, T]
+        inputs = assemble(user, feedback, ctx, cands, model.spec)
+        logits = model.score(inputs)  # [N, T]
         shared = shared_context_row(user, feedback, ctx)
         X = calibration_feature_matrix(logits, user, feedback, ctx, cands, shared)  # [N, F]
         is_video = cands.is_video
@@ -141,15 +145,38 @@ class Scorer:
                             items_json=encode_items(ids, types, utility[order], cal_top, raw_top),
                             latency_ms=(time.perf_counter() - t0) * 1000.0)
         n_log = min(k, self.max_log_items)
-        log_json = orjson.dumps({
+        record = {
             "kind": "prediction", "request_id": request_id, "user_id": req.user_id, "ts": ctx.ts,
             "model_version": model.version, "calibrator_version": calibrator_version,
             "items": [{"item_id": ids[r], "position": r, "raw": dict(zip(ACTIONS, logit_row)),
                        "calibrated": dict(zip(ACTIONS, cal_row)), "features": feats}
                       for r, (logit_row, cal_row, feats) in enumerate(zip(
                           logits[order[:n_log]].tolist(), cal_top[:n_log].tolist(), _named_rows(X_top[:n_log])))],
-        })
-        return ScoredRequest(body, log_json)
+        }
+        if self.feature_log_sample and sampled(request_id, self.feature_log_sample):
+            record["inputs"] = served_inputs(model.spec, ctx, inputs, cands, order[:n_log])
+        return ScoredRequest(body, orjson.dumps(record))
+
+
+def sampled(request_id: str, share: float) -> bool:
+    """Whether a request's log carries its inputs: a stable hash of its id, so a re-sent request decides alike."""
+    return stable_hash(request_id, 1_000_000) < share * 1_000_000
+
+
+def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray) -> dict:
+    """The prediction log's ``inputs`` (``features.predictions.ServedInputs``) of the logged items ``rows``."""
+    present = inputs.seq_mask
+    return {
+        "spec": asdict(spec),
+        "context": {"surface": ctx.surface, "country": ctx.country, "gender": ctx.gender, "app_type": ctx.app_type,
+                    "device_type": ctx.device_type, "ts": ctx.ts},
+        "user_dense": inputs.user_dense.tolist(),
+        "seq_item": inputs.seq_item[present].tolist(), "seq_action": inputs.seq_action[present].tolist(),
+        "seq_type": inputs.seq_type[present].tolist(), "seq_age": inputs.seq_age[present].tolist(),
+        "items": [{"item_type": TYPE_NAME.get(int(cands.type_code[i]), "unknown"), "position": int(cands.position[i]),
+                   "features": cands.features_at(i), "cand_dense": inputs.cand_dense[i].tolist()}
+                  for i in rows.tolist()],
+    }
 
 
 def top_k_order(utility: np.ndarray, k: int) -> np.ndarray:
@@ -181,4 +208,4 @@ def _named_rows(X: np.ndarray) -> list[dict[str, float]]:
     return [dict(zip(names, row)) for row in rounded.tolist()]
 
 
-__all__ = ["Blending", "ScoredRequest", "Scorer", "top_k_order"]
+__all__ = ["Blending", "ScoredRequest", "Scorer", "sampled", "served_inputs", "top_k_order"]

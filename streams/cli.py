@@ -30,6 +30,8 @@ PLUGINS = (
     "streams.tools.inspect",
     "streams.tools.bench_rpc",
     "streams.tools.bench_peers",
+    "streams.tools.bench_calibration",
+    "streams.tools.consistency",
     "streams.tools.chaos.cli",
     "streams.tools.demo",
 )

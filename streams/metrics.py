@@ -87,6 +87,13 @@ CALIBRATION_ERROR = Gauge("feedrank_calibration_error", "sum(p)/sum(y) over the 
                           ["task"], registry=REGISTRY)
 CALIBRATION_ALERT = Gauge("feedrank_calibration_alert", "1 while a task's calibration is out of band",
                           ["task"], registry=REGISTRY)
+FEATURE_MISMATCH = Gauge("feedrank_feature_mismatch_ratio", "Share of a feature's served values that differ from the "
+                         "replay's at the same event time (online/offline consistency, FEEDRANK_CONSISTENCY_CHECK)",
+                         ["feature"], registry=REGISTRY)
+FEATURE_REL_ERROR = Gauge("feedrank_feature_relative_error", "Mean relative error of a feature's served values against "
+                          "the replay's", ["feature"], registry=REGISTRY)
+CONSISTENCY_REQUESTS = Gauge("feedrank_consistency_requests", "Sampled requests the consistency check has compared",
+                             registry=REGISTRY)
 SCORE_THREADS = Gauge("feedrank_score_threads", "Torch intra-op threads per scoring call (FEEDRANK_SCORE_THREADS, "
                       "or picked from the usable cores when 0)", ["source"], registry=REGISTRY)
 MODEL_INFO = Gauge("feedrank_model_info", "1 for the model a worker serves: its version and the number format "

@@ -85,11 +85,18 @@ def build_worker_app(settings: Settings, bootstrap: str):
     serving.app = app
     directory = OwnerDirectory(settings.app_id, bootstrap, settings.url, lambda: set(views.engine.tables))
     calibration = CalibrationLoop(settings, bootstrap, serving, is_leader=lambda: 0 in views.engine.tables)
+    consistency = None
+    if settings.consistency_check:
+        from streams.engine.consistency_monitor import ConsistencyMonitor
+
+        consistency = ConsistencyMonitor(settings, bootstrap, serving, is_leader=lambda: 0 in views.engine.tables)
 
     @app.task
     async def _start_services() -> None:  # pragma: no cover - exercised by broker tests
         await app.add_runtime_dependency(directory)
         await app.add_runtime_dependency(calibration)
+        if consistency is not None:
+            await app.add_runtime_dependency(consistency)
 
     @app.task
     async def _connect_score_process() -> None:  # pragma: no cover - exercised by broker tests

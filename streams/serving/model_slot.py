@@ -95,7 +95,7 @@ class ModelSlot:
         holder = CalibratorHolder(initial)
         if self.scorer is None:
             blender = Blender(BlendConfigSource(settings.blend_config) if settings.blend_config else None)
-            self.scorer = Scorer(artifact, holder, blender)
+            self.scorer = Scorer(artifact, holder, blender, feature_log_sample=settings.feature_log_sample)
         else:
             self.scorer.swap_model(artifact, holder)
         self.holder = holder

@@ -57,6 +57,7 @@ class Serving(ModelSlot):
         super().__init__(settings, scorer, holder)
         self.app = None  # set by install; used to produce prediction logs
         self._drift: dict[str, Any] | None = None
+        self._consistency: dict[str, Any] | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.score_concurrency, thread_name_prefix="score",
                                             initializer=_score_thread_init, initargs=(settings,))
         self.proc = None  # streams.serving.score_process.ScoreProcess when scoring runs in a process of its own
@@ -170,3 +171,19 @@ class Serving(ModelSlot):
 
     def latest_drift(self) -> dict[str, Any] | None:
         return self._drift
+
+    # -- online/offline consistency (fed by streams.engine.consistency_monitor) ----------------
+    def set_consistency(self, report: dict[str, Any]) -> None:
+        from streams.metrics import CONSISTENCY_REQUESTS, FEATURE_MISMATCH, FEATURE_REL_ERROR
+
+        self._consistency = report
+        CONSISTENCY_REQUESTS.set(report.get("requests", 0))
+        for name, v in (report.get("features") or {}).items():
+            FEATURE_MISMATCH.labels(name).set(v["mismatch_rate"])
+            FEATURE_REL_ERROR.labels(name).set(v["mean_rel_error"])
+        seq = report.get("sequence") or {}
+        if seq.get("n"):
+            FEATURE_MISMATCH.labels("sequence.tokens").set(seq["mismatch_rate"])
+
+    def latest_consistency(self) -> dict[str, Any] | None:
+        return self._consistency

@@ -151,7 +151,8 @@ class WebApi:
     async def calibration(self, web, request):
         record = self.serving.latest_drift() if self.serving else None
         cal = self.serving.calibrator_info() if self.serving else None
-        return _json(web, {"drift": record, "calibrators": cal})
+        consistency = self.serving.latest_consistency() if self.serving else None
+        return _json(web, {"drift": record, "calibrators": cal, "consistency": consistency})
 
     async def calibration_report(self, web, request):
         """Reliability diagrams of the latest drift record, drawn off the event loop (matplotlib: the plots extra)."""

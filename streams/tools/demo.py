@@ -33,6 +33,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from scorer.consistency import format_report
 from scorer.drift import format_interval
 from streams.kafka.embedded import EmbeddedBroker
 
@@ -60,6 +61,8 @@ def _get(url: str, timeout: float = 2.0) -> bytes:
 class Demo:
     """Supervises the demo's processes."""
 
+    label = "demo"
+
     def __init__(self, settings: Settings, requests_per_s: float, background_rate: float,
                  duration_s: float | None, run_dir: Path = Path("var/demo"), keep_state: bool = False) -> None:
         self.settings = settings
@@ -72,7 +75,7 @@ class Demo:
         self.duration_s = duration_s
         self.run_dir = run_dir
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        self.broker: EmbeddedBroker | None = None
+        self.broker: Any = None
         self._stop = False
         self.pending_steps: list[tuple[str, list[str]]] = []
         self.current_step, self.step_started = "", 0.0
@@ -189,9 +192,7 @@ class Demo:
             self.publish_model()  # every set-up step was done by an earlier run
         elif not self.pending_steps:
             self.published_at = time.monotonic()
-        self.broker = EmbeddedBroker(port=s.embedded_broker_port, log_path=self.run_dir / "broker.log",
-                                     new_session=True).start()
-        print(f"\nembedded broker   {self.broker.bootstrap}   (log {self.broker.log_path})", flush=True)
+        self.broker = self.start_broker()
         ensure_system_topics(self.broker.bootstrap, s)
         web_port = s.web_port or free_port()
         url = f"http://{s.web_host}:{web_port}"
@@ -202,7 +203,10 @@ class Demo:
                    FEEDRANK_ATTRIBUTION_WINDOW_S=os.environ.get("FEEDRANK_ATTRIBUTION_WINDOW_S", "150"),
                    FEEDRANK_ALLOWED_LATENESS_S=os.environ.get("FEEDRANK_ALLOWED_LATENESS_S", "5"),
                    FEEDRANK_DRIFT_INTERVAL_S=os.environ.get("FEEDRANK_DRIFT_INTERVAL_S", "10"),
-                   FEEDRANK_CALIBRATION_SNAPSHOT_S=os.environ.get("FEEDRANK_CALIBRATION_SNAPSHOT_S", "20"))
+                   FEEDRANK_CALIBRATION_SNAPSHOT_S=os.environ.get("FEEDRANK_CALIBRATION_SNAPSHOT_S", "20"),
+                   # the online/offline consistency check beside the stream, on a tenth of the requests
+                   FEEDRANK_CONSISTENCY_CHECK=os.environ.get("FEEDRANK_CONSISTENCY_CHECK", "true"),
+                   FEEDRANK_FEATURE_LOG_SAMPLE=os.environ.get("FEEDRANK_FEATURE_LOG_SAMPLE", "0.1"))
         self.env = env
         self._spawn("worker", ["worker"], env)
         print(f"worker            {url}   (log {self.run_dir / 'worker.log'})", flush=True)
@@ -210,7 +214,7 @@ class Demo:
         stats_path.unlink(missing_ok=True)
         world = [x for kv in WORLD.items() for x in kv]
         self._spawn("simulate", ["simulate", "--url", url, "--requests-per-s", str(self.requests_per_s),
-                                 "--stats", str(stats_path), *world], env)
+                                 "--stats", str(stats_path), *world, *self.simulate_args()], env)
         print(f"simulated users   asking for {self.requests_per_s:g} feed requests/s in a closed loop; the summary "
               f"shows the rate measured (log {self.run_dir / 'simulate.log'})", flush=True)
         if self.background_rate > 0:
@@ -225,6 +229,17 @@ class Demo:
               "         per task (sum p / sum y; 1 = calibrated; meaningful after ~5 minutes of labels)\n"
               "Ctrl-C stops everything.\n", flush=True)
         return self._loop(url, stats_path)
+
+    def start_broker(self) -> Any:
+        """The demo's broker (the embedded one: it starts in a second); anything with ``bootstrap`` and ``stop()``."""
+        broker = EmbeddedBroker(port=self.settings.embedded_broker_port, log_path=self.run_dir / "broker.log",
+                                new_session=True).start()
+        print(f"\nembedded broker   {broker.bootstrap}   (log {broker.log_path})", flush=True)
+        return broker
+
+    def simulate_args(self) -> list[str]:
+        """Extra ``feedrank simulate`` arguments (the live calibration benchmark's shift)."""
+        return []
 
     def _advance_setup(self) -> None:
         """Run the first-run set-up steps one after the other, then publish the model."""
@@ -261,10 +276,10 @@ class Demo:
             except RuntimeError as exc:
                 print(exc)
                 return 1
-            for name, proc in self.children:
-                if name != "setup" and proc.poll() is not None and proc.returncode != 0:
-                    print(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
-                    return 1
+            failed = self.child_failure()
+            if failed:
+                print(failed)
+                return 1
             now = time.monotonic()
             if self.duration_s is not None and self.published_at is not None and now - self.published_at > self.duration_s:
                 break
@@ -299,6 +314,13 @@ class Demo:
             last, last_sim, last_t = m, sim, now
         self.final_report(url, stats_path)
         return 0
+
+    def child_failure(self) -> str:
+        """Which long-running child exited with an error, if one did ("" when none)."""
+        for name, proc in self.children:
+            if name != "setup" and proc.poll() is not None and proc.returncode != 0:
+                return f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}"
+        return ""
 
     @staticmethod
     def freshness_reason(m: Scrape, prev: Scrape, fresh_s: float | None, setup: str = "") -> str:
@@ -402,6 +424,9 @@ class Demo:
         print(f"  events applied {tables.get('processed', 0):,}, dead-lettered {tables.get('dead_lettered', 0)}"
               + self.freshness_text(tables.get("freshness_ms") or {}))
         print("  calibrators: " + self.calibrators_text(cal.get("calibrators") or {}))
+        consistency = cal.get("consistency")
+        if consistency and consistency.get("requests"):
+            print("  " + format_report(consistency, top=6).replace("\n", "\n  "))
         drift = cal.get("drift")
         if drift:
             window = drift["alert_config"]["window"]
@@ -436,7 +461,7 @@ class Demo:
         self._stop_group({n for n, _ in self.children}, 5)
         if self.broker is not None:
             self.broker.stop()
-        print("demo stopped: every process it started is down.", flush=True)
+        print(f"{self.label} stopped: every process it started is down.", flush=True)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

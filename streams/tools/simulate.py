@@ -63,14 +63,15 @@ def gain_captured(ranked: float, random_: float, best: float) -> float | None:
 
 class Simulator:
     def __init__(self, url: str, bootstrap: str, settings, users: int, items: int, seed: int,
-                 requests_per_s: float, feed_size: int, candidates: int, stats_path: Path | None) -> None:
+                 requests_per_s: float, feed_size: int, candidates: int, stats_path: Path | None,
+                 params=None) -> None:
         from features.world import World
         from scorer.blender import DEFAULT_WEIGHTS
 
         from streams.serving.client import ScorerClient
         from streams.kafka.producer import EventProducer
 
-        self.world = World(seed=seed, n_users=users, n_items=items)
+        self.world = World(seed=seed, n_users=users, n_items=items, params=params)
         self.client = ScorerClient(url, timeout_s=2.0, retries=2)
         self.producer = EventProducer(bootstrap, settings)
         self.requests_per_s = requests_per_s
@@ -179,15 +180,18 @@ class Simulator:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from features.world import WorldParams
     from streams.kafka.broker import resolve_broker
     from streams.settings import Settings
 
     settings = Settings()
+    params = WorldParams(shift_country=args.shift_country, shift_from_ms=int(args.shift_at_ms),
+                         shift_logit=float(args.shift_logit)) if args.shift_country else None
     broker = resolve_broker(log_dir=settings.log_dir)
     try:
         sim = Simulator(args.url or settings.url, broker.bootstrap, settings, int(args.users), int(args.items),
                         int(args.seed), float(args.requests_per_s), int(args.feed_size), int(args.candidates),
-                        Path(args.stats) if args.stats else None)
+                        Path(args.stats) if args.stats else None, params)
         signal.signal(signal.SIGTERM, sim.stop)
         signal.signal(signal.SIGINT, sim.stop)
         print(json.dumps(sim.run(float(args.duration)), indent=2))
@@ -209,4 +213,8 @@ def register(sub) -> None:
     env_flag(p, "--candidates", envvar="FEEDRANK_CANDIDATES", default=100, help="candidates per request")
     env_flag(p, "--duration", envvar="FEEDRANK_SIMULATE_DURATION", default=10 ** 9, help="seconds to run")
     env_flag(p, "--stats", envvar="FEEDRANK_SIMULATE_STATS", default=None, help="write running stats to this JSON file")
+    p.add_argument("--shift-country", default="", help="inject a behaviour shift: this country's users click and "
+                   "close up more (or less) from --shift-at-ms on (the live calibration benchmark's shift)")
+    p.add_argument("--shift-at-ms", default=0, type=int, help="event time (epoch ms) the shift starts")
+    p.add_argument("--shift-logit", default=0.7, type=float, help="logit added to click and closeup (0.7: about 2x)")
     p.set_defaults(func=_cmd)

@@ -132,3 +132,24 @@ def test_params_change_the_world() -> None:
     p0 = loud.true_prob_matrix(*{**cols, "position": np.zeros(n, dtype=np.int64)}.values())
     p9 = loud.true_prob_matrix(*{**cols, "position": np.full(n, 9)}.values())
     assert np.allclose(p0[:, T["click"]], p9[:, T["click"]])
+
+
+def test_injected_shift_moves_one_country_from_its_time_on() -> None:
+    at = DEFAULT_START_MS + HOUR_MS
+    base = World(seed=1, n_users=200, n_items=300)
+    shifted = World(seed=1, n_users=200, n_items=300,
+                    params=WorldParams(shift_country="US", shift_from_ms=at, shift_logit=0.7))
+    n = 4000
+    cols = _sample(base, n)
+    for ts, moved in ((at - 1, False), (at, True)):
+        cols["ts"] = np.full(n, ts)
+        p0, p1 = base.true_prob_matrix(*cols.values()), shifted.true_prob_matrix(*cols.values())
+        us = cols["country"] == COUNTRIES.index("US")
+        assert us.any() and (~us).any()
+        assert np.allclose(p0[~us], p1[~us])  # other countries never move
+        for task in ("click", "closeup"):
+            ratio = p1[us, T[task]].mean() / p0[us, T[task]].mean()
+            assert (1.6 < ratio < 2.1) if moved else ratio == pytest.approx(1.0)
+        assert np.allclose(p0[us, T["hide"]], p1[us, T["hide"]])
+    with pytest.raises(ValueError, match="shift_country"):
+        WorldParams(shift_country="XX")

@@ -93,3 +93,26 @@ def test_live_calibration_plot_has_tasks_band_and_shift(tmp_path) -> None:
                  "shift: BR click+repin x2.0", "Live calibration"):
         assert text in svg, text
     assert png_path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_calibration_report_adds_a_consistency_report(record: dict, tmp_path, capsys) -> None:
+    from scorer.calibration_cli import main
+
+    drift = tmp_path / "drift.json"
+    drift.write_text(json.dumps(record))
+    consistency = {"requests": 12, "in_flight_ms": 2000, "max_mismatch": 0.001,
+                   "sequence": {"n": 12, "mismatch_rate": 0.0, "in_flight_rate": 1 / 12, "mean_edit_distance": 0.08},
+                   "features": {"user.user_3h:log_impressions": {"n": 12, "mismatch_rate": 0.25, "mean_abs_error": 0.3,
+                                                                 "mean_rel_error": 0.1, "first_mismatch": None},
+                                "candidate.seq_same_type_share": {"n": 120, "mismatch_rate": 0.0, "mean_abs_error": 0.0,
+                                                                  "mean_rel_error": 0.0, "first_mismatch": None}}}
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"drift": record, "consistency": consistency}))  # as `GET /calibration` gives it
+    out = tmp_path / "r.html"
+    assert main(["calibration", "report", "--input", str(drift), "--out", str(out), "--consistency", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "over 12 sampled requests" in text and "in flight (< 2000 ms old) 8.33%" in text
+    assert "user.user_3h:log_impressions: mismatch  25.00% of 12" in text
+    assert "2 compared, 1 agree on every value" in text
+    page = out.read_text()
+    assert "Online/offline consistency" in page and "user.user_3h:log_impressions" in page

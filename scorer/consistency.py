@@ -1,0 +1,265 @@
+"""Online/offline feature consistency (issue 28): what ``/score`` served against what the replay computes.
+
+A sampled share of score requests (``FEEDRANK_FEATURE_LOG_SAMPLE``) logs its exact model inputs with its
+predictions (``features.predictions.ServedInputs``). The check replays the event topics through the
+training/replay path (``scorer.replay_state.ReplayState`` -> ``features.assembly.assemble`` and
+``features.calibration_features``) to the request's event time and compares, feature by feature:
+
+- every model input: the user dense features (``USER_DENSE_NAMES``), the candidates' dense
+  features (``CAND_DENSE_NAMES``), the action sequence (its ``(item, action, type)`` tokens by edit distance,
+  and the age buckets where the tokens agree);
+- every calibration feature but the logit columns (the check feeds the calibration features the served
+  logits, so those agree by construction and would only pad the count).
+
+Per feature: how many values were compared, the share that differ (beyond ``ABS_TOL + REL_TOL * |value|``:
+float32 inputs and logged values rounded to 6 significant digits), the mean absolute and relative error.
+
+One cause is expected and counted apart: events *in flight*. The tables serve what they have applied when
+the request arrives; the replay has every event up to the request's event time. A served sequence that equals
+the replayed one without its newest actions of the last ``in_flight_ms`` is counted as in flight, not as a
+mismatch; the counters and feedback-loop rates have no such test, and their relative error says how far
+apart they are (the live feedback view also lags by its checkpoint interval, about a second).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from features.assembly import CAND_DENSE_NAMES, USER_DENSE_NAMES, FeatureSpec, assemble
+from features.calibration_features import CALIBRATION_FEATURE_NAMES, calibration_feature_matrix, set_positions
+from features.candidates import CandidateColumns
+from features.events import ACTIONS, Engagement, EventDecodeError, Impression, decode_event
+from features.predictions import PredictionDecodeError, PredictionLog, decode_prediction
+from features.state import ScoreContext
+
+from .replay_state import ReplayState
+
+ABS_TOL = 1e-4
+REL_TOL = 1e-4
+#: the issue's goal: at most this share of a feature's values differ
+MAX_MISMATCH = 0.001
+_CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
+
+
+@dataclass
+class FeatureStats:
+    n: int = 0
+    mismatches: int = 0
+    abs_err: float = 0.0
+    rel_err: float = 0.0
+    first: Any = None  # the first mismatch: (request_id, served, replayed)
+
+    def add(self, served: np.ndarray, replayed: np.ndarray, where: str) -> None:
+        s, r = np.asarray(served, dtype=np.float64).ravel(), np.asarray(replayed, dtype=np.float64).ravel()
+        diff = np.abs(s - r)
+        bad = diff > ABS_TOL + REL_TOL * np.abs(r)
+        self.n += len(s)
+        self.mismatches += int(bad.sum())
+        self.abs_err += float(diff.sum())
+        self.rel_err += float((diff / np.maximum(np.abs(r), 1e-9)).clip(max=1.0).sum())
+        if self.first is None and bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            self.first = (where, float(s[i]), float(r[i]))
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(self.n, 1)
+        return {"n": self.n, "mismatch_rate": self.mismatches / n, "mean_abs_error": self.abs_err / n,
+                "mean_rel_error": self.rel_err / n, "first_mismatch": self.first}
+
+
+@dataclass
+class SequenceStats:
+    n: int = 0
+    exact: int = 0
+    in_flight: int = 0
+    edit_distance: int = 0
+    first: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(self.n, 1)
+        return {"n": self.n, "mismatch_rate": (self.n - self.exact - self.in_flight) / n,
+                "in_flight_rate": self.in_flight / n, "mean_edit_distance": self.edit_distance / n,
+                "first_mismatch": self.first}
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance between two token sequences (insert, delete, substitute: 1 each)."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+@dataclass
+class ConsistencyReport:
+    """Per-feature agreement between served and replayed features, summed over the checked requests."""
+
+    in_flight_ms: int = 2_000
+    requests: int = 0
+    features: dict[str, FeatureStats] = field(default_factory=dict)
+    sequence: SequenceStats = field(default_factory=SequenceStats)
+
+    def _stats(self, name: str) -> FeatureStats:
+        st = self.features.get(name)
+        if st is None:
+            st = self.features[name] = FeatureStats()
+        return st
+
+    def add_columns(self, prefix: str, names: Sequence[str], served: np.ndarray, replayed: np.ndarray,
+                    where: str) -> None:
+        """Compare ``[rows, len(names)]`` (or ``[len(names)]``) matrices column by column."""
+        s, r = np.atleast_2d(served), np.atleast_2d(replayed)
+        for j, name in enumerate(names):
+            self._stats(f"{prefix}.{name}").add(s[:, j], r[:, j], where)
+
+    def check(self, log: PredictionLog, replay: ReplayState) -> None:
+        """Compare one sampled request's served inputs with the replay's at its event time (``replay`` advanced
+        to it)."""
+        inp = log.inputs
+        if inp is None:
+            return
+        self.requests += 1
+        spec = FeatureSpec(**inp.spec)
+        ctx = ScoreContext(**inp.context)
+        user = replay.user_state(log.user_id, ctx.ts)
+        fb = replay.feedback(ctx.ts, ctx.country, ctx.gender)
+        cands = CandidateColumns.build([it.item_id for it in log.items], [x.item_type for x in inp.items],
+                                       [x.position for x in inp.items], [x.features for x in inp.items])
+        m = assemble(user, fb, ctx, cands, spec)
+        where = f"{log.request_id} ({log.user_id} at {ctx.ts})"
+        self.add_columns("user", USER_DENSE_NAMES, np.asarray(inp.user_dense), m.user_dense, where)
+        self.add_columns("candidate", CAND_DENSE_NAMES, np.asarray([x.cand_dense for x in inp.items]),
+                         m.cand_dense, where)
+        self._check_sequence(inp, m, user, ctx.ts, where)
+        logits = np.asarray([[it.raw[a] for a in ACTIONS] for it in log.items], dtype=np.float64)
+        X = calibration_feature_matrix(logits, user, fb, ctx, cands)
+        set_positions(X, np.asarray([it.position for it in log.items]))
+        served = np.asarray([[it.features.get(n, math.nan) for n in CALIBRATION_FEATURE_NAMES] for it in log.items])
+        self.add_columns("calibration", [CALIBRATION_FEATURE_NAMES[i] for i in _CAL_COMPARED],
+                         served[:, _CAL_COMPARED], X[:, _CAL_COMPARED], where)
+
+    def _check_sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str) -> None:
+        served = list(zip(inp.seq_item, inp.seq_action, inp.seq_type))
+        present = m.seq_mask
+        replayed = list(zip(m.seq_item[present].tolist(), m.seq_action[present].tolist(),
+                            m.seq_type[present].tolist()))
+        st = self.sequence
+        st.n += 1
+        st.edit_distance += edit_distance(served, replayed)
+        if served == replayed:
+            st.exact += 1
+            self._stats("sequence.age").add(np.asarray(inp.seq_age), m.seq_age[present], where)
+            return
+        # in flight: the replay's newest actions of the last ``in_flight_ms`` not applied yet when served
+        newest = user.actions[::-1]
+        k = 0
+        while k < len(newest) and newest[k].ts > now_ms - self.in_flight_ms:
+            k += 1
+            if replayed[k:] == served[:len(replayed) - k]:
+                st.in_flight += 1
+                return
+        if st.first is None:
+            st.first = (where, served[:5], replayed[:5])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "in_flight_ms": self.in_flight_ms, "max_mismatch": MAX_MISMATCH,
+                "sequence": self.sequence.to_dict(),
+                "features": {k: v.to_dict() for k, v in sorted(self.features.items())}}
+
+    def diverging(self) -> dict[str, float]:
+        """Features whose mismatch rate is over ``MAX_MISMATCH`` (the sequence's counts in-flight apart)."""
+        out = {k: v.mismatches / v.n for k, v in self.features.items() if v.n and v.mismatches / v.n > MAX_MISMATCH}
+        seq = self.sequence.to_dict()
+        if self.sequence.n and seq["mismatch_rate"] > MAX_MISMATCH:
+            out["sequence.tokens"] = seq["mismatch_rate"]
+        return out
+
+
+def decode_record(kind: str, raw: bytes | None) -> Any:
+    """An input record as the check replays it, or None for one the worker dead-letters (no table sees it)."""
+    try:
+        if kind == "prediction":
+            return decode_prediction(raw)
+        return decode_event(raw, Impression if kind == "impression" else Engagement)
+    except (EventDecodeError, PredictionDecodeError):
+        return None
+
+
+class ConsistencyChecker:
+    """Events and sampled prediction logs in any order -> the replay in event-time order -> the report.
+
+    ``add`` buffers; ``release(upto_ms)`` replays everything up to that event time (a follower passes its
+    watermark less a hold-back for out-of-order records); ``drain`` replays the rest. At one event time a
+    prediction log goes first: the request was served before its items were shown.
+    """
+
+    _RANK = {"prediction": 0, "impression": 1, "engagement": 2}
+
+    def __init__(self, attribution_ms: int, lateness_ms: int, in_flight_ms: int = 2_000) -> None:
+        self.replay = ReplayState(seq_len=256, attribution_ms=attribution_ms, lateness_ms=lateness_ms)
+        self.report = ConsistencyReport(in_flight_ms=in_flight_ms)
+        self._heap: list[tuple[int, int, int, Any]] = []
+        self._seq = itertools.count()
+        self.released_ms = 0
+
+    def add(self, kind: str, record: Any) -> None:
+        """``kind``: impression, engagement or prediction (a ``PredictionLog``; only sampled ones are checked)."""
+        if kind == "prediction" and record.inputs is None:
+            return
+        heapq.heappush(self._heap, (record.ts, self._RANK[kind], next(self._seq), record))
+
+    def release(self, upto_ms: int) -> int:
+        """Replay the buffered records with event time <= ``upto_ms``; returns how many."""
+        n = 0
+        heap = self._heap
+        while heap and heap[0][0] <= upto_ms:
+            ts, rank, _, rec = heapq.heappop(heap)
+            n += 1
+            if rank == 1:
+                self.replay.add_impression(rec)
+            elif rank == 2:
+                self.replay.add_engagements([rec])
+            else:
+                self.replay.advance(ts)
+                self.report.check(rec, self.replay)
+        self.released_ms = max(self.released_ms, upto_ms)
+        return n
+
+    def drain(self) -> int:
+        return self.release(max((r[0] for r in self._heap), default=0))
+
+    @property
+    def buffered(self) -> int:
+        return len(self._heap)
+
+
+def format_report(report: dict[str, Any], top: int = 12) -> str:
+    """The report as text: the sequence, then the features that differ most (and how many agree fully)."""
+    seq = report["sequence"]
+    feats = report["features"]
+    lines = [f"online/offline consistency over {report['requests']:,} sampled requests",
+             f"  sequence (item, action, type): {seq['n']:,} compared, mismatch {seq['mismatch_rate']:.2%}, "
+             f"in flight (< {report['in_flight_ms']} ms old) {seq['in_flight_rate']:.2%}, mean edit distance "
+             f"{seq['mean_edit_distance']:.3f}"]
+    ranked = sorted(feats.items(), key=lambda kv: (-kv[1]["mismatch_rate"], -kv[1]["mean_rel_error"]))
+    clean = sum(1 for _, v in ranked if v["mismatch_rate"] == 0)
+    lines.append(f"  features: {len(feats)} compared, {clean} agree on every value; goal mismatch <= "
+                 f"{report['max_mismatch']:.1%} per feature")
+    for name, v in ranked[:top]:
+        if v["mismatch_rate"] == 0:
+            break
+        lines.append(f"  {name:>40}: mismatch {v['mismatch_rate']:7.2%} of {v['n']:,}, mean abs error "
+                     f"{v['mean_abs_error']:.3g}, mean rel error {v['mean_rel_error']:.3g}")
+    return "\n".join(lines)
+
+
+__all__ = ["ConsistencyChecker", "ConsistencyReport", "decode_record", "FeatureStats", "MAX_MISMATCH", "SequenceStats", "edit_distance", "format_report"]
