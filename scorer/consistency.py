@@ -14,11 +14,16 @@ training/replay path (``scorer.replay_state.ReplayState`` -> ``features.assembly
 Per feature: how many values were compared, the share that differ (beyond ``ABS_TOL + REL_TOL * |value|``:
 float32 inputs and logged values rounded to 6 significant digits), the mean absolute and relative error.
 
-One cause is expected and counted apart: events *in flight*. The tables serve what they have applied when
-the request arrives; the replay has every event up to the request's event time. A served sequence that equals
-the replayed one without its newest actions of the last ``in_flight_ms`` is counted as in flight, not as a
-mismatch; the counters and feedback-loop rates have no such test, and their relative error says how far
-apart they are (the live feedback view also lags by its checkpoint interval, about a second).
+Two causes are expected and kept apart:
+
+- the feedback loop: the live view takes each partition's counts at its checkpoints, so it is served a few
+  seconds behind event time. The log carries the counts served; the check compares them with the replay's
+  (``feedback_loop.*``) and dates them (``feedback_lag_ms``: the age of the newest impression they lack), and
+  computes every other feature from the *served* counts, so a feature that differs differs for another
+  reason;
+- events *in flight*: the tables serve what they have applied when the request arrives; the replay has every
+  event up to the request's event time. A served sequence that equals the replayed one without its newest
+  actions of the last ``in_flight_ms`` is counted as in flight, not as a mismatch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -36,7 +42,7 @@ from features.calibration_features import CALIBRATION_FEATURE_NAMES, calibration
 from features.candidates import CandidateColumns
 from features.events import ACTIONS, Engagement, EventDecodeError, Impression, decode_event
 from features.predictions import PredictionDecodeError, PredictionLog, decode_prediction
-from features.state import ScoreContext
+from features.state import Counts, FeedbackSnapshot, ScoreContext, segment_keys
 
 from .replay_state import ReplayState
 
@@ -44,6 +50,7 @@ ABS_TOL = 1e-4
 REL_TOL = 1e-4
 #: the issue's goal: at most this share of a feature's values differ
 MAX_MISMATCH = 0.001
+_COUNT_NAMES = ("impressions", *ACTIONS)
 _CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
 
 
@@ -107,6 +114,7 @@ class ConsistencyReport:
     requests: int = 0
     features: dict[str, FeatureStats] = field(default_factory=dict)
     sequence: SequenceStats = field(default_factory=SequenceStats)
+    feedback_lag_ms: list[int] = field(default_factory=list)
 
     def _stats(self, name: str) -> FeatureStats:
         st = self.features.get(name)
@@ -121,9 +129,10 @@ class ConsistencyReport:
         for j, name in enumerate(names):
             self._stats(f"{prefix}.{name}").add(s[:, j], r[:, j], where)
 
-    def check(self, log: PredictionLog, replay: ReplayState) -> None:
+    def check(self, log: PredictionLog, replay: ReplayState, impression_times: Sequence[int] | None = None) -> None:
         """Compare one sampled request's served inputs with the replay's at its event time (``replay`` advanced
-        to it)."""
+        to it). ``impression_times``: the event times of the impressions replayed so far, oldest first (to
+        date the served feedback loop)."""
         inp = log.inputs
         if inp is None:
             return
@@ -132,10 +141,18 @@ class ConsistencyReport:
         ctx = ScoreContext(**inp.context)
         user = replay.user_state(log.user_id, ctx.ts)
         fb = replay.feedback(ctx.ts, ctx.country, ctx.gender)
+        where = f"{log.request_id} ({log.user_id} at {ctx.ts})"
+        if inp.feedback:  # the feedback loop as served against the replay's; the rest from the served counts
+            for key, kind in zip(segment_keys(ctx.country, ctx.gender), ("all", "country", "gender_country")):
+                c = fb.get(key)
+                self.add_columns(f"feedback_loop.{kind}", _COUNT_NAMES, np.asarray(inp.feedback.get(key, [0] * 7)),
+                                 np.asarray([c.impressions, *(c.actions.get(a, 0) for a in ACTIONS)]), where)
+            self._date_feedback(inp.feedback.get("all", [0])[0], fb.get("all").impressions, ctx.ts, impression_times)
+            fb = FeedbackSnapshot({k: Counts(v[0], {a: n for a, n in zip(ACTIONS, v[1:]) if n})
+                                   for k, v in inp.feedback.items()})
         cands = CandidateColumns.build([it.item_id for it in log.items], [x.item_type for x in inp.items],
                                        [x.position for x in inp.items], [x.features for x in inp.items])
         m = assemble(user, fb, ctx, cands, spec)
-        where = f"{log.request_id} ({log.user_id} at {ctx.ts})"
         self.add_columns("user", USER_DENSE_NAMES, np.asarray(inp.user_dense), m.user_dense, where)
         self.add_columns("candidate", CAND_DENSE_NAMES, np.asarray([x.cand_dense for x in inp.items]),
                          m.cand_dense, where)
@@ -146,6 +163,18 @@ class ConsistencyReport:
         served = np.asarray([[it.features.get(n, math.nan) for n in CALIBRATION_FEATURE_NAMES] for it in log.items])
         self.add_columns("calibration", [CALIBRATION_FEATURE_NAMES[i] for i in _CAL_COMPARED],
                          served[:, _CAL_COMPARED], X[:, _CAL_COMPARED], where)
+
+    def _date_feedback(self, served: int, replayed: int, now_ms: int, times: Sequence[int] | None) -> None:
+        """How far behind event time the served feedback loop was: the age of the newest impression it lacked
+        (0 when it had them all; negative: it had impressions the replay has not reached yet)."""
+        if times is None:
+            return
+        missing = replayed - served
+        if missing <= 0:
+            lag = 0 if missing == 0 else -1
+        else:
+            lag = now_ms - times[-missing] if missing <= len(times) else now_ms - (times[0] if times else now_ms)
+        self.feedback_lag_ms.append(int(lag))
 
     def _check_sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str) -> None:
         served = list(zip(inp.seq_item, inp.seq_action, inp.seq_type))
@@ -171,7 +200,13 @@ class ConsistencyReport:
             st.first = (where, served[:5], replayed[:5])
 
     def to_dict(self) -> dict[str, Any]:
+        lag = np.asarray(self.feedback_lag_ms, dtype=np.float64)
+        ahead = int((lag < 0).sum())
+        lag = lag[lag >= 0]
         return {"requests": self.requests, "in_flight_ms": self.in_flight_ms, "max_mismatch": MAX_MISMATCH,
+                "feedback_lag_ms": {"n": len(lag), "p50": float(np.percentile(lag, 50)) if len(lag) else None,
+                                    "p99": float(np.percentile(lag, 99)) if len(lag) else None,
+                                    "max": float(lag.max()) if len(lag) else None, "ahead": ahead},
                 "sequence": self.sequence.to_dict(),
                 "features": {k: v.to_dict() for k, v in sorted(self.features.items())}}
 
@@ -209,6 +244,7 @@ class ConsistencyChecker:
         self.report = ConsistencyReport(in_flight_ms=in_flight_ms)
         self._heap: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
+        self._impression_times: deque[int] = deque(maxlen=500_000)
         self.released_ms = 0
 
     def add(self, kind: str, record: Any) -> None:
@@ -226,11 +262,12 @@ class ConsistencyChecker:
             n += 1
             if rank == 1:
                 self.replay.add_impression(rec)
+                self._impression_times.append(ts)
             elif rank == 2:
                 self.replay.add_engagements([rec])
             else:
                 self.replay.advance(ts)
-                self.report.check(rec, self.replay)
+                self.report.check(rec, self.replay, self._impression_times)
         self.released_ms = max(self.released_ms, upto_ms)
         return n
 
@@ -250,6 +287,11 @@ def format_report(report: dict[str, Any], top: int = 12) -> str:
              f"  sequence (item, action, type): {seq['n']:,} compared, mismatch {seq['mismatch_rate']:.2%}, "
              f"in flight (< {report['in_flight_ms']} ms old) {seq['in_flight_rate']:.2%}, mean edit distance "
              f"{seq['mean_edit_distance']:.3f}"]
+    lag = report.get("feedback_lag_ms") or {}
+    if lag.get("n"):
+        lines.append(f"  feedback loop served behind event time: p50 {lag['p50']:.0f} ms, p99 {lag['p99']:.0f} ms, "
+                     f"max {lag['max']:.0f} ms over {lag['n']:,} requests" + (
+                         f" ({lag['ahead']} ahead of the replay)" if lag.get("ahead") else ""))
     ranked = sorted(feats.items(), key=lambda kv: (-kv[1]["mismatch_rate"], -kv[1]["mean_rel_error"]))
     clean = sum(1 for _, v in ranked if v["mismatch_rate"] == 0)
     lines.append(f"  features: {len(feats)} compared, {clean} agree on every value; goal mismatch <= "

@@ -39,7 +39,7 @@ from features.calibration_features import (CALIBRATION_FEATURE_NAMES, calibratio
 from features.events import ACTIONS
 from features.predictions import PredictionLog, decode_prediction
 from features.rpc import ResponseBody, ScoreRequest, ScoreRequestColumns, ScoreResponse, encode_items
-from features.state import FeedbackSnapshot, UserState, stable_hash
+from features.state import FeedbackSnapshot, UserState, segment_keys, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Scorer:
                           logits[order[:n_log]].tolist(), cal_top[:n_log].tolist(), _named_rows(X_top[:n_log])))],
         }
         if self.feature_log_sample and sampled(request_id, self.feature_log_sample):
-            record["inputs"] = served_inputs(model.spec, ctx, inputs, cands, order[:n_log])
+            record["inputs"] = served_inputs(model.spec, ctx, inputs, cands, order[:n_log], feedback)
         return ScoredRequest(body, orjson.dumps(record))
 
 
@@ -163,10 +163,12 @@ def sampled(request_id: str, share: float) -> bool:
     return stable_hash(request_id, 1_000_000) < share * 1_000_000
 
 
-def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray) -> dict:
+def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray, feedback: FeedbackSnapshot) -> dict:
     """The prediction log's ``inputs`` (``features.predictions.ServedInputs``) of the logged items ``rows``."""
     present = inputs.seq_mask
     return {
+        "feedback": {k: [c.impressions, *(c.actions.get(a, 0) for a in ACTIONS)]
+                     for k in segment_keys(ctx.country, ctx.gender) for c in (feedback.get(k),)},
         "spec": asdict(spec),
         "context": {"surface": ctx.surface, "country": ctx.country, "gender": ctx.gender, "app_type": ctx.app_type,
                     "device_type": ctx.device_type, "ts": ctx.ts},

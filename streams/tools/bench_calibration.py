@@ -199,6 +199,8 @@ class LiveCalibrationBench(Demo):
     """The demo's processes, on the resolved broker, with the shift and a per-minute calibration record."""
 
     label = "bench calibration"
+    legend = ("a line a minute: each task's calibration error / ECE over the alert window (5 minutes of labels; "
+              "! alert, ? gathering labels);\nthe table and the figures at the end\n")
 
     def __init__(self, settings: Settings, cfg: LiveCalibrationConfig, run_dir: Path) -> None:
         super().__init__(settings, cfg.requests_per_s, cfg.background_rate, cfg.minutes * 60, run_dir=run_dir)

@@ -222,13 +222,14 @@ class Demo:
                                      "--duration", str(10 ** 9), "--seed", BACKGROUND["--seed"]], env)
             print(f"background events {self.background_rate:g}/s from other users", flush=True)
         print(f"\ninspect:  {url}/status   {url}/feedback-loop   {url}/calibration   {url}/metrics\n"
-              "          a user with data is suggested once requests are scored\n"
               f"port {web_port}: change it with FEEDRANK_WEB_PORT=<port> (0 = any free one)\n"
+              + self.legend + "Ctrl-C stops everything.\n", flush=True)
+        return self._loop(url, stats_path)
+
+    legend = ("          a user with data is suggested once requests are scored\n"
               "summary: events (rate), freshness p99 (produce -> visible), /score rate measured and latency,\n"
               "         gain = share of the achievable ranking gain (scored requests only), calibration error\n"
-              "         per task (sum p / sum y; 1 = calibrated; meaningful after ~5 minutes of labels)\n"
-              "Ctrl-C stops everything.\n", flush=True)
-        return self._loop(url, stats_path)
+              "         per task (sum p / sum y; 1 = calibrated; meaningful after ~5 minutes of labels)\n")
 
     def start_broker(self) -> Any:
         """The demo's broker (the embedded one: it starts in a second); anything with ``bootstrap`` and ``stop()``."""

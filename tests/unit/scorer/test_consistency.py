@@ -23,7 +23,7 @@ from features.rpc import parse_score_request
 from features.synthetic import synthetic_events
 from scorer.blender import Blender
 from scorer.calibration.calset import CalibratorHolder, CalibratorSet
-from scorer.consistency import ConsistencyChecker, ConsistencyReport, edit_distance
+from scorer.consistency import ConsistencyChecker, ConsistencyReport, edit_distance, format_report
 from scorer.replay_state import ReplayState
 from scorer.service import Scorer, sampled
 
@@ -63,12 +63,14 @@ def _events(users: int, seed: int, rate: float, n: int) -> tuple:
     return tuple(itertools.islice(synthetic_events(users, seed=seed, rate=rate, start_ms=T0), n))
 
 
-def _run(stale_every: int = 0, n_events: int = 6000) -> tuple[ConsistencyChecker, int]:
+def _run(stale_every: int = 0, feedback_behind: int = 0, n_events: int = 6000) -> tuple[ConsistencyChecker, int]:
     """Serve a request every 100 events from a state fed like the tables, log it, and check the logs against
     the replay of the same events (given to the checker out of order). ``stale_every``: every k-th request
-    is served with an empty user state (a table that lost the user)."""
+    is served with an empty user state (a table that lost the user); ``feedback_behind``: the feedback loop
+    is served from a state this many events behind (the live view lags by its checkpoints)."""
     events = _events(60, 5, 300.0, n_events)
     served_state = ReplayState(seq_len=256, attribution_ms=WINDOW_MS, lateness_ms=LATENESS_MS)
+    behind = ReplayState(seq_len=256, attribution_ms=WINDOW_MS, lateness_ms=LATENESS_MS)
     checker = ConsistencyChecker(WINDOW_MS, LATENESS_MS)
     scorer = _scorer()
     last_imp: Impression | None = None
@@ -85,7 +87,7 @@ def _run(stale_every: int = 0, n_events: int = 6000) -> tuple[ConsistencyChecker
             user = served_state.user_state(last_imp.user_id, t)
             if stale_every and served % stale_every == 0:
                 user = replace(user, actions=(), counts_3h=type(user.counts_3h)(), counts_1d=type(user.counts_1d)())
-            fb = served_state.feedback(t, last_imp.country, last_imp.gender)
+            fb = (behind if feedback_behind else served_state).feedback(t, last_imp.country, last_imp.gender)
             out = scorer.score(parse_score_request(_body(last_imp, t)), user, fb, now_ms=t)
             log = decode_prediction(out.log_json)
             assert log.inputs is not None and len(log.inputs.items) == len(log.items) == 10
@@ -96,6 +98,10 @@ def _run(stale_every: int = 0, n_events: int = 6000) -> tuple[ConsistencyChecker
             last_imp = e
         else:
             served_state.add_engagements([e])
+        if feedback_behind and i >= feedback_behind:
+            old = events[i - feedback_behind]
+            behind.add_impression(old) if isinstance(old, Impression) else behind.add_engagements([old])
+            behind.advance(old.ts)
     for e in reversed(events):  # arrival order does not matter: the checker replays in event time
         checker.add("impression" if isinstance(e, Impression) else "engagement", e)
     checker.drain()
@@ -116,8 +122,21 @@ def test_a_stale_user_state_shows_as_diverging_features() -> None:
     div = checker.report.diverging()
     assert "sequence.tokens" in div and 0.1 < div["sequence.tokens"] <= 0.3
     assert "user.user_1d:log_impressions" in div and "calibration.user_1d:log_impressions" in div
-    assert not any(k.startswith("user.feedback") for k in div)  # the feedback loop was served right
+    assert not any(k.startswith(("user.feedback", "feedback_loop")) for k in div)  # the feedback loop was right
+    assert checker.report.to_dict()["feedback_lag_ms"]["p50"] == 0
     assert checker.report.to_dict()["sequence"]["mean_edit_distance"] > 1.0
+
+
+def test_a_lagging_feedback_loop_is_dated_and_kept_apart_from_the_other_features() -> None:
+    checker, served = _run(feedback_behind=60)
+    rep = checker.report.to_dict()
+    div = checker.report.diverging()
+    assert "feedback_loop.all.impressions" in div and div["feedback_loop.all.impressions"] > 0.5
+    assert not [k for k in div if not k.startswith("feedback_loop.")], div  # the rest agree given the served counts
+    lag = rep["feedback_lag_ms"]
+    assert lag["n"] >= 40 and 50 < lag["p50"] < 2_000  # 60 events of a ~300 events/s stream: ~0.2 s
+    text = format_report(rep)
+    assert "feedback loop served behind event time: p50" in text
 
 
 @pytest.mark.parametrize("age_ms, in_flight", [(500, True), (5_000, False)])
