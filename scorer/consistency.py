@@ -32,7 +32,7 @@ import heapq
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,6 +51,15 @@ REL_TOL = 1e-4
 #: the issue's goal: at most this share of a feature's values differ
 MAX_MISMATCH = 0.001
 _COUNT_NAMES = ("impressions", *ACTIONS)
+_USER_3H_IMPRESSIONS = USER_DENSE_NAMES.index("user_3h:log_impressions")
+
+
+def minus(c: Counts, dropped: Sequence[Any], impressions: int) -> Counts:
+    """``c`` without the ``dropped`` actions and ``impressions`` impressions (in flight when served)."""
+    acts = dict(c.actions)
+    for a in dropped:
+        acts[a.action] = acts.get(a.action, 0) - 1
+    return Counts(c.impressions - impressions, {a: n for a, n in acts.items() if n})
 _CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
 
 
@@ -115,6 +124,7 @@ class ConsistencyReport:
     features: dict[str, FeatureStats] = field(default_factory=dict)
     sequence: SequenceStats = field(default_factory=SequenceStats)
     feedback_lag_ms: list[int] = field(default_factory=list)
+    in_flight_requests: int = 0
 
     def _stats(self, name: str) -> FeatureStats:
         st = self.features.get(name)
@@ -129,10 +139,12 @@ class ConsistencyReport:
         for j, name in enumerate(names):
             self._stats(f"{prefix}.{name}").add(s[:, j], r[:, j], where)
 
-    def check(self, log: PredictionLog, replay: ReplayState, impression_times: Sequence[int] | None = None) -> None:
+    def check(self, log: PredictionLog, replay: ReplayState, impression_times: Sequence[int] | None = None,
+              recent_impressions: Sequence[tuple[int, str]] = ()) -> None:
         """Compare one sampled request's served inputs with the replay's at its event time (``replay`` advanced
         to it). ``impression_times``: the event times of the impressions replayed so far, oldest first (to
-        date the served feedback loop)."""
+        date the served feedback loop); ``recent_impressions``: ``(ts, user_id)`` of the latest ones (at least
+        the last ``in_flight_ms``), for the user's impressions in flight."""
         inp = log.inputs
         if inp is None:
             return
@@ -153,10 +165,20 @@ class ConsistencyReport:
         cands = CandidateColumns.build([it.item_id for it in log.items], [x.item_type for x in inp.items],
                                        [x.position for x in inp.items], [x.features for x in inp.items])
         m = assemble(user, fb, ctx, cands, spec)
+        k = self._sequence(inp, m, user, ctx.ts, where)
+        j = self._impressions_in_flight(inp, user, ctx.ts, log.user_id, recent_impressions)
+        if k > 0 or j:  # compare with the state the tables had: the replay's without what was still in flight
+            k = max(k, 0)
+            dropped = user.actions[len(user.actions) - k:]
+            user = replace(user, actions=user.actions[:len(user.actions) - k],
+                           counts_3h=minus(user.counts_3h, dropped, j), counts_1d=minus(user.counts_1d, dropped, j))
+            m = assemble(user, fb, ctx, cands, spec)
+            self.in_flight_requests += 1
+        if k >= 0:
+            self._stats("sequence.age").add(np.asarray(inp.seq_age), m.seq_age[m.seq_mask], where)
         self.add_columns("user", USER_DENSE_NAMES, np.asarray(inp.user_dense), m.user_dense, where)
         self.add_columns("candidate", CAND_DENSE_NAMES, np.asarray([x.cand_dense for x in inp.items]),
                          m.cand_dense, where)
-        self._check_sequence(inp, m, user, ctx.ts, where)
         logits = np.asarray([[it.raw[a] for a in ACTIONS] for it in log.items], dtype=np.float64)
         X = calibration_feature_matrix(logits, user, fb, ctx, cands)
         set_positions(X, np.asarray([it.position for it in log.items]))
@@ -176,7 +198,9 @@ class ConsistencyReport:
             lag = now_ms - times[-missing] if missing <= len(times) else now_ms - (times[0] if times else now_ms)
         self.feedback_lag_ms.append(int(lag))
 
-    def _check_sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str) -> None:
+    def _sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str) -> int:
+        """Compare the sequence tokens; returns how many of the replay's newest actions were in flight (0 when
+        equal; -1 when they differ otherwise)."""
         served = list(zip(inp.seq_item, inp.seq_action, inp.seq_type))
         present = m.seq_mask
         replayed = list(zip(m.seq_item[present].tolist(), m.seq_action[present].tolist(),
@@ -186,8 +210,7 @@ class ConsistencyReport:
         st.edit_distance += edit_distance(served, replayed)
         if served == replayed:
             st.exact += 1
-            self._stats("sequence.age").add(np.asarray(inp.seq_age), m.seq_age[present], where)
-            return
+            return 0
         # in flight: the replay's newest actions of the last ``in_flight_ms`` not applied yet when served
         newest = user.actions[::-1]
         k = 0
@@ -195,15 +218,28 @@ class ConsistencyReport:
             k += 1
             if replayed[k:] == served[:len(replayed) - k]:
                 st.in_flight += 1
-                return
+                return k
         if st.first is None:
             st.first = (where, served[:5], replayed[:5])
+        return -1
+
+    def _impressions_in_flight(self, inp: Any, user: Any, now_ms: int, user_id: str,
+                               recent: Sequence[tuple[int, str]]) -> int:
+        """The user's impressions of the last ``in_flight_ms`` that the served counters lacked (0 if none or
+        if more are missing than that: then it is a mismatch, not in flight)."""
+        served = int(round(math.expm1(inp.user_dense[_USER_3H_IMPRESSIONS])))
+        missing = user.counts_3h.impressions - served
+        if missing <= 0:
+            return 0
+        fresh = sum(1 for ts, u in recent if u == user_id and ts > now_ms - self.in_flight_ms)
+        return missing if missing <= fresh else 0
 
     def to_dict(self) -> dict[str, Any]:
         lag = np.asarray(self.feedback_lag_ms, dtype=np.float64)
         ahead = int((lag < 0).sum())
         lag = lag[lag >= 0]
         return {"requests": self.requests, "in_flight_ms": self.in_flight_ms, "max_mismatch": MAX_MISMATCH,
+                "in_flight_requests": self.in_flight_requests,
                 "feedback_lag_ms": {"n": len(lag), "p50": float(np.percentile(lag, 50)) if len(lag) else None,
                                     "p99": float(np.percentile(lag, 99)) if len(lag) else None,
                                     "max": float(lag.max()) if len(lag) else None, "ahead": ahead},
@@ -245,6 +281,7 @@ class ConsistencyChecker:
         self._heap: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
         self._impression_times: deque[int] = deque(maxlen=500_000)
+        self._recent: deque[tuple[int, str]] = deque()  # (ts, user) of the last in_flight_ms of impressions
         self.released_ms = 0
 
     def add(self, kind: str, record: Any) -> None:
@@ -263,11 +300,14 @@ class ConsistencyChecker:
             if rank == 1:
                 self.replay.add_impression(rec)
                 self._impression_times.append(ts)
+                self._recent.append((ts, rec.user_id))
+                while self._recent[0][0] < ts - self.report.in_flight_ms:
+                    self._recent.popleft()
             elif rank == 2:
                 self.replay.add_engagements([rec])
             else:
                 self.replay.advance(ts)
-                self.report.check(rec, self.replay, self._impression_times)
+                self.report.check(rec, self.replay, self._impression_times, self._recent)
         self.released_ms = max(self.released_ms, upto_ms)
         return n
 
@@ -284,6 +324,8 @@ def format_report(report: dict[str, Any], top: int = 12) -> str:
     seq = report["sequence"]
     feats = report["features"]
     lines = [f"online/offline consistency over {report['requests']:,} sampled requests",
+             f"  requests with events in flight (< {report['in_flight_ms']} ms old, not applied when served; compared "
+             f"with the state without them): {report.get('in_flight_requests', 0):,}",
              f"  sequence (item, action, type): {seq['n']:,} compared, mismatch {seq['mismatch_rate']:.2%}, "
              f"in flight (< {report['in_flight_ms']} ms old) {seq['in_flight_rate']:.2%}, mean edit distance "
              f"{seq['mean_edit_distance']:.3f}"]
@@ -304,4 +346,4 @@ def format_report(report: dict[str, Any], top: int = 12) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ConsistencyChecker", "ConsistencyReport", "decode_record", "FeatureStats", "MAX_MISMATCH", "SequenceStats", "edit_distance", "format_report"]
+__all__ = ["ConsistencyChecker", "ConsistencyReport", "decode_record", "minus", "FeatureStats", "MAX_MISMATCH", "SequenceStats", "edit_distance", "format_report"]

@@ -23,7 +23,7 @@ from features.rpc import parse_score_request
 from features.synthetic import synthetic_events
 from scorer.blender import Blender
 from scorer.calibration.calset import CalibratorHolder, CalibratorSet
-from scorer.consistency import ConsistencyChecker, ConsistencyReport, edit_distance, format_report
+from scorer.consistency import ConsistencyChecker, ConsistencyReport, edit_distance, format_report, minus
 from scorer.replay_state import ReplayState
 from scorer.service import Scorer, sampled
 
@@ -156,7 +156,10 @@ def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(ag
     state.advance(t)
     user = state.user_state(eng.user_id, t)
     assert user.actions[-1].ts == eng.ts and len(user.actions) >= 2
-    newest_gone = replace(user, actions=user.actions[:-1])  # the newest action still on its way to the table
+    # the newest action still on its way to the table: not in its sequence nor in its counters yet
+    gone = user.actions[-1:]
+    newest_gone = replace(user, actions=user.actions[:-1], counts_3h=minus(user.counts_3h, gone, 0),
+                          counts_1d=minus(user.counts_1d, gone, 0))
     log = decode_prediction(_scorer().score(parse_score_request(_body(imp, t)), newest_gone,
                                             state.feedback(t, imp.country, imp.gender), now_ms=t).log_json)
     report = ConsistencyReport(in_flight_ms=2_000)
@@ -164,6 +167,9 @@ def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(ag
     assert report.sequence.exact == 0 and report.sequence.edit_distance == 1
     assert report.sequence.in_flight == (1 if in_flight else 0)
     assert (report.sequence.first is None) == in_flight  # a mismatch keeps its first case
+    # in flight: every feature agrees with the state without that action (counters included); else they differ
+    assert (report.diverging() == {}) == in_flight, report.diverging()
+    assert report.in_flight_requests == (1 if in_flight else 0)
 
 
 def test_sampling_by_request_id() -> None:
