@@ -55,7 +55,11 @@ class ReplayState:
         self._fb_version: dict[str, int] = defaultdict(int)  # bumped by every change of a segment's tiles
         self._imp_meta: dict[str, tuple[str, str, str, int]] = {}  # request:item -> (surface, item_type, seg, ts)
         self._counted: set[tuple[str, str]] = set()  # (request:item, action) already in the feedback loop
-        self._seen: set[str] = set()  # engagement ids applied: a re-sent engagement is applied once
+        # engagement ids applied, by hour of their event time: a re-sent engagement is applied once (the
+        # tables remember ids per user and hour for a day and an hour: ``streams.engine.dedup``)
+        self._seen: dict[int, set[str]] = defaultdict(set)
+        self._by_minute: dict[int, list[str]] = defaultdict(list)  # impression refs by minute, for pruning
+        self._pruned_to = 0
 
     def _bump(self, tiles: dict[int, np.ndarray], tile: int, col: int) -> None:
         row = tiles.get(tile)
@@ -68,8 +72,9 @@ class ReplayState:
         for key in segment_keys(imp.country, imp.gender):
             self._bump(self._fb_tiles[key], imp.ts // _MINUTE, 0)
             self._fb_version[key] += 1
-        self._imp_meta[f"{imp.request_id}:{imp.item_id}"] = (imp.surface, imp.item_type,
-                                                             f"{imp.gender}:{imp.country}", imp.ts)
+        ref = f"{imp.request_id}:{imp.item_id}"
+        self._imp_meta[ref] = (imp.surface, imp.item_type, f"{imp.gender}:{imp.country}", imp.ts)
+        self._by_minute[imp.ts // _MINUTE].append(ref)
 
     def add_engagements(self, engagements: Iterable[Engagement]) -> None:
         """Queue engagements; they take effect once the replay clock reaches their ts."""
@@ -82,15 +87,34 @@ class ReplayState:
         while self._pending and self._pending[0][0] <= now_ms:
             e = heapq.heappop(self._pending)[-1]
             self._apply(e)
+        self._prune(now_ms)
+
+    def _prune(self, now_ms: int) -> None:
+        """Forget what no later engagement can use, so a long replay stays bounded: impressions past their
+        attribution window and lateness (engagements are applied in event-time order), and engagement ids
+        older than the tables' dedup horizon (a day and an hour)."""
+        minute = (now_ms - self.attribution_ms - self.lateness_ms) // _MINUTE - 1
+        if minute <= self._pruned_to:
+            return
+        self._pruned_to = minute
+        for m in [m for m in self._by_minute if m < minute]:
+            for ref in self._by_minute.pop(m):
+                self._imp_meta.pop(ref, None)
+                for a in ACTIONS:
+                    self._counted.discard((ref, a))
+        oldest_hour = (now_ms - 25 * _HOUR) // _HOUR
+        for h in [h for h in self._seen if h < oldest_hour]:
+            del self._seen[h]
 
     def _apply(self, e: Engagement) -> None:
         """As the tables apply it: the sequence and counters take every engagement once; only one that
         contributes to its impression gets the impression's surface and item type (else ``""`` and
         ``unknown``, as the live sequence keeps them), and the feedback loop counts an action once per
         impression, when its label flips."""
-        if e.event_id in self._seen:
+        seen = self._seen[e.ts // _HOUR]
+        if e.event_id in seen:
             return
-        self._seen.add(e.event_id)
+        seen.add(e.event_id)
         ref = f"{e.request_id}:{e.item_id}"
         meta = self._imp_meta.get(ref)
         contributes = meta is not None and meta[3] - self.lateness_ms <= e.ts <= meta[3] + self.attribution_ms
