@@ -276,8 +276,13 @@ class LiveCalibrationBench(Demo):
                 printed = minute
                 cells = " ".join(f"{a[:6]}={_cell(sample.tasks.get(a))}" for a in ACTIONS)
                 print(f"[min {minute:3d}] error/ECE over the alert window: {cells}", flush=True)
-        self.final_report(url, stats_path)
+        self.final_report(url, stats_path)  # prints the consistency check's report too, when it ran
         self.results = summarize(self.samples, shift_s)
+        try:
+            with urllib.request.urlopen(url + "/calibration", timeout=5) as resp:
+                self.results["consistency"] = json.loads(resp.read()).get("consistency")
+        except OSError:
+            pass
         self.results.update(config=asdict(self.cfg), broker=getattr(self.broker, "kind", "?"),
                             samples=[asdict(s) for s in self.samples])
         (self.run_dir / "results.json").write_text(json.dumps(self.results, indent=1))

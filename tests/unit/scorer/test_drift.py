@@ -210,3 +210,19 @@ def test_drift_restart_without_state_differs() -> None:
         if rec is not None:
             empty.append(rec)
     assert empty != whole[-len(empty):]
+
+
+def test_default_alert_neither_fires_on_a_rough_count_nor_flaps_at_the_band_edge() -> None:
+    """Seen in the live closed loop (2026-12-07): 0.81 on 200 positives alerted, and 0.84/0.86/0.84 on ~1,500
+    positives flapped with the recovery band equal to the alert band."""
+    t = T0
+    mon = DriftMonitor(WINDOWS, AlertConfig())
+    mon.observe(np.full(4000, t), *_rows(4000, 0.81 * 200 / 4000, 200))
+    alert = mon.record(t)["alerts"]["click"]
+    assert alert["gathering"] and alert["state"] == "ok"  # 99.9 % interval 0.67..0.99 overlaps the band
+    states = []
+    for ratio in (0.84, 0.86, 0.84, 0.88, 0.95):
+        t += 6 * 60_000
+        mon.observe(np.full(30_000, t), *_rows(30_000, ratio * 1500 / 30_000, 1500))
+        states.append(mon.record(t)["alerts"]["click"]["state"])
+    assert states == ["under", "under", "under", "under", "ok"]  # one alert, one recovery
