@@ -27,7 +27,8 @@ def test_band_entry_counts_from_the_first_labels_and_needs_to_stay() -> None:
     res = summarize(samples, shift_s=None)
     assert res["first_labels_s"] == 60.0
     assert res["band_entry_s"]["click"] == 180.0
-    assert res["goal_met"] is True  # 180 s after the first labels, ECE 0.01
+    assert res["goal_met"] is True  # read at the poll 180 s after the first labels (240 s): in band
+    assert res["goal_sample_s"] == 240.0
     assert res["false_alerts"] == 0 and res["alert_after_shift_s"] is None
 
 
@@ -36,7 +37,20 @@ def test_few_positives_never_count_as_in_band() -> None:
     res = summarize(samples, shift_s=None)
     assert res["band_entry_s"]["click"] is None
     assert res["band_entry_s"]["hide"] == 60.0
-    assert res["goal_tasks"] == ["hide"]
+    assert res["goal_tasks"] == []  # nobody has 100 positives at the poll 180 s after the first labels
+
+
+def test_goal_is_read_three_minutes_after_the_first_labels() -> None:
+    samples = [_sample(60.0, ce=0.6, positives=30), _sample(180.0, ce=1.2),
+               _sample(250.0, ce=1.05, hide=(0.5, 40, "ok")), _sample(400.0, ce=1.5)]
+    res = summarize(samples, shift_s=None)
+    assert res["goal_sample_s"] == 250.0 and "hide" not in res["goal_tasks"]  # 40 positives: not judged
+    assert res["goal_met"] is True and res["goal_at"]["click"] == {"calibration_error": 1.05, "ece": 0.01}
+    samples[2] = _sample(250.0, ce=1.05, click=(1.05, 300, "ok"), repin=(0.95, 120, "ok"))
+    samples[2].tasks["video_view_10s"]["ece"] = 0.03
+    res = summarize(samples, shift_s=None)
+    assert res["goal_met"] is False  # one task's ECE over 0.02
+    assert "goal (180 s after the first labels" in format_summary(res, LiveCalibrationConfig(shift_minute=0))
 
 
 def test_shift_alert_and_recovery_times_and_false_alerts() -> None:
