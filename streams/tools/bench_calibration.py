@@ -233,6 +233,8 @@ class LiveCalibrationBench(Demo):
 
     def run_setup_first(self) -> None:
         """No cached model: the demo's set-up steps, one after the other, before the loop (minutes)."""
+        if (self.settings.model_dir / "latest").exists():
+            return  # the demo's loop says so
         steps = self.setup_steps()
         for name, args in steps:
             print(f"  set-up: {name} ...", flush=True)
