@@ -52,6 +52,7 @@ REL_TOL = 1e-4
 MAX_MISMATCH = 0.001
 _COUNT_NAMES = ("impressions", *ACTIONS)
 _USER_3H_IMPRESSIONS = USER_DENSE_NAMES.index("user_3h:log_impressions")
+_CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
 
 
 def minus(c: Counts, dropped: Sequence[Any], impressions: int) -> Counts:
@@ -60,7 +61,6 @@ def minus(c: Counts, dropped: Sequence[Any], impressions: int) -> Counts:
     for a in dropped:
         acts[a.action] = acts.get(a.action, 0) - 1
     return Counts(c.impressions - impressions, {a: n for a, n in acts.items() if n})
-_CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
 
 
 @dataclass
