@@ -55,7 +55,7 @@ def test_engagement_in_window_labels_its_impression_and_window_close_emits_once(
     h.feed(eng(2, T0 + 6_000, "a", "repin"))
     h.feed(eng(3, T0 + 7_000, "a", "click"))  # second click: label stays 1
     assert h.out == []
-    assert h.join.open_deadlines() == 2  # one close deadline per pending impression
+    assert h.join.open_deadlines() == 1  # one close deadline per pending request and impression time
     h.feed(eng(9, T0 + A + L + 1, "zzz"))  # pushes the engagement watermark past the close
     assert len(h.out) == 2
     assert h.join.open_deadlines() == 1  # both closed; the unmatched engagement waits as an orphan
@@ -166,3 +166,37 @@ def test_packed_deadline_entries_sort_and_fall_due_like_deadline_key_tuples() ->
     assert popped == sorted(pairs)
     for (d, k), w in itertools.product(pairs[:20], deadlines):
         assert (_entry(d, k) < _due(w)) == (d < w), (d, k, w)
+
+
+def test_a_request_keeps_one_pending_value_whose_impressions_close_at_their_own_deadlines() -> None:
+    from features.labels import decode_pending, request_key
+
+    h = Harness()
+    h.feed(imp(1, T0, item="b"))
+    h.feed(imp(2, T0, item="a"))
+    h.feed(imp(3, T0 + 30_000, item="c"))  # same request, shown later: closes 30 s later
+    h.feed(imp(4, T0 + 1, item="a"))  # the same (user, item, request) again: a duplicate
+    assert list(h.join.pending.data) == [request_key("u1", "r1")]  # type: ignore[attr-defined]
+    assert h.join.stats.counts["duplicate_impressions"] == 1
+    assert h.join.open_deadlines() == 2  # one per distinct impression time of the request
+    h.feed(eng(1, T0 + 10, "c", "hide"))
+    h.feed(eng(2, T0 + A + L + 1, "zzz"))  # past the first deadline only
+    assert sorted(ex["example_id"] for _, ex in h.out) == ["imp1", "imp2"]
+    [(_, _, ts, _, _, raw)] = decode_pending(h.join.pending.data[request_key("u1", "r1")])  # type: ignore[attr-defined]
+    assert ts == T0 + 30_000 and b'"imp3"' in raw
+    h.feed(eng(3, T0 + A + L + 30_001, "zzz"))
+    assert [ex["example_id"] for _, ex in h.out][2:] == ["imp3"]
+    assert h.labels()["imp3"]["hide"] == 1 and h.join.pending.data == {}  # type: ignore[attr-defined]
+
+
+def test_the_pending_value_does_not_depend_on_the_order_of_a_requests_impressions() -> None:
+    imps = [imp(i, T0 + (i % 3) * 1000, item=f"i{i}") for i in range(7)]
+    values = set()
+    for seed in range(5):
+        order = imps[:]
+        random.Random(seed).shuffle(order)
+        h = Harness()
+        for ev in order:
+            h.feed(ev)
+        values.add(tuple(h.join.pending.data.items()))  # type: ignore[attr-defined]
+    assert len(values) == 1
