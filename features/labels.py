@@ -234,6 +234,11 @@ class LabelJoin:
         #: keys of the stored orphans (few): an impression looks its key up here, not in the store (a miss there
         #: is a RocksDB read for almost every impression)
         self._orphan_keys: set[str] = set()
+        #: keys of the stored pending requests and prediction logs: most lookups are of a request not seen yet
+        #: (its first impression, its log's duplicate check), a RocksDB read that misses, or of one that closed
+        #: (a stale heap entry); these sets answer them (one str per open request, ~90 bytes)
+        self._pending_keys: set[str] = set()
+        self._pred_keys: set[str] = set()
         self._pred_heap: list[bytes] = []
         # the last fully validated log (the impressions of one request close together)
         self._pred_cache: tuple[bytes, Any] = (b"", None)
@@ -247,13 +252,17 @@ class LabelJoin:
     ) -> None:
         """Rebuild the in-memory deadline heaps from the stored tables (on open)."""
         A, L = self.window_ms, self.lateness_ms
+        pending = list(pending)
         self._close_heap = [_entry(ts + A + L, k) for k, v in pending
                             for ts in {r[2] for r in decode_pending(v)}]
+        self._pending_keys = {k for k, _ in pending}
         orphans = list(orphans)
         self._orphan_heap = [_entry(min(t for t, _, _ in _decode_orphans(v)) + 2 * L, k) for k, v in orphans]
         self._orphan_keys = {k for k, _ in orphans}
         self._pred_heap = []
+        self._pred_keys = set()
         for k, v in predictions:
+            self._pred_keys.add(k)
             (ts,) = struct.unpack_from("<q", v, 0)
             self._pred_heap.append(_entry(ts + 2 * A + L, k))
         for h in (self._close_heap, self._orphan_heap, self._pred_heap):
@@ -265,10 +274,11 @@ class LabelJoin:
         if ts + 2 * self.window_ms + self.lateness_ms < self.wm_eng:
             self.stats.inc("expired_predictions")  # every impression it could serve has closed
             return
-        if self.predictions.get(key) is not None:
+        if key in self._pred_keys:
             self.stats.inc("duplicate_predictions")
             return
         self.predictions.put(key, struct.pack("<q", ts) + raw)
+        self._pred_keys.add(key)
         heapq.heappush(self._pred_heap, _entry(ts + 2 * self.window_ms + self.lateness_ms, key))
 
     def on_impression(self, imp: Impression, raw: bytes) -> bool:
@@ -280,7 +290,7 @@ class LabelJoin:
         if imp.ts > self.wm_imp:
             self.wm_imp = imp.ts
         key = request_key(imp.user_id, imp.request_id)
-        blob = self.pending.get(key) or b""
+        blob = (self.pending.get(key) or b"") if key in self._pending_keys else b""
         item = imp.item_id.encode()
         found, at, same_ts = find_pending(blob, item, imp.ts)
         if found >= 0:
@@ -313,6 +323,7 @@ class LabelJoin:
         if not same_ts:
             heapq.heappush(self._close_heap, _entry(imp.ts + A + L, key))
         self.pending.put(key, blob[:at] + encode_pending(bits, imp, raw) + blob[at:])
+        self._pending_keys.add(key)
         self._expire_orphans()
         self._close_due()
         return True
@@ -326,7 +337,7 @@ class LabelJoin:
         if eng.ts > self.wm_eng:
             self.wm_eng = eng.ts
         rkey = request_key(eng.user_id, eng.request_id)
-        blob = self.pending.get(rkey)
+        blob = self.pending.get(rkey) if rkey in self._pending_keys else None
         if blob is not None and (off := find_pending(blob, eng.item_id.encode())[0]) >= 0:
             bits, ts, country, gender, ilen, rlen = _ITEM.unpack_from(blob, off)
             if ts - L <= eng.ts <= ts + A:
@@ -364,7 +375,7 @@ class LabelJoin:
         AL = self.window_ms + self.lateness_ms
         while heap and heap[0] < due:
             deadline, key = _unpack(heapq.heappop(heap))
-            blob = self.pending.get(key)
+            blob = self.pending.get(key) if key in self._pending_keys else None
             if blob is None:
                 continue
             keep = []
@@ -380,7 +391,8 @@ class LabelJoin:
                 self.pending.put(key, b"".join(keep))
             else:
                 self.pending.delete(key)
-            pblob = self.predictions.get(key)
+                self._pending_keys.discard(key)
+            pblob = self.predictions.get(key) if key in self._pred_keys else None
             for bits, raw in closing:
                 self._emit(bits, raw, pblob)
         self._expire_predictions()
@@ -440,8 +452,9 @@ class LabelJoin:
         due = _due(self.wm_eng)
         while heap and heap[0] < due:
             _deadline, key = _unpack(heapq.heappop(heap))
-            if self.predictions.get(key) is not None:
+            if key in self._pred_keys:
                 self.predictions.delete(key)
+                self._pred_keys.discard(key)
                 self.stats.inc("expired_predictions")
 
 

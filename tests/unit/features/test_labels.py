@@ -200,3 +200,37 @@ def test_the_pending_value_does_not_depend_on_the_order_of_a_requests_impression
             h.feed(ev)
         values.add(tuple(h.join.pending.data.items()))  # type: ignore[attr-defined]
     assert len(values) == 1
+
+
+def test_a_join_rebuilt_from_its_tables_goes_on_as_the_one_that_kept_running() -> None:
+    """The in-memory indexes (deadline heaps, key sets of requests and logs) come back from the stored tables."""
+    rng = random.Random(5)
+    events: list[Any] = []
+    for r in range(60):
+        t = T0 + r * 20_000
+        user, req = f"u{r % 4}", f"r{r}"
+        items = [f"i{rng.randrange(9)}" for _ in range(3)]
+        log = PredictionLog(request_id=req, user_id=user, ts=t, items=[
+            ItemPrediction(item_id=it, position=k, raw={"click": 0.2}) for k, it in enumerate(items)])
+        events += [log, log] if r == 40 else [log]  # one log sent twice (after the cut)
+        events += [imp(r * 10 + k, t, user=user, item=it, req=req) for k, it in enumerate(items)]
+        events += [eng(r * 10 + k, t + rng.randrange(-L, A + 2 * L), it, user=user, req=req)
+                   for k, it in enumerate(items) if rng.random() < 0.4]
+    whole = Harness()
+    for ev in events:
+        whole.feed(ev)
+    cut = Harness()
+    for ev in events[:len(events) // 2]:
+        cut.feed(ev)
+    j = cut.join
+    rebuilt = LabelJoin(j.pending, j.orphans, j.predictions, window_ms=A, lateness_ms=L, emit=j.emit,
+                        feedback=j.feedback, attributed=j.attributed, stats=j.stats)
+    rebuilt.wm_imp, rebuilt.wm_eng = j.wm_imp, j.wm_eng
+    rebuilt.rebuild_indexes(j.pending.items(), j.orphans.items(), j.predictions.items())  # type: ignore[attr-defined]
+    cut.join = rebuilt
+    for ev in events[len(events) // 2:]:
+        cut.feed(ev)
+    assert cut.out == whole.out and len(whole.out) > 60
+    assert any(ex["prediction"] is not None for _, ex in whole.out)
+    assert cut.join.stats.counts == whole.join.stats.counts and whole.join.stats.counts["duplicate_predictions"] == 1
+    assert cut.join.open_deadlines() == whole.join.open_deadlines()
