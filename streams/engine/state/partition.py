@@ -26,7 +26,7 @@ _SEP = b"\x01"
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """A named store of a partition (``user_sequences``, ``pending_impressions``...)."""
+    """A named store of a partition (``user_sequences``, ``pending_requests``...)."""
 
     name: str
     prefix: bytes = field(init=False, repr=False, compare=False)
