@@ -148,7 +148,9 @@ def decode_event_fast(raw: bytes | None, expect: type[_Event]) -> Event:
     """
     if raw is not None and len(raw) <= MAX_MESSAGE_BYTES:
         try:
-            return expect.model_validate_json(raw)  # type: ignore[return-value]
+            # the model's core validator straight away: what ``model_validate_json`` calls after ~0.6 us of
+            # Python of its own per event (measured 4.6 -> 4.0 us an impression)
+            return expect.__pydantic_validator__.validate_json(raw)  # type: ignore[no-any-return]
         except ValueError:  # ValidationError (bad JSON included): let the contract say why
             pass
     return decode_event(raw, expect)

@@ -45,7 +45,10 @@ from .state import segment_keys
 from .tiles import FeedbackTiles
 
 _BIT: Final[dict[str, int]] = {a: 1 << i for i, a in enumerate(ACTIONS)}
-_PENDING = struct.Struct("<Bq2s1s")  # labels bitmask, ts, country, gender; then the raw impression
+#: one pending impression in its request's value: labels bitmask, ts, country, gender, len(item id), len(raw);
+#: then the item id and the raw impression. A request's value is its impressions' records in item-id order.
+_ITEM = struct.Struct("<Bq2s1sBH")
+_LEGACY = struct.Struct("<Bq2s1s")  # the per-impression layout before (``pending_from_legacy``); then the raw impression
 _ORPHAN = struct.Struct("<qB")  # ts, action index; then the event id
 
 STAT_NAMES: Final[tuple[str, ...]] = (
@@ -90,10 +93,12 @@ class DictKV:
 
 
 def join_key(user_id: str, item_id: str, request_id: str) -> str:
+    """The key of one impression's orphan engagements."""
     return f"{user_id}|{item_id}|{request_id}"
 
 
-def prediction_key(user_id: str, request_id: str) -> str:
+def request_key(user_id: str, request_id: str) -> str:
+    """The key of a request's state: its pending impressions, its prediction log."""
     return f"{user_id}|{request_id}"
 
 
@@ -108,13 +113,63 @@ class JoinStats:
 
 
 def encode_pending(labels: int, imp: Impression, raw: bytes) -> bytes:
-    return _PENDING.pack(labels, imp.ts, imp.country.encode(), imp.gender.encode()) + raw
+    """One impression's record in its request's pending value."""
+    item = imp.item_id.encode()
+    return _ITEM.pack(labels, imp.ts, imp.country.encode(), imp.gender.encode(), len(item), len(raw)) + item + raw
 
 
-def decode_pending(blob: bytes) -> tuple[int, int, str, str, bytes]:
-    """-> (labels bitmask, ts, country, gender, raw impression bytes)."""
-    labels, ts, country, gender = _PENDING.unpack_from(blob, 0)
-    return labels, ts, country.decode(), gender.decode(), blob[_PENDING.size :]
+def find_pending(blob: bytes, item: bytes, ts: int = -1) -> tuple[int, int, bool]:
+    """(offset of ``item``'s record in a request's value or -1, the offset where it belongs in item-id order,
+    whether an impression of time ``ts`` is in it)."""
+    off, n, size, unpack = 0, len(blob), _ITEM.size, _ITEM.unpack_from
+    found, at, has_ts = -1, -1, False
+    while off < n:
+        _b, t, _c, _g, ilen, rlen = unpack(blob, off)
+        has_ts = has_ts or t == ts
+        if at < 0:
+            here = blob[off + size:off + size + ilen]
+            if here >= item:
+                at = off
+                if here == item:
+                    found = off
+                    break
+        off += size + ilen + rlen
+    return found, (n if at < 0 else at), has_ts
+
+
+def decode_pending(blob: bytes) -> list[tuple[int, int, int, str, str, bytes]]:
+    """A request's value -> (record offset, labels bitmask, ts, country, gender, raw impression) per impression."""
+    out = []
+    off, n, size, unpack = 0, len(blob), _ITEM.size, _ITEM.unpack_from
+    while off < n:
+        bits, ts, country, gender, ilen, rlen = unpack(blob, off)
+        start = off + size + ilen
+        out.append((off, bits, ts, country.decode(), gender.decode(), blob[start:start + rlen]))
+        off = start + rlen
+    return out
+
+
+def _record_end(blob: bytes, off: int) -> int:
+    ilen, rlen = _ITEM.unpack_from(blob, off)[4:]
+    return off + _ITEM.size + ilen + rlen
+
+
+def pending_from_legacy(old: Iterable[tuple[str, bytes]]) -> dict[str, bytes]:
+    """The per-request values of pending impressions stored one per ``user|item|request`` key (the layout
+    before 2026-12-07): the same bytes as if they had been joined into their requests on arrival."""
+    out: dict[str, bytes] = {}
+    for _key, v in old:
+        bits, ts, country, gender = _LEGACY.unpack_from(v, 0)
+        raw = v[_LEGACY.size:]
+        imp = orjson.loads(raw)
+        key = request_key(imp["user_id"], imp["request_id"])
+        item = imp["item_id"].encode()
+        rec = _ITEM.pack(bits, ts, country, gender, len(item), len(raw)) + item + raw
+        blob = out.get(key, b"")
+        found, at, _ = find_pending(blob, item)
+        if found < 0:
+            out[key] = blob[:at] + rec + blob[at:]
+    return out
 
 
 def labels_dict(bits: int) -> dict[str, int]:
@@ -179,6 +234,11 @@ class LabelJoin:
         #: keys of the stored orphans (few): an impression looks its key up here, not in the store (a miss there
         #: is a RocksDB read for almost every impression)
         self._orphan_keys: set[str] = set()
+        #: keys of the stored pending requests and prediction logs: most lookups are of a request not seen yet
+        #: (its first impression, its log's duplicate check), a RocksDB read that misses, or of one that closed
+        #: (a stale heap entry); these sets answer them (one str per open request, ~90 bytes)
+        self._pending_keys: set[str] = set()
+        self._pred_keys: set[str] = set()
         self._pred_heap: list[bytes] = []
         # the last fully validated log (the impressions of one request close together)
         self._pred_cache: tuple[bytes, Any] = (b"", None)
@@ -192,12 +252,17 @@ class LabelJoin:
     ) -> None:
         """Rebuild the in-memory deadline heaps from the stored tables (on open)."""
         A, L = self.window_ms, self.lateness_ms
-        self._close_heap = [_entry(_PENDING.unpack_from(v, 0)[1] + A + L, k) for k, v in pending]
+        pending = list(pending)
+        self._close_heap = [_entry(ts + A + L, k) for k, v in pending
+                            for ts in {r[2] for r in decode_pending(v)}]
+        self._pending_keys = {k for k, _ in pending}
         orphans = list(orphans)
         self._orphan_heap = [_entry(min(t for t, _, _ in _decode_orphans(v)) + 2 * L, k) for k, v in orphans]
         self._orphan_keys = {k for k, _ in orphans}
         self._pred_heap = []
+        self._pred_keys = set()
         for k, v in predictions:
+            self._pred_keys.add(k)
             (ts,) = struct.unpack_from("<q", v, 0)
             self._pred_heap.append(_entry(ts + 2 * A + L, k))
         for h in (self._close_heap, self._orphan_heap, self._pred_heap):
@@ -205,14 +270,15 @@ class LabelJoin:
 
     # -- inputs ----------------------------------------------------------------
     def on_prediction(self, user_id: str, request_id: str, ts: int, raw: bytes) -> None:
-        key = prediction_key(user_id, request_id)
+        key = request_key(user_id, request_id)
         if ts + 2 * self.window_ms + self.lateness_ms < self.wm_eng:
             self.stats.inc("expired_predictions")  # every impression it could serve has closed
             return
-        if self.predictions.get(key) is not None:
+        if key in self._pred_keys:
             self.stats.inc("duplicate_predictions")
             return
         self.predictions.put(key, struct.pack("<q", ts) + raw)
+        self._pred_keys.add(key)
         heapq.heappush(self._pred_heap, _entry(ts + 2 * self.window_ms + self.lateness_ms, key))
 
     def on_impression(self, imp: Impression, raw: bytes) -> bool:
@@ -223,8 +289,11 @@ class LabelJoin:
             return False
         if imp.ts > self.wm_imp:
             self.wm_imp = imp.ts
-        key = join_key(imp.user_id, imp.item_id, imp.request_id)
-        if self.pending.get(key) is not None:
+        key = request_key(imp.user_id, imp.request_id)
+        blob = (self.pending.get(key) or b"") if key in self._pending_keys else b""
+        item = imp.item_id.encode()
+        found, at, same_ts = find_pending(blob, item, imp.ts)
+        if found >= 0:
             self.stats.inc("duplicate_impressions")
             return False
         self.stats.inc("impressions_joined")
@@ -232,7 +301,8 @@ class LabelJoin:
         fb = self.feedback()
         fb.add(segs, imp.ts, None)
         bits = 0
-        oblob = self.orphans.get(key) if key in self._orphan_keys else None
+        okey = join_key(imp.user_id, imp.item_id, imp.request_id) if self._orphan_keys else ""
+        oblob = self.orphans.get(okey) if okey in self._orphan_keys else None
         if oblob is not None:
             keep = []
             for ets, ai, eid in _decode_orphans(oblob):
@@ -245,12 +315,15 @@ class LabelJoin:
                 else:
                     keep.append((ets, ai, eid))  # not this impression's: expires like any orphan
             if keep:
-                self.orphans.put(key, _encode_orphans(keep))
+                self.orphans.put(okey, _encode_orphans(keep))
             else:
-                self.orphans.delete(key)
-                self._orphan_keys.discard(key)
-        self.pending.put(key, encode_pending(bits, imp, raw))
-        heapq.heappush(self._close_heap, _entry(imp.ts + A + L, key))
+                self.orphans.delete(okey)
+                self._orphan_keys.discard(okey)
+        # one close deadline per request and impression time (the impressions of a request usually share it)
+        if not same_ts:
+            heapq.heappush(self._close_heap, _entry(imp.ts + A + L, key))
+        self.pending.put(key, blob[:at] + encode_pending(bits, imp, raw) + blob[at:])
+        self._pending_keys.add(key)
         self._expire_orphans()
         self._close_due()
         return True
@@ -263,19 +336,21 @@ class LabelJoin:
             return False
         if eng.ts > self.wm_eng:
             self.wm_eng = eng.ts
-        key = join_key(eng.user_id, eng.item_id, eng.request_id)
-        blob = self.pending.get(key)
-        if blob is not None:
-            bits, ts, country, gender, raw = decode_pending(blob)
+        rkey = request_key(eng.user_id, eng.request_id)
+        blob = self.pending.get(rkey) if rkey in self._pending_keys else None
+        if blob is not None and (off := find_pending(blob, eng.item_id.encode())[0]) >= 0:
+            bits, ts, country, gender, ilen, rlen = _ITEM.unpack_from(blob, off)
             if ts - L <= eng.ts <= ts + A:
-                ctx = orjson.loads(raw)
+                start = off + _ITEM.size + ilen
+                ctx = orjson.loads(blob[start:start + rlen])
                 self.attributed(eng.user_id, eng.event_id, ctx.get("surface", ""), ctx.get("item_type", ""))
                 bit = _BIT[eng.action]
                 if not bits & bit:
-                    self.pending.put(key, bytes([bits | bit]) + blob[1:])
-                    self.feedback().add(segment_keys(country, gender), eng.ts, eng.action)
+                    self.pending.put(rkey, blob[:off] + bytes([bits | bit]) + blob[off + 1:])
+                    self.feedback().add(segment_keys(country.decode(), gender.decode()), eng.ts, eng.action)
                 self._close_due()
                 return True
+        key = join_key(eng.user_id, eng.item_id, eng.request_id)
         # not contributing (yet): an orphan, unless no on-time impression could still use it
         if eng.ts + 2 * L < self.wm_imp:
             self.stats.inc("unlabeled_engagements")
@@ -297,22 +372,35 @@ class LabelJoin:
     def _close_due(self) -> None:
         heap = self._close_heap
         due = _due(self.wm_eng)
+        AL = self.window_ms + self.lateness_ms
         while heap and heap[0] < due:
             deadline, key = _unpack(heapq.heappop(heap))
-            blob = self.pending.get(key)
+            blob = self.pending.get(key) if key in self._pending_keys else None
             if blob is None:
                 continue
-            bits, ts, _c, _g, raw = decode_pending(blob)
-            if ts + self.window_ms + self.lateness_ms != deadline:
+            keep = []
+            closing = []
+            for off, bits, ts, _c, _g, raw in decode_pending(blob):
+                if ts + AL == deadline:
+                    closing.append((bits, raw))
+                else:  # closes at its own deadline (a heap entry of its own)
+                    keep.append(blob[off:_record_end(blob, off)])
+            if not closing:
                 continue  # stale heap entry
-            self.pending.delete(key)
-            self._emit(key, bits, raw)
+            if keep:
+                self.pending.put(key, b"".join(keep))
+            else:
+                self.pending.delete(key)
+                self._pending_keys.discard(key)
+            pblob = self.predictions.get(key) if key in self._pred_keys else None
+            for bits, raw in closing:
+                self._emit(bits, raw, pblob)
         self._expire_predictions()
 
-    def _emit(self, key: str, bits: int, raw: bytes) -> None:
+    def _emit(self, bits: int, raw: bytes, pblob: bytes | None) -> None:
+        """One labeled example: the impression ``raw``, its labels, its request's logged prediction ``pblob``."""
         imp = orjson.loads(raw)
         pred = None
-        pblob = self.predictions.get(prediction_key(imp["user_id"], imp["request_id"]))
         if pblob is not None:
             # validated lazily, here, once per log: the engine checked only its header
             cached_blob, log = self._pred_cache
@@ -364,8 +452,9 @@ class LabelJoin:
         due = _due(self.wm_eng)
         while heap and heap[0] < due:
             _deadline, key = _unpack(heapq.heappop(heap))
-            if self.predictions.get(key) is not None:
+            if key in self._pred_keys:
                 self.predictions.delete(key)
+                self._pred_keys.discard(key)
                 self.stats.inc("expired_predictions")
 
 
@@ -396,7 +485,10 @@ __all__ = [
     "LabelJoin",
     "STAT_NAMES",
     "decode_pending",
+    "encode_pending",
+    "find_pending",
     "join_key",
     "labels_dict",
-    "prediction_key",
+    "pending_from_legacy",
+    "request_key",
 ]

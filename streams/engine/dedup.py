@@ -50,17 +50,29 @@ CODEC = (decode_ids, encode_ids)
 class CounterDedup:
     """The counted event ids of one input (impressions or engagements): ``<hour>|<user>`` -> set of ids."""
 
-    __slots__ = ("store", "cache", "state", "threshold")
+    __slots__ = ("store", "cache", "state", "threshold", "_moves_at", "_hours")
 
     def __init__(self, store: StoreSpec, cache: RecordCache, state: PartitionState, wm: int, ttl: int) -> None:
         self.store, self.cache, self.state = store, cache, state
-        self.threshold = max(dedup_threshold(wm), ttl)
+        self.threshold = 0
+        self._moves_at = 0  # the smallest watermark whose dedup_threshold passes ``threshold``
+        self._hours: dict[int, str] = {}  # hour -> its key prefix (``<hour>|``)
+        self._set_threshold(max(dedup_threshold(wm), ttl))
+
+    def _set_threshold(self, t: int) -> None:
+        self.threshold = t
+        self._moves_at = t + LONG_WINDOW_MS + 2 * LONG_TILE_MS
+        self._hours = {h: p for h, p in self._hours.items() if h * LONG_TILE_MS >= t}
 
     def first(self, user_id: str, event_id: str, ts: int) -> bool | None:
         """True the first time (and remembers it), False for a repeat, None when too old to count."""
         if ts < self.threshold:
             return None
-        key = f"{ts // LONG_TILE_MS:08d}|{user_id}"
+        hour = ts // LONG_TILE_MS
+        prefix = self._hours.get(hour)
+        if prefix is None:
+            prefix = self._hours[hour] = f"{hour:08d}|"
+        key = prefix + user_id
         ids = self.cache.get(self.store, key)  # (a get first: it freezes an in-flight checkpoint's bytes)
         if ids is None:
             ids = set()
@@ -72,10 +84,12 @@ class CounterDedup:
 
     def advance(self, wm: int, ttl: int) -> None:
         """Forget the ids below the new threshold: the input's (``wm``) or the retention's (``ttl``)."""
+        if wm < self._moves_at and ttl <= self.threshold:  # (called for every event: the cheap check first)
+            return
         new = max(dedup_threshold(wm), ttl)
         if new <= self.threshold:
             return
-        self.threshold = new
+        self._set_threshold(new)
         below = f"{new // LONG_TILE_MS:08d}|"
         old = [k for k, v in self.cache.cached_items(self.store) if v is not None and k < below]
         for k, _ in self.state.items(self.store):

@@ -4,7 +4,7 @@ Tables (stores of one ``PartitionState``, keyed so a user's state is local):
 
 - ``user_sequences``     user_id -> ``features.seqcodec`` blob (last N actions)
 - ``user_counters``      user_id -> ``features.tiles.UserCounters`` blob (3 h / 1 d)
-- ``pending_impressions``  user|item|request -> impression waiting for labels
+- ``pending_requests``   user|request -> the request's impressions waiting for labels
 - ``orphan_engagements``   user|item|request -> engagements that beat their impression
 - ``prediction_logs``      user|request -> the scorer's ``PredictionLog``
 
@@ -34,7 +34,7 @@ import logging
 from typing import Any, Callable, Iterable
 
 from features.events import Engagement, Impression
-from features.labels import STAT_NAMES, JoinStats, LabelJoin
+from features.labels import STAT_NAMES, JoinStats, LabelJoin, pending_from_legacy
 from features.seqcodec import ADDED, DUPLICATE, UNKNOWN_ITEM_TYPE, ActionSequence, EncodedUserState, first_ts
 from features.seqcodec import decode as decode_seq
 from features.state import Counts, UserState
@@ -49,14 +49,18 @@ log = logging.getLogger(__name__)
 
 USER_SEQUENCES = StoreSpec("user_sequences")
 USER_COUNTERS = StoreSpec("user_counters")
-PENDING_IMPRESSIONS = StoreSpec("pending_impressions")
+#: a request's impressions waiting for their labels, one value per request (``features.labels``)
+PENDING_REQUESTS = StoreSpec("pending_requests")
+#: the same, one value per impression (``user|item|request``): the layout before 2026-12-07, moved into
+#: ``PENDING_REQUESTS`` when a partition is opened (``PartitionTables._migrate_pending``)
+LEGACY_PENDING_IMPRESSIONS = StoreSpec("pending_impressions")
 ORPHAN_ENGAGEMENTS = StoreSpec("orphan_engagements")
 PREDICTION_LOGS = StoreSpec("prediction_logs")
 #: event ids counted in the counters, per input: ``<hour of ts>|<user>`` -> the hour's ids (``streams.engine.dedup``)
 IMPRESSION_IDS = StoreSpec("impression_ids_by_hour")
 ENGAGEMENT_IDS = StoreSpec("engagement_ids_by_hour")
-ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_IMPRESSIONS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS,
-              IMPRESSION_IDS, ENGAGEMENT_IDS)
+ALL_STORES = (USER_SEQUENCES, USER_COUNTERS, PENDING_REQUESTS, ORPHAN_ENGAGEMENTS, PREDICTION_LOGS,
+              IMPRESSION_IDS, ENGAGEMENT_IDS, LEGACY_PENDING_IMPRESSIONS)
 
 #: what a processed record is: (kind, offset, event-or-log, raw value bytes)
 Item = tuple[str, int, Any, bytes]
@@ -114,7 +118,7 @@ class PartitionTables:
         #: newest prediction-log event time applied (the engine keeps engagements behind it)
         self.wm_pred = int(extra.get("wm_pred", 0))
         self.join = LabelJoin(
-            CacheKV(self.cache, PENDING_IMPRESSIONS),
+            CacheKV(self.cache, PENDING_REQUESTS),
             CacheKV(self.cache, ORPHAN_ENGAGEMENTS),
             CacheKV(self.cache, PREDICTION_LOGS),
             window_ms=window_ms,
@@ -132,9 +136,24 @@ class PartitionTables:
         self.duplicate_impressions = 0
         #: forwarded records applied here, per origin partition (``streams.engine.repartition``)
         self.origins = OriginFence(extra.get("origins"))
-        self.join.rebuild_indexes(
-            state.items(PENDING_IMPRESSIONS), state.items(ORPHAN_ENGAGEMENTS), state.items(PREDICTION_LOGS)
-        )
+        pending = dict(state.items(PENDING_REQUESTS))
+        pending.update(self._migrate_pending())
+        self.join.rebuild_indexes(pending.items(), state.items(ORPHAN_ENGAGEMENTS), state.items(PREDICTION_LOGS))
+
+    def _migrate_pending(self) -> dict[str, bytes]:
+        """Move pending impressions stored one per key (the layout before 2026-12-07) into their requests'
+        values; the moves are changes of the next checkpoint (until it commits, a restart moves them again)."""
+        legacy = list(self.state.items(LEGACY_PENDING_IMPRESSIONS))
+        if not legacy:
+            return {}
+        merged = pending_from_legacy(legacy)
+        for key, _ in legacy:
+            self.cache.delete(LEGACY_PENDING_IMPRESSIONS, key)
+        for key, blob in merged.items():
+            self.cache.set(PENDING_REQUESTS, key, blob)
+        log.info("partition %d: %d pending impressions moved into %d requests' values", self.partition,
+                 len(legacy), len(merged))
+        return merged
 
 
     def _attributed(self, user_id: str, event_id: str, surface: str, item_type: str) -> None:
@@ -343,7 +362,8 @@ __all__ = [
     "ENGAGEMENT_IDS",
     "IMPRESSION_IDS",
     "ORPHAN_ENGAGEMENTS",
-    "PENDING_IMPRESSIONS",
+    "LEGACY_PENDING_IMPRESSIONS",
+    "PENDING_REQUESTS",
     "PREDICTION_LOGS",
     "PartitionTables",
     "retention_threshold",

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+import orjson
 
 from streams.engine.state.backend import Backend, Batch
 
@@ -24,7 +26,7 @@ _SEP = b"\x01"
 
 @dataclass(frozen=True)
 class StoreSpec:
-    """A named store of a partition (``user_sequences``, ``pending_impressions``...)."""
+    """A named store of a partition (``user_sequences``, ``pending_requests``...)."""
 
     name: str
     prefix: bytes = field(init=False, repr=False, compare=False)
@@ -54,7 +56,9 @@ class Meta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        """Compact JSON, keys sorted (orjson: the outbox's feedback delta made json.dumps ~2 % of the engine)."""
+        return orjson.dumps({"changelog_offset": self.changelog_offset, "ckpt": self.ckpt, "extra": self.extra,
+                             "offsets": self.offsets, "outbox": self.outbox}, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> "Meta":

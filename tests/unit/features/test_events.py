@@ -106,6 +106,21 @@ def _corpus() -> list[bytes | None]:
         raw(IMPRESSION)[:-1] + b', "surface": "feed"}',  # duplicate key: the last one wins in both
         b"\xef\xbb\xbf" + raw(IMPRESSION), b"\x0c" + raw(IMPRESSION), raw(IMPRESSION) + b" x",
         raw(IMPRESSION) + raw(IMPRESSION), b"", b"null", b"{}", b'"x"', b"1",
+        # the fast path's own checks, at and past each bound
+        raw({**IMPRESSION, "user_id": "u1\n"}), raw({**IMPRESSION, "surface": "ho me"}),
+        raw({**IMPRESSION, "item_id": "i" * 64}), raw({**IMPRESSION, "item_id": "i" * 65}),
+        raw({**IMPRESSION, "app_type": "a" * 32}), raw({**IMPRESSION, "app_type": "a" * 33}),
+        raw({**IMPRESSION, "device_type": ""}), raw({**IMPRESSION, "position": 10_000}),
+        raw({**IMPRESSION, "position": 10_001}), raw({**IMPRESSION, "ts": 1_577_836_800_000}),
+        raw({**IMPRESSION, "ts": 1_577_836_799_999}), raw({**IMPRESSION, "ts": 4_102_444_800_001}),
+        raw({**IMPRESSION, "item_type": ["video"]}), raw({**IMPRESSION, "gender": "F"}),
+        raw({**IMPRESSION, "country": "USA"}), raw({**IMPRESSION, "request_id": "r:1.2-3_x"}),
+        raw({**IMPRESSION, "event_id": 7}), raw({**ENGAGEMENT, "dwell_ms": 86_400_001}),
+        raw({**ENGAGEMENT, "dwell_ms": 86_400_000}), raw({**ENGAGEMENT, "dwell_ms": 1.0}),
+        raw({**ENGAGEMENT, "action": "Click"}), raw({**ENGAGEMENT, "action": None}),
+        raw({k: v for k, v in ENGAGEMENT.items() if k != "action"}),
+        raw({k: v for k, v in IMPRESSION.items() if k != "ts"}), raw({**ENGAGEMENT, "surface": "home"}),
+        raw({**ENGAGEMENT, "kind": "engagement", "dwell_ms": None}), raw({**IMPRESSION, "ts": 2**64}),
     ]
     rng = random.Random(7)
     base = [raw(IMPRESSION), raw(ENGAGEMENT)]
@@ -141,5 +156,9 @@ def test_fast_decoder_agrees_with_decode_event(expect: type) -> None:
             got = ("error", exc.reason)
         assert got == want, payload
         assert type(got) is type(want), payload
+        if not isinstance(want, tuple):  # the model built without validation is the validated one
+            assert got.model_fields_set == want.model_fields_set, payload  # type: ignore[attr-defined]
+            assert got.model_dump_json() == want.model_dump_json(), payload  # type: ignore[attr-defined]
+            assert list(vars(got)) == list(vars(want)), payload
         n_ok += not isinstance(want, tuple)
     assert n_ok >= 5  # the corpus holds good events of both kinds too

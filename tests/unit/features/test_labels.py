@@ -55,7 +55,7 @@ def test_engagement_in_window_labels_its_impression_and_window_close_emits_once(
     h.feed(eng(2, T0 + 6_000, "a", "repin"))
     h.feed(eng(3, T0 + 7_000, "a", "click"))  # second click: label stays 1
     assert h.out == []
-    assert h.join.open_deadlines() == 2  # one close deadline per pending impression
+    assert h.join.open_deadlines() == 1  # one close deadline per pending request and impression time
     h.feed(eng(9, T0 + A + L + 1, "zzz"))  # pushes the engagement watermark past the close
     assert len(h.out) == 2
     assert h.join.open_deadlines() == 1  # both closed; the unmatched engagement waits as an orphan
@@ -166,3 +166,71 @@ def test_packed_deadline_entries_sort_and_fall_due_like_deadline_key_tuples() ->
     assert popped == sorted(pairs)
     for (d, k), w in itertools.product(pairs[:20], deadlines):
         assert (_entry(d, k) < _due(w)) == (d < w), (d, k, w)
+
+
+def test_a_request_keeps_one_pending_value_whose_impressions_close_at_their_own_deadlines() -> None:
+    from features.labels import decode_pending, request_key
+
+    h = Harness()
+    h.feed(imp(1, T0, item="b"))
+    h.feed(imp(2, T0, item="a"))
+    h.feed(imp(3, T0 + 30_000, item="c"))  # same request, shown later: closes 30 s later
+    h.feed(imp(4, T0 + 1, item="a"))  # the same (user, item, request) again: a duplicate
+    assert list(h.join.pending.data) == [request_key("u1", "r1")]  # type: ignore[attr-defined]
+    assert h.join.stats.counts["duplicate_impressions"] == 1
+    assert h.join.open_deadlines() == 2  # one per distinct impression time of the request
+    h.feed(eng(1, T0 + 10, "c", "hide"))
+    h.feed(eng(2, T0 + A + L + 1, "zzz"))  # past the first deadline only
+    assert sorted(ex["example_id"] for _, ex in h.out) == ["imp1", "imp2"]
+    [(_, _, ts, _, _, raw)] = decode_pending(h.join.pending.data[request_key("u1", "r1")])  # type: ignore[attr-defined]
+    assert ts == T0 + 30_000 and b'"imp3"' in raw
+    h.feed(eng(3, T0 + A + L + 30_001, "zzz"))
+    assert [ex["example_id"] for _, ex in h.out][2:] == ["imp3"]
+    assert h.labels()["imp3"]["hide"] == 1 and h.join.pending.data == {}  # type: ignore[attr-defined]
+
+
+def test_the_pending_value_does_not_depend_on_the_order_of_a_requests_impressions() -> None:
+    imps = [imp(i, T0 + (i % 3) * 1000, item=f"i{i}") for i in range(7)]
+    values = set()
+    for seed in range(5):
+        order = imps[:]
+        random.Random(seed).shuffle(order)
+        h = Harness()
+        for ev in order:
+            h.feed(ev)
+        values.add(tuple(h.join.pending.data.items()))  # type: ignore[attr-defined]
+    assert len(values) == 1
+
+
+def test_a_join_rebuilt_from_its_tables_goes_on_as_the_one_that_kept_running() -> None:
+    """The in-memory indexes (deadline heaps, key sets of requests and logs) come back from the stored tables."""
+    rng = random.Random(5)
+    events: list[Any] = []
+    for r in range(60):
+        t = T0 + r * 20_000
+        user, req = f"u{r % 4}", f"r{r}"
+        items = [f"i{rng.randrange(9)}" for _ in range(3)]
+        log = PredictionLog(request_id=req, user_id=user, ts=t, items=[
+            ItemPrediction(item_id=it, position=k, raw={"click": 0.2}) for k, it in enumerate(items)])
+        events += [log, log] if r == 40 else [log]  # one log sent twice (after the cut)
+        events += [imp(r * 10 + k, t, user=user, item=it, req=req) for k, it in enumerate(items)]
+        events += [eng(r * 10 + k, t + rng.randrange(-L, A + 2 * L), it, user=user, req=req)
+                   for k, it in enumerate(items) if rng.random() < 0.4]
+    whole = Harness()
+    for ev in events:
+        whole.feed(ev)
+    cut = Harness()
+    for ev in events[:len(events) // 2]:
+        cut.feed(ev)
+    j = cut.join
+    rebuilt = LabelJoin(j.pending, j.orphans, j.predictions, window_ms=A, lateness_ms=L, emit=j.emit,
+                        feedback=j.feedback, attributed=j.attributed, stats=j.stats)
+    rebuilt.wm_imp, rebuilt.wm_eng = j.wm_imp, j.wm_eng
+    rebuilt.rebuild_indexes(j.pending.items(), j.orphans.items(), j.predictions.items())  # type: ignore[attr-defined]
+    cut.join = rebuilt
+    for ev in events[len(events) // 2:]:
+        cut.feed(ev)
+    assert cut.out == whole.out and len(whole.out) > 60
+    assert any(ex["prediction"] is not None for _, ex in whole.out)
+    assert cut.join.stats.counts == whole.join.stats.counts and whole.join.stats.counts["duplicate_predictions"] == 1
+    assert cut.join.open_deadlines() == whole.join.open_deadlines()

@@ -115,3 +115,31 @@ def test_record_cache_snapshot_freezes_values_while_processing_goes_on() -> None
     assert len(cache.get(S, "u")) == 2 and cache.get(StoreSpec("raw"), "k") == b"v2"
     snap2 = cache.snapshot()
     assert len(decode_seq(dict(snap2.all_changes())[S.full_key("u")], 8)) == 2
+
+
+def test_pending_impressions_of_the_per_impression_layout_move_into_their_requests() -> None:
+    """State written before the join kept one value per request opens as if the new code had written it."""
+    import struct
+
+    from features.labels import join_key
+    from streams.engine.tables import LEGACY_PENDING_IMPRESSIONS, PENDING_REQUESTS
+
+    imps = [Impression(event_id=f"m{i}", user_id=f"u{i % 2}", item_id=f"i{i}", request_id=f"r{i % 3}",
+                       ts=T0 + i, surface="home", position=i, item_type="organic", country="DE", gender="m",
+                       app_type="ios", device_type="phone") for i in range(9)]
+    want, fresh = _run([("impression", ev) for ev in imps], "sequential")
+    name = uuid.uuid4().hex
+    state = PartitionState(open_backend(f"memory://{name}", ".", "p0"), 0)
+    old = [(LEGACY_PENDING_IMPRESSIONS.full_key(join_key(ev.user_id, ev.item_id, ev.request_id)),
+            struct.pack("<Bq2s1s", 0, ev.ts, b"DE", b"m") + encode_event(ev)) for ev in imps]
+    state.commit(old, state.meta)
+    tables = PartitionTables(state, seq_len=8, window_ms=60_000, lateness_ms=5_000, retention_ms=2 * H)
+    assert tables.join.open_deadlines() == fresh.join.open_deadlines() == 9
+    tables.checkpoint_local()
+    assert dict(state.items(PENDING_REQUESTS)) == want[PENDING_REQUESTS.name] and len(want[PENDING_REQUESTS.name]) == 6
+    assert dict(state.items(LEGACY_PENDING_IMPRESSIONS)) == {}
+    out: list[str] = []
+    tables.join.emit = lambda user, ex: out.append(ex["example_id"])
+    tables.process("eng", [("engagement", 0, Engagement(event_id="g", user_id="u0", item_id="x", request_id="y",
+                                                         ts=T0 + 10 * 60_000, action="click"), b"")])
+    assert sorted(out) == sorted(ev.event_id for ev in imps)
