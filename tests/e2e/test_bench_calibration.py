@@ -1,9 +1,10 @@
 """`feedrank bench calibration` at a CI size (issue 28): the closed loop runs, is read every poll, and the
 injected shift shows in the served calibration.
 
-Four minutes of traffic with the tiny model, a 30-second attribution window (labels from about 40 s on),
-and a large shift (+1.5 logit on US click and closeup, about 3.5 times as often) at minute 2: the click
-task's calibration error over the alert window must fall well below what it was before the shift.
+Five minutes of traffic with the tiny model, a 30-second attribution window (labels from about a minute on),
+and a large shift (+2 logit on US click and closeup, about 6 times as often) at minute 2: the click task's
+calibration error over the alert window must fall well below what it was before the shift (a 4-minute run
+with +1.5, 2026-12-07, load 8: 1.10 before, 0.85 after).
 The quality goals (the band within 3 minutes, alert and recovery times) are the full-size command's, on
 a quiet box: docs/calibration.md.
 """
@@ -22,7 +23,7 @@ from streams.kafka.procutil import free_port
 
 from conftest import ROOT
 
-pytestmark = [pytest.mark.broker, pytest.mark.long]
+pytestmark = [pytest.mark.broker, pytest.mark.long, pytest.mark.timeout(1200)]
 
 
 def test_bench_calibration_runs_the_loop_and_sees_the_shift(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -33,18 +34,18 @@ def test_bench_calibration_runs_the_loop_and_sees_the_shift(tmp_path: Path, tiny
                FEEDRANK_CALIBRATOR_DIR=str(tiny_model_dir / "calibrators"),
                FEEDRANK_ATTRIBUTION_WINDOW_S="30")
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "calibration", "--minutes", "4",
-                           "--shift-minute", "2", "--shift-logit", "1.5", "--requests-per-s", "5",
+    proc = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "calibration", "--minutes", "5",
+                           "--shift-minute", "2", "--shift-logit", "2", "--requests-per-s", "5",
                            "--background-rate", "100", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert res["first_labels_s"] is not None and res["first_labels_s"] < 120, res["first_labels_s"]
+    assert res["first_labels_s"] is not None and res["first_labels_s"] < 150, res["first_labels_s"]
     polls = [s for s in res["samples"] if s["tasks"]]
     assert len(polls) >= 10 and all(set(s["tasks"]) >= {"click", "hide"} for s in polls)
     before = [s["tasks"]["click"]["calibration_error"] for s in polls if s["t"] < 120]
     after = [s["tasks"]["click"]["calibration_error"] for s in polls if s["t"] >= 200]
     assert before and after and None not in before[-1:] + after
-    assert min(after) < 0.8 * before[-1], (before, after)
+    assert min(after) < 0.75 * before[-1], (before, after)
     assert "calibration error / ECE over the alert window, per minute" in proc.stdout
-    assert "shift (US click/closeup logit +1.5 at minute 2)" in proc.stdout
+    assert "shift (US click/closeup logit +2 at minute 2)" in proc.stdout
