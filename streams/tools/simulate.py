@@ -13,6 +13,7 @@ Stats go to a JSON file every few seconds for the demo's summary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import collections
 import heapq
 import itertools
@@ -127,6 +128,10 @@ class Simulator:
                 # instead of sending a burst to catch up (seen on a first run: 10/s asked, 15-30/s sent)
                 self.stats["skipped_late"] += 1
                 continue
+            if now_ms > req.ts:
+                # stamped with the time it is sent, as a feed server stamps a request: a late simulator's
+                # engagements sent meanwhile are older than it (else they were served "from the future")
+                req = dataclasses.replace(req, ts=now_ms, context=dataclasses.replace(req.context, ts=now_ms))
             self.stats["requests"] += 1
             t0 = time.perf_counter()
             try:
