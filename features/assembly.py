@@ -76,6 +76,8 @@ class FeatureSpec:
     seq_len: int = 32
     age_buckets: int = 20
     position_buckets: int = 32
+    #: width of the item content embeddings the model holds (``features.content``; not a model input array)
+    content_dim: int = 16
 
     @property
     def n_ctx(self) -> int:
