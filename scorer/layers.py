@@ -111,36 +111,46 @@ class ContentMatch(nn.Module):
     groups: engaged (every action but hide), hidden, any. Candidate side: the
     cosine-like similarity (dot product of unit vectors) of the candidate's
     content with each key, then per group its mean and max (0 for an empty
-    group), and ``P`` dot products of learned projections of the user vector
-    with the candidate content (a user x item-topic term: what hide needs).
-    Output ``[N, 2G + P]``.
+    group), ``P`` dot products of learned projections of the user vector
+    with the candidate content, and ``Q`` dot products of the user's own
+    content-space "taste" vectors (a hashed-user embedding) with it: user x
+    item-topic terms, what hide's stable unwanted topic needs. The taste
+    vectors ride as ``Q`` extra key rows (group weight 0). Output ``[N, 2G + P + Q]``.
     """
 
-    def __init__(self, user_dim: int, dim: int, hide_code: int, n_proj: int = 4) -> None:
+    def __init__(self, user_dim: int, dim: int, hide_code: int, n_proj: int = 4, user_buckets: int = 1,
+                 n_taste: int = 2) -> None:
         super().__init__()
-        self.d, self.p, self.hide_code = dim, n_proj, hide_code
+        self.d, self.p, self.q, self.hide_code = dim, n_proj, n_taste, hide_code
         self.proj = nn.Linear(user_dim, n_proj * dim)
-        self.out_dim = 2 * 3 + n_proj
+        self.taste = nn.Embedding(user_buckets, n_taste * dim)
+        nn.init.normal_(self.taste.weight, std=0.01)
+        self.out_dim = 2 * 3 + n_proj + n_taste
 
-    def user_side(self, content: Tensor, action: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """content ``[B, L, D+1]``, action ``[B, L]``, mask ``[B, L]`` -> keys ``[B, L, D]``, groups ``[B, 3, L]``."""
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
+        """content ``[B, L, D+1]``, action ``[B, L]``, mask ``[B, L]``, user_id ``[B, 1]`` -> keys
+        ``[B, L + Q, D]`` (the actioned items' content, then the user's taste vectors), groups ``[B, 3, L + Q]``."""
         present = mask & (content[:, :, self.d] > 0)
         hidden = present & (action == self.hide_code)
         engaged = present & (action != self.hide_code)
         groups = torch.stack([engaged, hidden, present], dim=1).to(content.dtype)
-        return content[:, :, : self.d], groups
+        b = content.shape[0]
+        taste = self.taste(user_id.reshape(b)).reshape(b, self.q, self.d)
+        keys = torch.cat([content[:, :, : self.d], taste], dim=1)
+        groups = torch.cat([groups, groups.new_zeros((b, 3, self.q))], dim=2)
+        return keys, groups
 
     def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:
-        """u ``[B, S]``, keys ``[B, L, D]``, groups ``[B, 3, L]``, cand ``[N, D+1]``; ``B`` is 1 or ``N``."""
+        """u ``[B, S]``, keys ``[B, L + Q, D]``, groups ``[B, 3, L + Q]``, cand ``[N, D+1]``; ``B`` is 1 or ``N``."""
         c = cand[:, : self.d]
-        s = (keys * c.unsqueeze(1)).sum(-1)  # [N, L]
+        s = (keys * c.unsqueeze(1)).sum(-1)  # [N, L + Q]
         cnt = groups.sum(-1)  # [B, 3]
         mean = (s.unsqueeze(1) * groups).sum(-1) / cnt.clamp_min(1.0)  # [N, 3]
         mx = (s.unsqueeze(1) + (groups - 1.0) * 1e4).amax(-1)
         mx = torch.where(cnt > 0, mx, torch.zeros_like(mx))
         up = self.proj(u).reshape(u.shape[0], self.p, self.d)
         dots = (up * c.unsqueeze(1)).sum(-1)  # [N, P]
-        return torch.cat([mean, mx, dots], dim=1)
+        return torch.cat([mean, mx, dots, s[:, s.shape[1] - self.q:]], dim=1)
 
 
 class NoContentMatch(nn.Module):
@@ -150,7 +160,7 @@ class NoContentMatch(nn.Module):
         super().__init__()
         self.out_dim = 0
 
-    def user_side(self, content: Tensor, action: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
         return content[:, :, :0], content.new_zeros((content.shape[0], 3, content.shape[1]))
 
     def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:

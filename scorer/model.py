@@ -46,6 +46,8 @@ class ModelConfig:
     use_content: bool = True
     #: user-vector projections dotted with the candidate's content (``ContentMatch``)
     n_content_proj: int = 4
+    #: per-user content-space taste vectors dotted with the candidate's content (``ContentMatch``)
+    n_taste: int = 2
     #: dense feature names switched off (ablations); ``use_sequence=False`` adds ``SEQUENCE_DERIVED``
     drop_features: List[str] = field(default_factory=list)
 
@@ -107,7 +109,7 @@ class RankingModel(nn.Module):
         self.interact = DotInteraction(config.summary_dim, config.item_dim, config.n_interactions)
         # content against the sequence needs the sequence; the user x content term does not
         self.match: nn.Module = (ContentMatch(config.summary_dim, content_dim, TASKS.index("hide") + 1,
-                                              config.n_content_proj)
+                                              config.n_content_proj, spec.user_buckets, config.n_taste)
                                  if config.use_content else NoContentMatch())
         self.seq_match = config.use_sequence
         cand_dim = self.cand_rep.out_dim + self.interact.out_dim + self.match.out_dim
@@ -122,13 +124,13 @@ class RankingModel(nn.Module):
 
     def encode_user(self, b: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """User side, computed once per request when serving: the user vector ``[B, summary_dim]`` and the
-        sequence's content keys ``[B, L, D]`` and groups ``[B, 3, L]`` (``ContentMatch.user_side``)."""
+        sequence's content keys ``[B, L + Q, D]`` and groups ``[B, 3, L + Q]`` (``ContentMatch.user_side``)."""
         user = self.user_rep(b["user_id"], b["ctx"], b["user_dense"])
         seq_content = self.content(b["seq_item"])
         seq = self.sequence(user, b["seq_item"], b["seq_action"], b["seq_type"], b["seq_age"], b["seq_mask"],
                             seq_content)
         mask = b["seq_mask"] if self.seq_match else torch.zeros_like(b["seq_mask"])
-        keys, groups = self.match.user_side(seq_content, b["seq_action"], mask)
+        keys, groups = self.match.user_side(seq_content, b["seq_action"], mask, b["user_id"])
         return self.summarize(user, seq), keys, groups
 
     def score_candidates(self, u: Tensor, keys: Tensor, groups: Tensor, b: Dict[str, Tensor],

@@ -134,8 +134,8 @@ def _modules() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]:
         ("CandidateRepresentation", layers.CandidateRepresentation(emb, 32, SPEC.n_cand_dense, content_dim=5),
          (x["cand_item"], x["cand_type"], x["cand_pos"], x["cand_dense"], torch.randn(3, 6))),
         ("ContentLookup", layers.ContentLookup(211, 5), (x["seq_item"],)),
-        ("ContentMatch", layers.ContentMatch(16, 5, 5), (u, torch.randn(1, 6, 5), torch.ones(1, 3, 6),
-                                                         torch.randn(4, 6))),
+        ("ContentMatch", layers.ContentMatch(16, 5, 5, user_buckets=11), (u, torch.randn(1, 8, 5),
+                                                                          torch.ones(1, 3, 8), torch.randn(4, 6))),
         ("NoContentMatch", layers.NoContentMatch(), (u, torch.randn(1, 6, 0), torch.ones(1, 3, 6),
                                                      torch.randn(4, 1))),
         ("DotInteraction", layers.DotInteraction(16, 8), (u, torch.randn(5, 8))),
@@ -211,22 +211,26 @@ def test_unknown_items_read_zero_content_and_still_score() -> None:
 
 def test_content_match_sees_hidden_and_engaged_items() -> None:
     hide = T - 1  # code of hide in the test below (any code works: it is a constructor argument)
-    cm = layers.ContentMatch(user_dim=4, dim=3, hide_code=hide, n_proj=2)
+    cm = layers.ContentMatch(user_dim=4, dim=3, hide_code=hide, n_proj=2, user_buckets=5, n_taste=1)
     e = torch.eye(3)
     content = torch.cat([e, torch.ones(3, 1)], dim=1).unsqueeze(0)  # items along the three axes, all known
     action = torch.tensor([[1, hide, 1]])
-    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]))  # the third is padding
-    assert groups.tolist() == [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]]
+    uid = torch.tensor([[2]])
+    with torch.no_grad():
+        cm.taste.weight[2] = torch.tensor([0.0, 0.0, 2.0])  # user 2's taste: the third axis
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)  # the third is padding
+    assert groups.tolist() == [[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]
     cand = torch.cat([e, torch.ones(3, 1)], dim=1)  # candidate k = item k
     out = cm(torch.zeros(1, 4), keys, groups, cand)
     mean, mx = out[:, :3], out[:, 3:6]
-    assert out.shape == (3, 3 * 2 + 2)
+    assert out.shape == (3, 3 * 2 + 2 + 1)
+    assert out[:, -1].tolist() == [0.0, 0.0, 2.0]  # the taste vector against each candidate
     assert mx[:, 0].tolist() == [1.0, 0.0, 0.0]  # like the engaged item
     assert mx[:, 1].tolist() == [0.0, 1.0, 0.0]  # like the hidden item
     assert torch.allclose(mean[:, 2], torch.tensor([0.5, 0.5, 0.0]))
     # an empty group gives 0, not -1e4; unknown content (flag 0) joins no group
     content[0, 1, -1] = 0.0
-    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]))
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)
     assert groups[0, 1].sum() == 0 and torch.all(cm(torch.zeros(1, 4), keys, groups, cand)[:, 4] == 0.0)
     # one user row broadcast equals the row repeated per candidate (serving vs training form)
     u = torch.randn(1, 4)
