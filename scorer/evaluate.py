@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -164,6 +164,8 @@ class EvalConfig:
     small: bool = False
     stability: bool = True
     preset: str = "default"
+    #: torch threads per training (more threads than free cores make OpenMP spin: on a busy box use 1)
+    threads: int = 2
 
 
 def model_config(name: str, small: bool = False) -> ModelConfig:
@@ -171,13 +173,15 @@ def model_config(name: str, small: bool = False) -> ModelConfig:
     return ModelConfig(**{**(SMALL_MODEL if small else {}), **VARIANTS[name]})
 
 
-def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool = True) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool = True,
+             checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the variants on day 1 (``cfg.seeds`` seeds each), evaluate on the later day; a JSON-able report.
 
     Per variant and seed: per-task AUC on the hold-out impressions beside the world's truth (oracle) and
     the batch-knowledge ceiling on the same rows; the ranking gain captured on the hold-out ranking
     requests (Platt-recalibrated scores, default blend) with a bootstrap interval, beside popularity,
     the batch ceiling and the truth; each ablation's delta to the full model per seed (mean and sd).
+    ``checkpoint`` gets the report so far after each variant (a long run on a busy box keeps what it did).
     """
     t0 = time.perf_counter()
     world = World(cfg.seed, cfg.n_users, cfg.n_items, params=preset_params(cfg.preset))
@@ -186,7 +190,7 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
                        rank_candidates=cfg.rank_candidates)
     train, hold = split.train, split.holdout
     ranking = hold.ranking
-    base = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, progress=progress)
+    base = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, progress=progress, threads=cfg.threads)
     batch_hold = world_probs(world, hold, batch=True, seed=cfg.seed)
     weights = DEFAULT_BLEND.matrix
 
@@ -204,6 +208,12 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
                           "batch": task_metrics(batch_hold, hold)}
     models: dict[str, Any] = {}
     rank_util: dict[str, np.ndarray] = {}
+    baselines: dict[str, np.ndarray] = {}
+    if ranking is not None and ranking.keys is not None:
+        truth_u = utility(ranking.true_probs, ranking)
+        baselines = {"truth": truth_u,
+                     "batch_ceiling": utility(world_probs(world, ranking, batch=True, seed=cfg.seed), ranking),
+                     "popularity": world.item_ctr_prior[ranking.keys["item"]]}
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     for name in cfg.variants:
         mc = model_config(name, cfg.small)
@@ -219,14 +229,12 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
             log.info("%s seed %d mean AUC %.4f", name, sd, mean_auc(per_seed[-1]))
         report["models"][name] = per_seed[0]
         report["seeds"][name] = per_seed
-    report["ablations"] = ablation_deltas(report["seeds"])
-    if ranking is not None:
-        truth_u = utility(ranking.true_probs, ranking)
-        methods = dict(rank_util)
-        methods["truth"] = truth_u
-        methods["batch_ceiling"] = utility(world_probs(world, ranking, batch=True, seed=cfg.seed), ranking)
-        methods["popularity"] = world.item_ctr_prior[ranking.keys["item"]] if ranking.keys else truth_u * 0
-        report["ranking"] = ranking_gain(methods, truth_u, ranking.req_index, k=cfg.feed_size, seed=cfg.seed)
+        report["ablations"] = ablation_deltas(report["seeds"])
+        if ranking is not None and baselines:
+            report["ranking"] = ranking_gain({**rank_util, **baselines}, truth_u, ranking.req_index, k=cfg.feed_size,
+                                             seed=cfg.seed)
+        if checkpoint is not None:
+            checkpoint(report)
     if cfg.stability and "mmoe" in models:
         mc = model_config("mmoe", cfg.small)
         teacher = models["mmoe"]
