@@ -19,6 +19,9 @@ Model input arrays (``ModelInputs.arrays()``; ``N`` candidates, ``L = spec.seq_l
 * ``seq_mask``   bool ``[L]``         True where an action is present
 * ``cand_item``  int64 ``[N]``, ``cand_type`` int64 ``[N]``, ``cand_pos`` int64 ``[N]``
 * ``cand_dense`` float32 ``[N, Dc]``  ``CAND_DENSE_NAMES``
+
+Item content embeddings are not an input: the model holds them in a table by the
+same hashed bucket as ``seq_item`` and ``cand_item`` (``features.content``).
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ class ModelConfig:
     use_content: bool = True
     #: user-vector projections dotted with the candidate's content (``ContentMatch``)
     n_content_proj: int = 4
-    #: per-user content-space taste vectors dotted with the candidate's content (``ContentMatch``)
-    n_taste: int = 2
+    #: per-user content-space taste vectors dotted with the candidate's content (``ContentMatch``); off: at 2 the
+    #: default eval's mean AUC fell 0.6937 -> 0.6784 (seed 0, full size; docs/benchmarks.md 2026-12-07)
+    n_taste: int = 0
     #: dense feature names switched off (ablations); ``use_sequence=False`` adds ``SEQUENCE_DERIVED``
     drop_features: List[str] = field(default_factory=list)
 
