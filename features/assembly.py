@@ -19,6 +19,9 @@ Model input arrays (``ModelInputs.arrays()``; ``N`` candidates, ``L = spec.seq_l
 * ``seq_mask``   bool ``[L]``         True where an action is present
 * ``cand_item``  int64 ``[N]``, ``cand_type`` int64 ``[N]``, ``cand_pos`` int64 ``[N]``
 * ``cand_dense`` float32 ``[N, Dc]``  ``CAND_DENSE_NAMES``
+
+Item content embeddings are not an input: the model holds them in a table by the
+same hashed bucket as ``seq_item`` and ``cand_item`` (``features.content``).
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class FeatureSpec:
     seq_len: int = 32
     age_buckets: int = 20
     position_buckets: int = 32
+    #: width of the item content embeddings the model holds (``features.content``; not a model input array)
+    content_dim: int = 16
 
     @property
     def n_ctx(self) -> int:

@@ -102,6 +102,15 @@ class WorldParams:
     #: mean requests per session and mean gap between a session's requests
     requests_per_session: float = 8.0
     request_gap_ms: int = 30_000
+    #: dimension of the catalogue's item content embeddings (``World.item_content``)
+    content_dim: int = 16
+    #: noise of the content embedding: per-component sd (x 1/sqrt(content_dim)) added to the rotated topic vector
+    content_noise: float = 0.3
+    #: conflicting task drivers (the ``conflict`` preset): an item's clickbait score adds this much to the
+    #: click and closeup logits and takes it (x1.5 for repin) from long_click and repin
+    clickbait_weight: float = 0.0
+    #: saves (repin) follow the user's stable interest, not the session intent
+    save_from_stable: bool = False
     #: an injected behaviour shift (the live calibration benchmark's): from event time ``shift_from_ms`` on,
     #: users of country ``shift_country`` (a ``COUNTRIES`` code; "" = no shift) click and close up with
     #: ``shift_logit`` added to the logit (+0.7: about twice as often at these rates)
@@ -175,6 +184,25 @@ class World:
         self.item_ctr_prior = sigmoid(self._base[0] + self.item_quality + 0.4 * noise)
         self._rng = np.random.default_rng(seed + 1)
         self._next_request = 0
+        self.item_content = self._content(np.random.default_rng(seed + 2))
+        self.item_clickbait = np.random.default_rng(seed + 3).normal(0.0, 1.0, n_items)
+
+    def _content(self, rng: np.random.Generator) -> np.ndarray:
+        """[n_items, content_dim] float32 unit rows: each item's topic vector seen by a content model.
+
+        A fixed random linear map of the topic vector plus noise, so the content
+        embedding carries the topic (and nothing else) but not on the topic axes.
+        Drawn from its own generator: the rest of the world is unchanged by it.
+        """
+        p = self.p
+        rot = rng.normal(0.0, 1.0, (p.n_topics, p.content_dim))
+        rot /= np.linalg.norm(rot, axis=1, keepdims=True)
+        noise = rng.normal(0.0, p.content_noise / math.sqrt(p.content_dim), (self.n_items, p.content_dim))
+        return _unit_rows(self.item_topic @ rot + noise).astype(np.float32)
+
+    def catalogue_content(self) -> tuple[list[str], np.ndarray]:
+        """Every item's id and content embedding ``[n_items, content_dim]``: what the catalogue exposes."""
+        return [f"i{i}" for i in range(self.n_items)], self.item_content
 
     # ----- the truth -------------------------------------------------------------------
 
@@ -217,10 +245,16 @@ class World:
         return self.p.diurnal_amplitude * np.cos(2 * np.pi * (local_h - self.p.diurnal_peak_h) / 24.0)
 
     def raw_logits(self, users: np.ndarray, items: np.ndarray, country: np.ndarray, gender: np.ndarray,
-                   app: np.ndarray, device: np.ndarray, position: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """[N, T] logits of the raw per-action models (conditional for long_click and repin)."""
+                   app: np.ndarray, device: np.ndarray, position: np.ndarray, ts: np.ndarray,
+                   session: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """[N, T] logits of the raw per-action models (conditional for long_click and repin).
+
+        ``session`` = (intent ``[N, D]``, video mood ``[N]``) replaces the user's true
+        session state (``batch_prob_matrix`` averages over draws of it).
+        """
         p = self.p
-        aff = np.einsum("nd,nd->n", self.intent(users, ts), self.item_topic[items]) - p.affinity_centre
+        intent, mood_now = session if session is not None else (self.intent(users, ts), self.video_mood(users, ts))
+        aff = np.einsum("nd,nd->n", intent, self.item_topic[items]) - p.affinity_centre
         unwanted = self.item_topic[items, self.user_unwanted[users]]
         ctx = (np.asarray(p.country_bias)[country] + np.asarray(p.gender_bias)[gender]
                + np.asarray(p.app_bias)[app] + np.asarray(p.device_bias)[device])
@@ -229,11 +263,20 @@ class World:
         video = self.item_video[items]
         q, sq, act = self.item_quality[items], self.item_save_quality[items], self.user_activity[users]
         z = self._base[None, :] + aff[:, None] * self._aff_w[None, :]
-        mood = p.video_mood_weight * self.video_mood(users, ts) * np.where(video, 1.0, -0.5)
+        mood = p.video_mood_weight * mood_now * np.where(video, 1.0, -0.5)
         z[:, _IDX["click"]] += ctx + diurnal + pos + q + act + p.video_click_shift * video + mood
         z[:, _IDX["long_click"]] += 0.5 * q
         z[:, _IDX["closeup"]] += ctx + 0.7 * diurnal + 0.8 * pos + q + act + p.video_click_shift * video + mood
         z[:, _IDX["repin"]] += sq
+        if p.save_from_stable:  # saves outside the current intent: the stable interest's affinity instead
+            stable = np.einsum("nd,nd->n", self.user_interest[users], self.item_topic[items]) - p.affinity_centre
+            z[:, _IDX["repin"]] += self._aff_w[_IDX["repin"]] * (stable - aff)
+        if p.clickbait_weight:  # clicked, not saved
+            cb = p.clickbait_weight * self.item_clickbait[items]
+            z[:, _IDX["click"]] += cb
+            z[:, _IDX["closeup"]] += cb
+            z[:, _IDX["long_click"]] -= cb
+            z[:, _IDX["repin"]] -= 1.5 * cb
         z[:, _IDX["hide"]] += p.unwanted_weight * unwanted + 0.3 * pos - 0.5 * q
         z[:, _IDX["video_view_10s"]] += diurnal + 0.5 * pos + q + act + mood
         if p.shift_country and p.shift_logit:
@@ -247,6 +290,35 @@ class World:
         """[N, T] true marginal probability of each action (columns in ``ACTIONS`` order)."""
         r = sigmoid(self.raw_logits(users, items, country, gender, app, device, position, ts))
         return _marginals(r, self.item_video[items])
+
+    def batch_prob_matrix(self, users: np.ndarray, items: np.ndarray, country: np.ndarray, gender: np.ndarray,
+                          app: np.ndarray, device: np.ndarray, position: np.ndarray, ts: np.ndarray,
+                          draws: int = 32, seed: int = 0) -> np.ndarray:
+        """[N, T] the batch-knowledge ceiling: the true marginals averaged over the session state.
+
+        What perfect knowledge of everything stable (user interest and unwanted
+        topic, item, context, position, time of day) predicts when the session
+        intent and video mood, which only recent behaviour reveals, are unknown:
+        ``E[p | stable]`` with the session topics drawn uniformly (as the world
+        draws them), the progress through the slot uniform and the mood's two ends
+        fair coins. ``draws`` Monte-Carlo draws per row from a generator seeded by
+        ``seed`` (the world's own random stream is not touched).
+        """
+        rng = np.random.default_rng(seed)
+        n, d, s = len(users), self.p.n_topics, self.p.session_strength
+        rows = np.arange(n)
+        video = self.item_video[items]
+        out = np.zeros((n, len(ACTIONS)))
+        for _ in range(draws):
+            a, b, frac = rng.integers(0, d, n), rng.integers(0, d, n), rng.random(n)
+            intent = (1.0 - s) * self.user_interest[users]
+            intent[rows, a] += s * (1.0 - frac)
+            intent[rows, b] += s * frac
+            ends = 2.0 * rng.integers(0, 2, (2, n)) - 1.0
+            mood = ends[0] * (1.0 - frac) + ends[1] * frac
+            z = self.raw_logits(users, items, country, gender, app, device, position, ts, session=(intent, mood))
+            out += _marginals(sigmoid(z), video)
+        return out / draws
 
     def true_probs(self, user: str, item: str, context: ScoreContext, position: int, ts: int) -> dict[str, float]:
         """True probability of every action for one impression (see ``true_prob_matrix``)."""
@@ -288,9 +360,13 @@ class World:
                             gender=GENDERS[self.user_gender[user]], app_type=APP_TYPES[self.user_app[user]],
                             device_type=DEVICE_TYPES[self.user_device[user]], ts=int(ts))
 
-    def candidates_for(self, user: int, ts: int, n: int = 50) -> list[Candidate]:
-        """Retrieval stand-in: half the candidates from the user's interest topics, half random."""
-        rng = self._rng
+    def candidates_for(self, user: int, ts: int, n: int = 50, rng: np.random.Generator | None = None) -> list[Candidate]:
+        """Retrieval stand-in: half the candidates from the user's interest topics, half random.
+
+        ``rng``: draw from this generator instead of the world's own (the world's
+        event stream then stays as it would be without the call).
+        """
+        rng = self._rng if rng is None else rng
         weights = self.user_interest[user] ** 2
         cdf = np.cumsum(weights)
         topics = np.minimum(np.searchsorted(cdf, rng.random(n // 2) * cdf[-1]), self.p.n_topics - 1)
@@ -402,6 +478,22 @@ class World:
             yield from zip(shown.impressions, shown.engagements)
 
 
+#: named worlds: ``default``, and ``conflict`` where the tasks' drivers pull apart (clickbait is clicked and
+#: not saved; saves follow the stable interest while clicks follow the session), so shared capacity binds
+PRESETS: Mapping[str, WorldParams] = {
+    "default": WorldParams(),
+    "conflict": WorldParams(clickbait_weight=1.5, save_from_stable=True),
+}
+
+
+def preset_params(name: str) -> WorldParams:
+    """The ``WorldParams`` of preset ``name`` (``PRESETS``)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"world preset {name!r}: expected one of {', '.join(PRESETS)}") from None
+
+
 def _marginals(r: np.ndarray, video: np.ndarray) -> np.ndarray:
     """Marginals of the correlated sampling process in ``World.sample_labels``."""
     ph = r[:, _IDX["hide"]]
@@ -432,4 +524,5 @@ def _index_or(values: Sequence[str], value: str, default: int = 0) -> int:
         return default
 
 
-__all__ = ["COUNTRIES", "FeedRequest", "GENDERS", "Shown", "TASK_INDEX", "World", "WorldParams"]
+__all__ = ["COUNTRIES", "FeedRequest", "GENDERS", "PRESETS", "Shown", "TASK_INDEX", "World", "WorldParams",
+           "preset_params"]

@@ -28,7 +28,9 @@ from .model import TASKS, ModelConfig, RankingModel
 
 log = logging.getLogger(__name__)
 
-CARD_FORMAT = "feedrank-model/1"
+#: /2: the model holds the item content table (``features.content``) and its user side returns content keys;
+#: a /1 file scores without content and is refused
+CARD_FORMAT = "feedrank-model/2"
 MODEL_FILE, STATE_FILE, CARD_FILE, LATEST = "model.pt", "model_state.pt", "card.json", "latest"
 
 
@@ -52,7 +54,10 @@ def save_artifact(root: Path, model: RankingModel, spec: FeatureSpec, config: Mo
             "tasks": list(TASKS), "model_config": config.to_dict(), "train_config": dict(train_config),
             "feature_spec": spec.to_dict(), "data": dict(data), "metrics": dict(metrics),
             "files": {"serving": MODEL_FILE, "state": STATE_FILE}, "torch": torch.__version__,
-            "scores": "raw logits of a model trained on down-sampled data: calibrate before use"}
+            "scores": "raw logits of a model trained on down-sampled data: calibrate before use",
+            "content": {"dim": spec.content_dim if config.use_content else 0,
+                        "buckets_with_content": int((model.content.table[:, -1] > 0).sum()),
+                        "source": "catalogue content embeddings, a table inside the model by hashed item bucket"}}
     export_serving(model, out / MODEL_FILE, extra={"card.json": {k: card[k] for k in ("version", "tasks")}})
     torch.save(model.state_dict(), out / STATE_FILE)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2, default=_jsonable))
@@ -98,12 +103,27 @@ class Artifact:
             return self.module(tensors)["logits"].numpy()
 
 
+def stale_reason(path: Path) -> str | None:
+    """Why the artifact at ``path`` (dir or root) cannot serve with this code, or None when it can
+    (or when there is none: nothing to be stale)."""
+    try:
+        d = resolve(path)
+        card = json.loads((d / CARD_FILE).read_text())
+    except (ArtifactError, OSError, ValueError):
+        return None
+    if card.get("format") != CARD_FORMAT:
+        return f"card format {card.get('format')!r}, this code needs {CARD_FORMAT!r}"
+    return None
+
+
 def load_artifact(path: Path) -> Artifact:
     """Load the artifact at ``path`` (a version dir, or a root with ``latest``)."""
     d = resolve(path)
     card = json.loads((d / CARD_FILE).read_text())
     if card.get("format") != CARD_FORMAT:
-        raise ArtifactError(f"{d}: card format {card.get('format')!r}, expected {CARD_FORMAT!r}; retrain the model")
+        raise ArtifactError(f"{d}: card format {card.get('format')!r}, expected {CARD_FORMAT!r} (this code's model "
+                            "holds item content embeddings); retrain with `feedrank train` (the demo: delete its "
+                            "model directory and set-up directory, it retrains on the next run)")
     module, _ = load_serving(d / MODEL_FILE)
     return Artifact(d, card, module, FeatureSpec.from_dict(card["feature_spec"]))
 
@@ -112,6 +132,9 @@ def load_eager(path: Path) -> RankingModel:
     """The eager model of an artifact (e.g. a teacher for score regularization)."""
     d = resolve(path)
     card = json.loads((d / CARD_FILE).read_text())
+    if card.get("format") != CARD_FORMAT:
+        raise ArtifactError(f"{d}: card format {card.get('format')!r}, expected {CARD_FORMAT!r}; retrain with "
+                            "`feedrank train`")
     model = RankingModel(FeatureSpec.from_dict(card["feature_spec"]), ModelConfig.from_dict(card["model_config"]))
     missing, unexpected = model.load_state_dict(torch.load(d / STATE_FILE, weights_only=True), strict=False)
     # artifacts from before feature ablation masks lack the ``keep`` buffers; their default (all on) is right
@@ -129,4 +152,4 @@ def _jsonable(o: object) -> object:
     return str(o)
 
 
-__all__ = ["Artifact", "ArtifactError", "load_artifact", "load_eager", "resolve", "save_artifact"]
+__all__ = ["Artifact", "ArtifactError", "load_artifact", "load_eager", "resolve", "save_artifact", "stale_reason"]

@@ -62,6 +62,15 @@ def register(subparsers: Any) -> None:
     _flag(e, "--epochs", "EPOCHS", 3, int, "training epochs per model")
     _flag(e, "--distill-weight", "DISTILL_WEIGHT_EVAL", 1.0, float, "score-regularization weight in the stability run")
     _flag(e, "--report", "EVAL_REPORT", Path("var/eval/report.json"), Path, "where to write the JSON report")
+    _flag(e, "--seeds", "EVAL_SEEDS", 3, int, "training seeds per variant (ablation spread)")
+    _flag(e, "--variants", "EVAL_VARIANTS", "mmoe,no_content,no_sequence,no_realtime,shared_bottom", str,
+          "comma-separated variants (scorer.evaluate.VARIANTS)")
+    _flag(e, "--small", "EVAL_SMALL", False, _bool, "a narrower model (scorer.evaluate.SMALL_MODEL) to fit the seeds")
+    _flag(e, "--stability", "EVAL_STABILITY", True, _bool, "also the score-stability run (4 more models)")
+    _flag(e, "--rank-every", "EVAL_RANK_EVERY", 10, int, "a 100-candidate ranking request every N hold-out requests")
+    _flag(e, "--preset", "WORLD_PRESET", "default", str, "world preset: default or conflict (features.world.PRESETS)")
+    _flag(e, "--buckets", "EVAL_BUCKETS", 20_011, int, "hash buckets of user and item ids (fewer: faster training, "
+          "more collisions)")
     e.set_defaults(func=cmd_eval)
 
 
@@ -120,10 +129,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = EvalConfig(seed=args.seed, n_users=args.users, n_items=args.items, requests_per_s=args.requests_per_s,
                      train_hours=args.train_hours, holdout_hours=args.holdout_hours, epochs=args.epochs,
-                     distill_weight=args.distill_weight)
-    report = run_eval(cfg)
+                     distill_weight=args.distill_weight, seeds=args.seeds,
+                     variants=tuple(v for v in args.variants.split(",") if v), small=args.small,
+                     stability=args.stability, rank_every=args.rank_every, preset=args.preset, threads=args.threads)
+    from features.assembly import FeatureSpec
+
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2, default=str))
+
+    def write(report: dict[str, Any]) -> None:
+        args.report.write_text(json.dumps(report, indent=2, default=str))
+
+    report = run_eval(cfg, FeatureSpec(user_buckets=args.buckets, item_buckets=args.buckets), checkpoint=write)
+    write(report)
     print(format_report(report))
     print(f"\nreport: {args.report} ({report['seconds']:.0f}s)")
     return 0

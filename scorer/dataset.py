@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from features.assembly import CAND_KEYS, USER_KEYS, FeatureSpec, assemble
+from features.content import content_table
 from features.events import ACTIONS
 from features.state import Candidate
 from features.world import HOUR_MS, World
@@ -32,6 +33,9 @@ CLASS_ORDER: tuple[str, ...] = ("hide", "repin", "long_click", "closeup", "click
 DEFAULT_RATES: Mapping[str, float] = {"hide": 1.0, "repin": 1.0, "long_click": 1.0, "closeup": 0.6,
                                       "click": 0.5, "video_view_10s": 0.6, "none": 0.12}
 VIDEO_TASK = ACTIONS.index("video_view_10s")
+#: ``RowSet.keys``: the world's user and item index, context codes, position and time of each row, in the
+#: argument order of ``World.true_prob_matrix``
+WORLD_KEYS: tuple[str, ...] = ("user", "item", "country", "gender", "app", "device", "position", "ts")
 
 
 @dataclass
@@ -47,6 +51,12 @@ class RowSet:
     ts: np.ndarray  # [R] epoch ms
     klass: np.ndarray  # [R] index in CLASS_ORDER
     summary: dict[str, object] = field(default_factory=dict)
+    #: the catalogue's item content table ``[item_buckets, D + 1]`` (``features.content``), trained into the model
+    content: np.ndarray | None = None
+    #: the world's indices behind each row (``WORLD_KEYS``, ``[R]`` each), to ask the world for other truths
+    keys: dict[str, np.ndarray] | None = None
+    #: ranking requests of the same period (``simulate(rank_every=...)``): N candidates each, labels unused
+    ranking: "RowSet | None" = None
 
     def __len__(self) -> int:
         return len(self.req_index)
@@ -77,7 +87,8 @@ class RowSet:
         """Rows where ``keep`` (bool ``[R]``) holds; the user part is shared, not copied."""
         return RowSet(self.user, {k: v[keep] for k, v in self.cand.items()}, self.req_index[keep],
                       self.labels[keep], self.mask[keep], self.true_probs[keep], self.ts[keep], self.klass[keep],
-                      dict(self.summary))
+                      dict(self.summary), self.content,
+                      None if self.keys is None else {k: v[keep] for k, v in self.keys.items()})
 
 
 def row_class(labels: np.ndarray) -> np.ndarray:
@@ -89,9 +100,22 @@ def row_class(labels: np.ndarray) -> np.ndarray:
 
 
 def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, spec: FeatureSpec,
-             feed_size: int = 10, n_candidates: int = 30, progress: bool = False) -> RowSet:
-    """Replay ``hours`` of world traffic (random logging policy: shuffled candidates)."""
+             feed_size: int = 10, n_candidates: int = 30, progress: bool = False, rank_every: int = 0,
+             rank_candidates: int = 100, rank_from_ms: int | None = None) -> RowSet:
+    """Replay ``hours`` of world traffic (random logging policy: shuffled candidates).
+
+    ``rank_every`` > 0: every that many requests from ``rank_from_ms`` on, also assemble a ranking
+    request of ``rank_candidates`` fresh candidates at position 0 (as serving scores them) with the
+    user state of that moment, shown to nobody; they come back as ``rows.ranking`` (true
+    probabilities at position 0, labels 0). Their candidates come from a generator of their own,
+    so the simulated traffic is the same with or without them.
+    """
     state = ReplayState(seq_len=spec.seq_len)
+    rank_rng = np.random.default_rng(world.seed + 13)
+    rank_from = start_ms if rank_from_ms is None else rank_from_ms
+    rk: dict[str, list[np.ndarray]] = {k: [] for k in (*USER_KEYS, *CAND_KEYS, *WORLD_KEYS)}
+    rank_q = 0
+    keys: dict[str, list[np.ndarray]] = {k: [] for k in WORLD_KEYS}
     end = start_ms + int(hours * HOUR_MS)
     users: dict[str, list[np.ndarray]] = {k: [] for k in USER_KEYS}
     cands: dict[str, list[np.ndarray]] = {k: [] for k in CAND_KEYS}
@@ -108,8 +132,21 @@ def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, s
         shown = [Candidate(req.candidates[i].item_id, req.candidates[i].item_type, j, req.candidates[i].features)
                  for j, i in enumerate(order)]
         ctx = req.context
-        inputs = assemble(state.user_state(req.user_id, req.ts), state.feedback(req.ts, ctx.country, ctx.gender),
-                          ctx, shown, spec).arrays()
+        user_state, feedback = state.user_state(req.user_id, req.ts), state.feedback(req.ts, ctx.country, ctx.gender)
+        inputs = assemble(user_state, feedback, ctx, shown, spec).arrays()
+        codes = world.context_codes(ctx)
+        if rank_every > 0 and req.ts >= rank_from and q % rank_every == 0:
+            pool = [Candidate(c.item_id, c.item_type, 0, c.features)
+                    for c in world.candidates_for(req.user, req.ts, rank_candidates, rng=rank_rng)]
+            r_in = assemble(user_state, feedback, ctx, pool, spec).arrays()
+            for k in USER_KEYS:
+                rk[k].append(r_in[k])
+            for k in CAND_KEYS:
+                rk[k].append(r_in[k])
+            _append_keys(rk, req.user, [c.item_id for c in pool], codes, np.zeros(len(pool), np.int64), req.ts)
+            rk.setdefault("req", []).append(np.full(len(pool), rank_q))
+            rank_q += 1
+        _append_keys(keys, req.user, [c.item_id for c in shown], codes, np.arange(len(shown)), req.ts)
         result = world.show(req, [c.item_id for c in shown])
         for imp, engs in zip(result.impressions, result.engagements):
             state.add_impression(imp)
@@ -131,12 +168,34 @@ def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, s
     cand = {k: np.concatenate(v) for k, v in cands.items()}
     mask = np.ones_like(lab)
     mask[:, VIDEO_TASK] = (cand["cand_type"] == 2).astype(np.float32)
+    table = content_table(*world.catalogue_content(), spec.item_buckets)
     rows = RowSet({k: np.stack(v) for k, v in users.items()}, cand, np.concatenate(req_index), lab, mask,
-                  np.concatenate(probs), np.concatenate(ts_rows), row_class(lab))
+                  np.concatenate(probs), np.concatenate(ts_rows), row_class(lab), content=table,
+                  keys={k: np.concatenate(v) for k, v in keys.items()})
+    if rank_q:
+        rkeys = {k: np.concatenate(rk[k]) for k in WORLD_KEYS}
+        r_cand = {k: np.concatenate(rk[k]) for k in CAND_KEYS}
+        r_mask = np.ones((len(rkeys["item"]), len(ACTIONS)), dtype=np.float32)
+        r_mask[:, VIDEO_TASK] = (r_cand["cand_type"] == 2).astype(np.float32)
+        truth = world.true_prob_matrix(*[rkeys[k] for k in WORLD_KEYS])
+        zeros = np.zeros_like(r_mask)
+        rows.ranking = RowSet({k: np.stack(rk[k]) for k in USER_KEYS}, r_cand, np.concatenate(rk["req"]), zeros,
+                              r_mask, truth, rkeys["ts"], row_class(zeros), {"requests": rank_q}, table, rkeys)
     rows.summary = {"requests": q, "impressions": len(rows), "start_ms": start_ms, "hours": hours,
                     "action_rates": {a: float(lab[:, i].mean()) for i, a in enumerate(ACTIONS)}}
     log.info("simulated %d requests, %d impressions in %.1fs", q, len(rows), time.perf_counter() - t0)
     return rows
+
+
+def _append_keys(out: dict[str, list[np.ndarray]], user: int, item_ids: list[str], codes: tuple[int, int, int, int],
+                 position: np.ndarray, ts: int) -> None:
+    n = len(item_ids)
+    out["user"].append(np.full(n, user, dtype=np.int64))
+    out["item"].append(np.fromiter((int(i[1:]) for i in item_ids), dtype=np.int64, count=n))
+    for name, code in zip(("country", "gender", "app", "device"), codes):
+        out[name].append(np.full(n, code, dtype=np.int64))
+    out["position"].append(np.asarray(position, dtype=np.int64))
+    out["ts"].append(np.full(n, ts, dtype=np.int64))
 
 
 def downsample(rows: RowSet, rates: Mapping[str, float] = DEFAULT_RATES, seed: int = 0) -> RowSet:
@@ -166,13 +225,16 @@ class WorldSplit:
 
 def make_split(world: World, spec: FeatureSpec, train_hours: float, holdout_hours: float, requests_per_s: float,
                start_ms: int, rates: Mapping[str, float] = DEFAULT_RATES, seed: int = 0,
-               progress: bool = False) -> WorldSplit:
+               progress: bool = False, rank_every: int = 0, rank_candidates: int = 100) -> WorldSplit:
     """Simulate ``train_hours`` then ``holdout_hours`` in one replay (state carries over); the
-    training part is stratified-down-sampled, the later hold-out is kept whole."""
-    rows = simulate(world, start_ms, train_hours + holdout_hours, requests_per_s, spec, progress=progress)
+    training part is stratified-down-sampled, the later hold-out is kept whole. ``rank_every`` > 0:
+    the hold-out also carries ranking requests (``holdout.ranking``, see ``simulate``)."""
     cut = start_ms + int(train_hours * HOUR_MS)
+    rows = simulate(world, start_ms, train_hours + holdout_hours, requests_per_s, spec, progress=progress,
+                    rank_every=rank_every, rank_candidates=rank_candidates, rank_from_ms=cut)
     train = downsample(rows.select(rows.ts < cut), rates, seed)
     holdout = rows.select(rows.ts >= cut)
+    holdout.ranking = rows.ranking
     for part in (train, holdout):
         part.summary = {"simulated": {k: part.summary.pop(k) for k in ("requests", "impressions", "start_ms", "hours",
                                                        "action_rates")},
@@ -184,4 +246,4 @@ def make_split(world: World, spec: FeatureSpec, train_hours: float, holdout_hour
     return WorldSplit(train, holdout)
 
 
-__all__ = ["CLASS_ORDER", "DEFAULT_RATES", "RowSet", "WorldSplit", "downsample", "make_split", "row_class", "simulate"]
+__all__ = ["CLASS_ORDER", "DEFAULT_RATES", "RowSet", "WORLD_KEYS", "WorldSplit", "downsample", "make_split", "row_class", "simulate"]

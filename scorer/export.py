@@ -48,14 +48,14 @@ class ServingModule(nn.Module):
         user: Dict[str, Tensor] = {}
         for k in self.user_keys:
             user[k] = inputs[k].unsqueeze(0)
-        u = self.model.encode_user(user)  # [1, S], once per request
+        u, keys, groups = self.model.encode_user(user)  # [1, ...], once per request
         n = inputs["cand_item"].shape[0]
         parts: List[Tensor] = []
         for start in range(0, n, self.chunk):
             cand: Dict[str, Tensor] = {}
             for k in self.cand_keys:
                 cand[k] = inputs[k][start:start + self.chunk]
-            parts.append(self.model.score_candidates(u, cand, self.bf16))  # [chunk, T]
+            parts.append(self.model.score_candidates(u, keys, groups, cand, self.bf16))  # [chunk, T]
         if len(parts) == 0:
             logits = torch.zeros((0, self.n_tasks), dtype=torch.float32)
         elif len(parts) == 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -80,19 +80,107 @@ class TransformerBlock(nn.Module):
         return self.ln2(x + self.ffn(x))
 
 
+class ContentLookup(nn.Module):
+    """Hashed item bucket -> the item's content embedding and a has-content flag, ``[..., dim + 1]``.
+
+    The table (``features.content.content_table``) is a buffer: built from the
+    catalogue at training time, saved with the model, frozen into the serving
+    file. Unknown items and the padding bucket read zeros with flag 0.
+    """
+
+    def __init__(self, item_buckets: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("table", torch.zeros(item_buckets, dim + 1))
+
+    def set_table(self, table: Tensor) -> None:
+        if table.shape != self.table.shape:
+            raise ValueError(f"content table {tuple(table.shape)}, expected {tuple(self.table.shape)}")
+        self.table.copy_(table)
+
+    def forward(self, item: Tensor) -> Tensor:
+        """item ``[...]`` int64 -> ``[..., dim + 1]``."""
+        return F.embedding(item, self.table)
+
+
+class ContentMatch(nn.Module):
+    """The candidate's content against the user's recent actions and the user vector.
+
+    User side (once per request, ``user_side``): the content of each actioned
+    item ``keys [B, L, D]`` and a 0/1 membership ``groups [B, G, L]`` of three
+    groups: engaged (every action but hide), hidden, any. Candidate side: the
+    cosine-like similarity (dot product of unit vectors) of the candidate's
+    content with each key, then per group its mean and max (0 for an empty
+    group), ``P`` dot products of learned projections of the user vector
+    with the candidate content, and ``Q`` dot products of the user's own
+    content-space "taste" vectors (a hashed-user embedding) with it: user x
+    item-topic terms, what hide's stable unwanted topic needs. The taste
+    vectors ride as ``Q`` extra key rows (group weight 0). Output ``[N, 2G + P + Q]``.
+    """
+
+    def __init__(self, user_dim: int, dim: int, hide_code: int, n_proj: int = 4, user_buckets: int = 1,
+                 n_taste: int = 2) -> None:
+        super().__init__()
+        self.d, self.p, self.q, self.hide_code = dim, n_proj, n_taste, hide_code
+        self.proj = nn.Linear(user_dim, n_proj * dim)
+        self.taste = nn.Embedding(user_buckets, n_taste * dim)
+        nn.init.normal_(self.taste.weight, std=0.01)
+        self.out_dim = 2 * 3 + n_proj + n_taste
+
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
+        """content ``[B, L, D+1]``, action ``[B, L]``, mask ``[B, L]``, user_id ``[B, 1]`` -> keys
+        ``[B, L + Q, D]`` (the actioned items' content, then the user's taste vectors), groups ``[B, 3, L + Q]``."""
+        present = mask & (content[:, :, self.d] > 0)
+        hidden = present & (action == self.hide_code)
+        engaged = present & (action != self.hide_code)
+        groups = torch.stack([engaged, hidden, present], dim=1).to(content.dtype)
+        b = content.shape[0]
+        taste = self.taste(user_id.reshape(b)).reshape(b, self.q, self.d)
+        keys = torch.cat([content[:, :, : self.d], taste], dim=1)
+        groups = torch.cat([groups, groups.new_zeros((b, 3, self.q))], dim=2)
+        return keys, groups
+
+    def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:
+        """u ``[B, S]``, keys ``[B, L + Q, D]``, groups ``[B, 3, L + Q]``, cand ``[N, D+1]``; ``B`` is 1 or ``N``."""
+        c = cand[:, : self.d]
+        s = (keys * c.unsqueeze(1)).sum(-1)  # [N, L + Q]
+        cnt = groups.sum(-1)  # [B, 3]
+        mean = (s.unsqueeze(1) * groups).sum(-1) / cnt.clamp_min(1.0)  # [N, 3]
+        mx = (s.unsqueeze(1) + (groups - 1.0) * 1e4).amax(-1)
+        mx = torch.where(cnt > 0, mx, torch.zeros_like(mx))
+        up = self.proj(u).reshape(u.shape[0], self.p, self.d)
+        dots = (up * c.unsqueeze(1)).sum(-1)  # [N, P]
+        return torch.cat([mean, mx, dots, s[:, s.shape[1] - self.q:]], dim=1)
+
+
+class NoContentMatch(nn.Module):
+    """Stand-in for ``ContentMatch`` in the ablation without item content: ``[N, 0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_dim = 0
+
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
+        return content[:, :, :0], content.new_zeros((content.shape[0], 3, content.shape[1]))
+
+    def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:
+        return cand.new_zeros((cand.shape[0], 0))
+
+
 class SequenceMixer(nn.Module):
     """Transformer mixer over the real-time action sequence plus a context token.
 
-    Tokens are item-id + action + item-type + age + recency embeddings; the context
+    Tokens are item-id + item-content + action + item-type + age + recency embeddings; the context
     token is a projection of the user representation. Output is the context
     token's final state concatenated with the masked mean of the action tokens.
     """
 
     def __init__(self, item_emb: nn.Embedding, n_actions: int, age_buckets: int, seq_len: int,
-                 user_dim: int, heads: int = 2, ffn: int = 64) -> None:
+                 user_dim: int, heads: int = 2, ffn: int = 64, content_dim: int = 0) -> None:
         super().__init__()
         d = item_emb.embedding_dim
         self.item_emb = item_emb
+        self.content_proj = nn.Linear(content_dim + 1, d)
         self.action_emb = nn.Embedding(n_actions + 1, d)
         self.type_emb = nn.Embedding(3, d)
         self.age_emb = nn.Embedding(age_buckets, d)
@@ -102,9 +190,11 @@ class SequenceMixer(nn.Module):
         self.out_dim = 2 * d
 
     def forward(self, user: Tensor, item: Tensor, action: Tensor, item_type: Tensor, age: Tensor,
-                mask: Tensor) -> Tensor:
-        """user ``[B, Du]``; item/action/item_type/age ``[B, L]`` int; mask ``[B, L]`` bool -> ``[B, 2d]``."""
-        tok = self.item_emb(item) + self.action_emb(action) + self.type_emb(item_type) + self.age_emb(age)
+                mask: Tensor, content: Tensor) -> Tensor:
+        """user ``[B, Du]``; item/action/item_type/age ``[B, L]`` int; mask ``[B, L]`` bool; content
+        ``[B, L, content_dim + 1]`` (``ContentLookup``) -> ``[B, 2d]``."""
+        tok = (self.item_emb(item) + self.content_proj(content) + self.action_emb(action)
+               + self.type_emb(item_type) + self.age_emb(age))
         tok = tok + self.recency[None, : tok.shape[1]]
         x = torch.cat([self.ctx_token(user).unsqueeze(1), tok], dim=1)
         valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
@@ -122,7 +212,7 @@ class NoSequence(nn.Module):
         self.out_dim = 0
 
     def forward(self, user: Tensor, item: Tensor, action: Tensor, item_type: Tensor, age: Tensor,
-                mask: Tensor) -> Tensor:
+                mask: Tensor, content: Tensor) -> Tensor:
         """-> ``[B, 0]``."""
         return user.new_zeros((user.shape[0], 0))
 
@@ -148,19 +238,21 @@ class DotInteraction(nn.Module):
 
 
 class CandidateRepresentation(nn.Module):
-    """Item id (shared with the sequence), item type, position and normalized dense -> ``[N, out_dim]``."""
+    """Item id (shared with the sequence), item content (+ flag), item type, position and normalized
+    dense -> ``[N, out_dim]``."""
 
-    def __init__(self, item_emb: nn.Embedding, position_buckets: int, n_dense: int, small_dim: int = 4) -> None:
+    def __init__(self, item_emb: nn.Embedding, position_buckets: int, n_dense: int, small_dim: int = 4,
+                 content_dim: int = 0) -> None:
         super().__init__()
         self.item_emb = item_emb
         self.type_emb = nn.Embedding(3, small_dim)
         self.pos_emb = nn.Embedding(position_buckets, small_dim)
         self.norm = DenseNorm(n_dense)
-        self.out_dim = item_emb.embedding_dim + 2 * small_dim + n_dense
+        self.out_dim = item_emb.embedding_dim + content_dim + 1 + 2 * small_dim + n_dense
 
-    def forward(self, item: Tensor, item_type: Tensor, position: Tensor, dense: Tensor) -> Tensor:
-        """item/item_type/position ``[N]``, dense ``[N, Dc]`` -> ``[N, out_dim]``."""
-        return torch.cat([self.item_emb(item), self.type_emb(item_type), self.pos_emb(position),
+    def forward(self, item: Tensor, item_type: Tensor, position: Tensor, dense: Tensor, content: Tensor) -> Tensor:
+        """item/item_type/position ``[N]``, dense ``[N, Dc]``, content ``[N, content_dim + 1]`` -> ``[N, out_dim]``."""
+        return torch.cat([self.item_emb(item), content, self.type_emb(item_type), self.pos_emb(position),
                           self.norm(dense)], dim=1)
 
 

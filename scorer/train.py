@@ -102,6 +102,10 @@ def train_model(rows: RowSet, spec: FeatureSpec, model_config: ModelConfig, conf
     all_idx = np.arange(len(rows))
     stats = rows.batch(all_idx[: min(len(rows), 50_000)], dedupe=False)
     model.set_normalization(torch.from_numpy(stats["user_dense"]), torch.from_numpy(stats["cand_dense"]))
+    if rows.content is not None:
+        model.set_content(torch.from_numpy(rows.content))
+    elif model_config.use_content:
+        log.warning("training rows carry no item content table: every item reads as 'no content'")
     teacher_logits = torch.from_numpy(predict_logits(teacher, rows)) if teacher is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     labels, mask = torch.from_numpy(rows.labels), torch.from_numpy(rows.mask)

@@ -103,7 +103,15 @@ class Demo:
         stream runs from the start and scoring begins once the model is ready,
         the same order as a production rollout (train, replay, publish).
         """
+        from scorer.artifact import stale_reason
+
         s = self.settings
+        stale = stale_reason(s.model_dir) if (s.model_dir / "latest").exists() else None
+        if stale:  # a model of an older format (e.g. before item content): the worker would refuse it
+            print(f"model: the cached model under {s.model_dir} is stale ({stale}): retraining", flush=True)
+            (s.model_dir / "latest").unlink()
+            for name in ("train", "calibration-log", "replay"):
+                (self.setup_dir / f"{name}.done").unlink(missing_ok=True)
         if (s.model_dir / "latest").exists():
             print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
             return []

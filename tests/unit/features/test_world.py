@@ -153,3 +153,41 @@ def test_injected_shift_moves_one_country_from_its_time_on() -> None:
         assert np.allclose(p0[us, T["hide"]], p1[us, T["hide"]])
     with pytest.raises(ValueError, match="shift_country"):
         WorldParams(shift_country="XX")
+
+
+def test_batch_ceiling_is_the_truth_without_session_state() -> None:
+    quiet = World(seed=3, n_users=100, n_items=400, params=WorldParams(session_strength=0.0, video_mood_weight=0.0))
+    c = _sample(quiet, 3000, seed=4)
+    args = [c[k] for k in ("users", "items", "country", "gender", "app", "device", "position", "ts")]
+    # no session intent and no mood: knowing everything stable is knowing everything
+    assert np.allclose(quiet.batch_prob_matrix(*args, draws=4), quiet.true_prob_matrix(*args))
+    w = World(seed=3, n_users=100, n_items=400)
+    c = _sample(w, 3000, seed=4)
+    args = [c[k] for k in ("users", "items", "country", "gender", "app", "device", "position", "ts")]
+    truth, batch = w.true_prob_matrix(*args), w.batch_prob_matrix(*args, draws=32)
+    assert np.array_equal(batch, w.batch_prob_matrix(*args, draws=32))  # seeded, the world's stream untouched
+    assert batch.shape == truth.shape and not np.allclose(batch, truth, atol=1e-3)
+    click = T["click"]
+    # the batch ceiling is a smoothed truth: less spread, still ordered with it
+    assert batch[:, click].std() < truth[:, click].std()
+    assert np.corrcoef(batch[:, click], truth[:, click])[0, 1] > 0.5
+    # hide's driver (the unwanted topic) is stable: the ceiling keeps most of it
+    hide = T["hide"]
+    assert np.corrcoef(batch[:, hide], truth[:, hide])[0, 1] > 0.9
+
+
+def test_conflict_preset_pulls_click_and_save_apart() -> None:
+    from features.world import preset_params
+
+    d = World(seed=3, n_users=200, n_items=600)
+    cf = World(seed=3, n_users=200, n_items=600, params=preset_params("conflict"))
+    c = _sample(d, 4000, seed=5)
+    args = [c[k] for k in ("users", "items", "country", "gender", "app", "device", "position", "ts")]
+    cb = cf.item_clickbait[c["items"]]
+    pd, pc = d.true_prob_matrix(*args), cf.true_prob_matrix(*args)
+    # clickbait raises clicks and lowers saves given a closeup
+    assert np.corrcoef(cb, np.log(pc[:, T["click"]] / pd[:, T["click"]]))[0, 1] > 0.9
+    save_rate = pc[:, T["repin"]] / pc[:, T["closeup"]]
+    assert np.corrcoef(cb, np.log(save_rate))[0, 1] < -0.3
+    with pytest.raises(ValueError, match="conflict"):
+        preset_params("nope")

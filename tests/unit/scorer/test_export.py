@@ -14,8 +14,9 @@ import torch
 
 from features.assembly import FeatureSpec, assemble
 from features.state import FeedbackSnapshot, SeqAction, UserState
-from features.world import DEFAULT_START_MS, World
-from scorer.artifact import ArtifactError, load_artifact, load_eager, resolve, save_artifact
+from features.content import content_table
+from features.world import DEFAULT_START_MS, World, WorldParams
+from scorer.artifact import ArtifactError, load_artifact, load_eager, resolve, save_artifact, stale_reason
 from scorer.export import export_serving, load_serving
 from scorer.model import TASKS, ModelConfig, build_model
 
@@ -104,6 +105,8 @@ def test_chunked_scoring_matches_one_block(tmp_path: Path) -> None:
 
 def test_artifact_round_trip(tmp_path: Path) -> None:
     model = build_model(SPEC, CFG, seed=3).eval()
+    world = World(seed=2, n_users=30, n_items=300, params=WorldParams(content_dim=SPEC.content_dim))
+    model.set_content(torch.from_numpy(content_table(*world.catalogue_content(), SPEC.item_buckets)))
     data = {"train": {"sampling": {"rates": {"none": 0.1}}}}
     out = save_artifact(tmp_path, model, SPEC, CFG, {"seed": 3, "distill_weight": 0.0}, data, {"auc": 0.7},
                         version="v-test")
@@ -120,8 +123,25 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     assert np.allclose(logits, _eager_logits(model, arrays).numpy(), atol=1e-5)
     teacher = load_eager(out)
     assert np.allclose(_eager_logits(teacher, arrays).numpy(), logits, atol=1e-5)
+    assert card["content"]["buckets_with_content"] > 0 and card["content"]["dim"] == SPEC.content_dim
+    # the content table travels in both files: scores differ from the same model without it
+    bare = build_model(SPEC, CFG, seed=3).eval()
+    assert not np.allclose(_eager_logits(bare, arrays).numpy(), logits, atol=1e-4)
     with pytest.raises(ArtifactError, match="feedrank train"):
         load_artifact(tmp_path / "nothing")
+
+
+def test_a_card_of_the_format_before_content_is_refused_clearly(tmp_path: Path) -> None:
+    model = build_model(SPEC, CFG, seed=3).eval()
+    out = save_artifact(tmp_path, model, SPEC, CFG, {"seed": 3}, {}, {}, version="v-old")
+    assert stale_reason(tmp_path) is None and stale_reason(tmp_path / "absent") is None
+    card = json.loads((out / "card.json").read_text())
+    card["format"] = "feedrank-model/1"
+    (out / "card.json").write_text(json.dumps(card))
+    assert "feedrank-model/1" in (stale_reason(tmp_path) or "")
+    for load in (load_artifact, load_eager):
+        with pytest.raises(ArtifactError, match="feedrank-model/1.*retrain"):
+            load(tmp_path)
 
 
 class _Old(torch.nn.Module):

@@ -125,12 +125,19 @@ def _modules() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]:
         ("UserRepresentation", layers.UserRepresentation(101, 53, 6, SPEC.n_user_dense),
          (x["user_id"], x["ctx"], x["user_dense"])),
         ("TransformerBlock", layers.TransformerBlock(8, 2, 16), (torch.randn(3, 7, 8), torch.rand(3, 7) < 2)),
-        ("SequenceMixer", layers.SequenceMixer(emb, 6, SPEC.age_buckets, 6, 16),
-         (torch.randn(3, 16), x["seq_item"], x["seq_action"], x["seq_type"], x["seq_age"], x["seq_mask"])),
+        ("SequenceMixer", layers.SequenceMixer(emb, 6, SPEC.age_buckets, 6, 16, content_dim=5),
+         (torch.randn(3, 16), x["seq_item"], x["seq_action"], x["seq_type"], x["seq_age"], x["seq_mask"],
+          torch.randn(3, 6, 6))),
         ("NoSequence", layers.NoSequence(),
-         (torch.randn(3, 16), x["seq_item"], x["seq_action"], x["seq_type"], x["seq_age"], x["seq_mask"])),
-        ("CandidateRepresentation", layers.CandidateRepresentation(emb, 32, SPEC.n_cand_dense),
-         (x["cand_item"], x["cand_type"], x["cand_pos"], x["cand_dense"])),
+         (torch.randn(3, 16), x["seq_item"], x["seq_action"], x["seq_type"], x["seq_age"], x["seq_mask"],
+          torch.randn(3, 6, 6))),
+        ("CandidateRepresentation", layers.CandidateRepresentation(emb, 32, SPEC.n_cand_dense, content_dim=5),
+         (x["cand_item"], x["cand_type"], x["cand_pos"], x["cand_dense"], torch.randn(3, 6))),
+        ("ContentLookup", layers.ContentLookup(211, 5), (x["seq_item"],)),
+        ("ContentMatch", layers.ContentMatch(16, 5, 5, user_buckets=11), (u, torch.randn(1, 8, 5),
+                                                                          torch.ones(1, 3, 8), torch.randn(4, 6))),
+        ("NoContentMatch", layers.NoContentMatch(), (u, torch.randn(1, 6, 0), torch.ones(1, 3, 6),
+                                                     torch.randn(4, 1))),
         ("DotInteraction", layers.DotInteraction(16, 8), (u, torch.randn(5, 8))),
         ("SplitLinear", layers.SplitLinear(16, 10, 12), (u, c)),
         ("StackedExperts", layers.StackedExperts(16, 10, 3, [12, 6]), (u, c)),
@@ -165,3 +172,67 @@ def test_ranking_model_is_built_from_named_parts() -> None:
     assert {"user_rep", "sequence", "summarize", "cand_rep", "interact", "mixture", "towers"} <= names
     assert isinstance(m.mixture, MixtureOfExperts)
     assert m.mixture.gates.t == T  # one gate per task
+
+
+def _table(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.zeros(SPEC.item_buckets, SPEC.content_dim + 1)
+    t[1:, :-1] = torch.nn.functional.normalize(torch.randn(SPEC.item_buckets - 1, SPEC.content_dim, generator=g), dim=1)
+    t[1:, -1] = 1.0
+    return t
+
+
+def test_content_reaches_the_scores_only_with_content() -> None:
+    x = _inputs(4, 4, seed=3)
+    for use in (True, False):
+        m = build_model(SPEC, ModelConfig(use_content=use, **SMALL)).eval()
+        with torch.no_grad():
+            before = m(x)
+            assert m.set_content(_table()) == (SPEC.item_buckets - 1 if use else 0)
+            after = m(x)
+        assert torch.allclose(before, after) != use
+
+
+def test_unknown_items_read_zero_content_and_still_score() -> None:
+    m = build_model(SPEC, ModelConfig(**SMALL)).eval()
+    table = _table()
+    x = _inputs(1, 6, seed=4)
+    unknown = int(x["cand_item"][0])
+    table[unknown] = 0.0  # the catalogue did not know this item at training time
+    m.set_content(table)
+    got = m.content(x["cand_item"])
+    assert torch.all(got[0] == 0.0) and torch.all(got[1:, -1] == 1.0)
+    assert torch.all(m.content(torch.zeros(3, dtype=torch.long)) == 0.0)  # padding
+    with torch.no_grad():
+        assert torch.isfinite(m(x)).all()
+    with pytest.raises(ValueError, match="content table"):
+        m.set_content(torch.zeros(5, SPEC.content_dim + 1))
+
+
+def test_content_match_sees_hidden_and_engaged_items() -> None:
+    hide = T - 1  # code of hide in the test below (any code works: it is a constructor argument)
+    cm = layers.ContentMatch(user_dim=4, dim=3, hide_code=hide, n_proj=2, user_buckets=5, n_taste=1)
+    e = torch.eye(3)
+    content = torch.cat([e, torch.ones(3, 1)], dim=1).unsqueeze(0)  # items along the three axes, all known
+    action = torch.tensor([[1, hide, 1]])
+    uid = torch.tensor([[2]])
+    with torch.no_grad():
+        cm.taste.weight[2] = torch.tensor([0.0, 0.0, 2.0])  # user 2's taste: the third axis
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)  # the third is padding
+    assert groups.tolist() == [[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]
+    cand = torch.cat([e, torch.ones(3, 1)], dim=1)  # candidate k = item k
+    out = cm(torch.zeros(1, 4), keys, groups, cand)
+    mean, mx = out[:, :3], out[:, 3:6]
+    assert out.shape == (3, 3 * 2 + 2 + 1)
+    assert out[:, -1].tolist() == [0.0, 0.0, 2.0]  # the taste vector against each candidate
+    assert mx[:, 0].tolist() == [1.0, 0.0, 0.0]  # like the engaged item
+    assert mx[:, 1].tolist() == [0.0, 1.0, 0.0]  # like the hidden item
+    assert torch.allclose(mean[:, 2], torch.tensor([0.5, 0.5, 0.0]))
+    # an empty group gives 0, not -1e4; unknown content (flag 0) joins no group
+    content[0, 1, -1] = 0.0
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)
+    assert groups[0, 1].sum() == 0 and torch.all(cm(torch.zeros(1, 4), keys, groups, cand)[:, 4] == 0.0)
+    # one user row broadcast equals the row repeated per candidate (serving vs training form)
+    u = torch.randn(1, 4)
+    rep = cm(u.expand(3, 4), keys.expand(3, -1, -1), groups.expand(3, -1, -1), cand)
+    assert torch.allclose(cm(u, keys, groups, cand), rep, atol=1e-6)

@@ -160,3 +160,28 @@ def test_the_final_report_prints_figures_not_python_reprs() -> None:
     some = Demo.calibrators_text({"model_version": "m1", "version": 8, "source": "online", "trained_examples": 12000,
                                   "watermark_ms": 5})
     assert some == "version 8 of model m1 (online, trained on 12,000 examples)"
+
+
+def test_a_stale_cached_model_is_retrained(tmp_path: Path) -> None:
+    import json
+
+    from scorer.artifact import CARD_FORMAT
+
+    models = tmp_path / "models"
+    (models / "v-old").mkdir(parents=True)
+    (models / "v-old" / "card.json").write_text(json.dumps({"format": "feedrank-model/1", "version": "v-old"}))
+    (models / "latest").write_text("v-old\n")
+    run = tmp_path / "demo"
+    (run / "setup").mkdir(parents=True)
+    for n in ("train", "calibration-log", "replay"):
+        (run / "setup" / f"{n}.done").touch()
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=models, calibrator_dir=tmp_path / "cal")
+    demo = Demo(settings, 10, 0, 60, run_dir=run)
+    steps = demo.setup_steps()  # the old model would be refused by the worker: every step again
+    assert [n for n, _ in steps] == ["train", "calibration-log", "replay"]
+    assert not (models / "latest").exists() and not (run / "setup" / "train.done").exists()
+    # a current cached model is kept
+    (models / "v-new").mkdir()
+    (models / "v-new" / "card.json").write_text(json.dumps({"format": CARD_FORMAT, "version": "v-new"}))
+    (models / "latest").write_text("v-new\n")
+    assert demo.setup_steps() == []
