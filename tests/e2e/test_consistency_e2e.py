@@ -45,7 +45,8 @@ def test_served_features_equal_the_replay(settings_factory, worker_factory, tiny
     # offline, over everything the topics hold, with a wide in-flight margin for a busy CI box
     report, counts = check_topics(kafka_bootstrap, settings, in_flight_ms=10_000, progress=lambda _: None)
     data = report.to_dict()
-    assert counts["prediction"] == stats["scored"] and data["requests"] == stats["scored"]
+    # a request the client timed out on and retried is scored (and logged) twice: every log is checked
+    assert counts["prediction"] >= stats["scored"] and data["requests"] == counts["prediction"]
     assert data["sequence"]["n"] == data["requests"]
     diverging = {k: v for k, v in report.diverging().items() if not k.startswith("feedback_loop.")}
     assert not diverging, f"served features differ from the replay's: {diverging}; " + str(
