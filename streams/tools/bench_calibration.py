@@ -94,7 +94,7 @@ def _in_band(v: dict[str, Any]) -> bool:
     return ce is not None and GOAL_BAND[0] <= ce <= GOAL_BAND[1]
 
 
-def summarize(samples: Sequence[Sample], shift_s: float | None) -> dict[str, Any]:
+def summarize(samples: Sequence[Sample], shift_s: float | None, shift_alert: str = "under") -> dict[str, Any]:
     """The benchmark's figures from the polled samples (pure: the unit tests feed it made-up polls).
 
     ``band_entry_s[task]``: seconds from the first labels to the first poll from which the task stays in
@@ -102,7 +102,8 @@ def summarize(samples: Sequence[Sample], shift_s: float | None) -> dict[str, Any
     does. ``goal_met``: at the first poll ``GOAL_AFTER_S`` after the first labels, every task with at least
     ``GOAL_MIN_POSITIVES`` positives is in the band with ECE <= ``GOAL_ECE`` (issue 28's goal). ``alerts``: every change of a task's alert state, with its time; ``false_alerts``: those that left
     ``ok`` before the shift. ``alert_after_shift_s``/``recovered_after_shift_s``: from the shift to the first
-    alert, and from the shift to the first poll after it with every task ``ok`` again."""
+    alert in its direction (``shift_alert``: ``under`` when the shift makes users act more than predicted),
+    and from the shift to the first poll after that alert with every task ``ok`` again."""
     first = next((s.t for s in samples if s.labelled()), None)
     before = [s for s in samples if shift_s is None or s.t < shift_s]
     entry: dict[str, float | None] = {}
@@ -127,7 +128,7 @@ def summarize(samples: Sequence[Sample], shift_s: float | None) -> dict[str, Any
                            "alerts": alerts, "false_alerts": len(false_alerts),
                            "alert_after_shift_s": None, "recovered_after_shift_s": None}
     if shift_s is not None:
-        raised = next((x for x in alerts if x["to"] != "ok" and x["t"] >= shift_s), None)
+        raised = next((x for x in alerts if x["to"] == shift_alert and x["t"] >= shift_s), None)
         if raised is not None:
             out["alert_after_shift_s"] = round(raised["t"] - shift_s, 1)
             out["alert_task"] = raised["task"]
@@ -286,7 +287,7 @@ class LiveCalibrationBench(Demo):
                 cells = " ".join(f"{a[:6]}={_cell(sample.tasks.get(a))}" for a in ACTIONS)
                 print(f"[min {minute:3d}] error/ECE over the alert window: {cells}", flush=True)
         self.final_report(url, stats_path)  # prints the consistency check's report too, when it ran
-        self.results = summarize(self.samples, shift_s)
+        self.results = summarize(self.samples, shift_s, "under" if self.cfg.shift_logit > 0 else "over")
         try:
             with urllib.request.urlopen(url + "/calibration", timeout=5) as resp:
                 self.results["consistency"] = json.loads(resp.read()).get("consistency")

@@ -55,15 +55,16 @@ def test_goal_is_read_three_minutes_after_the_first_labels() -> None:
 
 def test_shift_alert_and_recovery_times_and_false_alerts() -> None:
     samples = [_sample(60.0), _sample(120.0, click=(1.3, 300, "over")), _sample(180.0),  # a false alert
-               _sample(600.0), _sample(690.0, click=(0.8, 400, "ok")),
+               _sample(600.0), _sample(640.0, hide=(1.2, 300, "over")),  # after the shift, not its direction
+               _sample(690.0, click=(0.8, 400, "ok")),
                _sample(780.0, click=(0.7, 500, "under")), _sample(900.0, click=(0.8, 500, "under")),
                _sample(1200.0, click=(0.95, 500, "ok"))]
     res = summarize(samples, shift_s=600.0)
     assert res["false_alerts"] == 1
     assert res["alert_after_shift_s"] == 180.0 and res["alert_task"] == "click"
     assert res["recovered_after_shift_s"] == 600.0
-    assert [(a["task"], a["to"]) for a in res["alerts"]] == [("click", "over"), ("click", "ok"), ("click", "under"),
-                                                             ("click", "ok")]
+    assert [(a["task"], a["to"]) for a in res["alerts"]] == [("click", "over"), ("click", "ok"), ("hide", "over"),
+                                                             ("hide", "ok"), ("click", "under"), ("click", "ok")]
     text = format_summary(res, LiveCalibrationConfig(shift_minute=10))
     assert "first alert 180 s after it (click)" in text and "every task ok again 600 s after it" in text
     table = format_table(samples, 600.0)
