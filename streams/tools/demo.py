@@ -49,8 +49,6 @@ WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
 #: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12); 11.4
 #: (train 2.9, calibration log 8.1, replay 0.5) the same day, the box otherwise idle, the stream beside it
 SETUP_MINUTES = "10 to 20"
-#: requests in the first run's calibration log (its cost), served at the demo's rate
-LOG_REQUESTS = 3600
 #: the background producer's traffic (other users of the platform)
 BACKGROUND = {"--users": "20000", "--seed": "1"}
 
@@ -124,16 +122,12 @@ class Demo:
         # look like what the worker will serve: the same score path and policy (top 10 of 100 by
         # blended utility, recalibrated at the shown rank) and the same tables, which the background
         # producer's traffic feeds too. A log of other picks mis-calibrated the served items 1.5-2.8x.
-        # It is served at the demo's request rate from empty tables, as a run starts, so the users' counters
-        # and the feedback loop look as the live stream's first minutes do (an hour at 1 request/s, the same
-        # 3,600 requests, left the live loop's first 5 to 10 minutes out of band: docs/calibration.md).
         background = ["--background-rate", str(self.background_rate),
                       "--background-users", BACKGROUND["--users"], "--background-seed", BACKGROUND["--seed"]]
         steps = [
             ("train", ["train", "--out", str(staging), *world, "--train-hours", "12", "--epochs", "2"]),
             ("calibration-log", ["calibration", "log", "--model", str(staging), "--out", str(log_path),
-                                 "--requests-per-s", f"{self.requests_per_s:g}",
-                                 "--hours", f"{LOG_REQUESTS / 3600 / self.requests_per_s:g}", *world, *background]),
+                                 "--hours", "1", *world, *background]),
             ("replay", ["replay", "--model", str(staging), "--log", str(log_path), "--out", str(s.calibrator_dir)]),
         ]
         outputs = {"train": staging / "latest", "calibration-log": log_path}
