@@ -2,9 +2,9 @@
 injected shift shows in the served calibration.
 
 Five minutes of traffic with the tiny model, a 30-second attribution window (labels from about a minute on),
-and a large shift (+2 logit on US click and closeup, about 6 times as often) at minute 2: the click task's
-calibration error over the alert window must fall well below what it was before the shift (a 4-minute run
-with +1.5, 2026-12-07, load 8: 1.10 before, 0.85 after).
+and a large shift (+3 logit on US click and closeup, about 12 times as often) at minute 2: the click task's
+calibration error over the alert window must fall well below the band and the monitor must alert `under`.
+(With +2 in a CI run, 2026-12-07, load 5: 0.83 and 0.92 before, 0.75 at the lowest after: too close to call.)
 The quality goals (the band within 3 minutes, alert and recovery times) are the full-size command's, on
 a quiet box: docs/calibration.md.
 """
@@ -35,7 +35,7 @@ def test_bench_calibration_runs_the_loop_and_sees_the_shift(tmp_path: Path, tiny
                FEEDRANK_ATTRIBUTION_WINDOW_S="30")
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "calibration", "--minutes", "5",
-                           "--shift-minute", "2", "--shift-logit", "2", "--requests-per-s", "5",
+                           "--shift-minute", "2", "--shift-logit", "3", "--requests-per-s", "5",
                            "--background-rate", "100", "--out", str(out)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,9 +43,13 @@ def test_bench_calibration_runs_the_loop_and_sees_the_shift(tmp_path: Path, tiny
     assert res["first_labels_s"] is not None and res["first_labels_s"] < 150, res["first_labels_s"]
     polls = [s for s in res["samples"] if s["tasks"]]
     assert len(polls) >= 10 and all(set(s["tasks"]) >= {"click", "hide"} for s in polls)
-    before = [s["tasks"]["click"]["calibration_error"] for s in polls if s["t"] < 120]
-    after = [s["tasks"]["click"]["calibration_error"] for s in polls if s["t"] >= 200]
-    assert before and after and None not in before[-1:] + after
-    assert min(after) < 0.75 * before[-1], (before, after)
+    click = [(s["t"], s["tasks"]["click"]) for s in polls]
+    before = [c["calibration_error"] for t, c in click if t < 120 and c["positives"] >= 20]
+    after = [c["calibration_error"] for t, c in click if t >= 200 and c["calibration_error"] is not None]
+    assert before and after, click
+    # more clicks than predicted: the window's error falls (before: 0.75 to 1.0 in a run at load 5, the tiny
+    # model's; after: 0.58 at the lowest) and the drift monitor raises an `under` alert (81 s after the shift)
+    assert min(after) < 0.65, (before, after)
+    assert res["alert_after_shift_s"] is not None, res["alerts"]
     assert "calibration error / ECE over the alert window, per minute" in proc.stdout
-    assert "shift (US click/closeup logit +2 at minute 2)" in proc.stdout
+    assert "shift (US click/closeup logit +3 at minute 2)" in proc.stdout
