@@ -314,10 +314,6 @@ class ConsistencyChecker:
     def drain(self) -> int:
         return self.release(max((r[0] for r in self._heap), default=0))
 
-    @property
-    def buffered(self) -> int:
-        return len(self._heap)
-
 
 def format_report(report: dict[str, Any], top: int = 12) -> str:
     """The report as text: the sequence, then the features that differ most (and how many agree fully)."""

@@ -39,7 +39,6 @@ class ConsistencyMonitor(mode.Service):
         self.publish_s = publish_s
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
-        self.checker: ConsistencyChecker | None = None
 
     async def on_start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="consistency", daemon=True)
@@ -71,8 +70,7 @@ class ConsistencyMonitor(mode.Service):
         tps = [TopicPartition(t, p) for t in kinds for p in sorted(c.partitions_for_topic(t) or ())]
         c.assign(tps)
         c.seek_to_beginning()
-        self.checker = checker = ConsistencyChecker(int(s.attribution_window_s * 1000),
-                                                    int(s.allowed_lateness_s * 1000))
+        checker = ConsistencyChecker(int(s.attribution_window_s * 1000), int(s.allowed_lateness_s * 1000))
         log.info("consistency check: following %d partitions of %s", len(tps), ", ".join(kinds))
         newest, last_publish = 0, time.monotonic()
         try:

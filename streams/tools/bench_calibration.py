@@ -30,7 +30,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,7 +37,7 @@ from typing import Any, Sequence
 from features.events import ACTIONS
 from features.world import COUNTRIES
 from streams.settings import Settings
-from streams.tools.demo import Demo
+from streams.tools.demo import Demo, http_get
 
 #: the band issue 28's goals use (the alert band is the drift monitor's, 0.85 to 1.15 by default)
 GOAL_BAND = (0.9, 1.1)
@@ -273,8 +272,7 @@ class LiveCalibrationBench(Demo):
                 continue
             next_poll = now + self.cfg.poll_s
             try:
-                with urllib.request.urlopen(url + "/calibration", timeout=5) as resp:
-                    record = json.loads(resp.read()).get("drift")
+                record = json.loads(http_get(url + "/calibration", timeout=5)).get("drift")
             except OSError:
                 continue
             sample = Sample.from_record(now - self.t0, record)
@@ -286,13 +284,9 @@ class LiveCalibrationBench(Demo):
                 printed = minute
                 cells = " ".join(f"{a[:6]}={_cell(sample.tasks.get(a))}" for a in ACTIONS)
                 print(f"[min {minute:3d}] error/ECE over the alert window: {cells}", flush=True)
-        self.final_report(url, stats_path)  # prints the consistency check's report too, when it ran
+        cal = self.final_report(url, stats_path)  # prints the consistency check's report too, when it ran
         self.results = summarize(self.samples, shift_s, "under" if self.cfg.shift_logit > 0 else "over")
-        try:
-            with urllib.request.urlopen(url + "/calibration", timeout=5) as resp:
-                self.results["consistency"] = json.loads(resp.read()).get("consistency")
-        except OSError:
-            pass
+        self.results["consistency"] = cal.get("consistency")
         self.results.update(config=asdict(self.cfg), broker=getattr(self.broker, "kind", "?"),
                             samples=[asdict(s) for s in self.samples])
         (self.run_dir / "results.json").write_text(json.dumps(self.results, indent=1))

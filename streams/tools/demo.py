@@ -53,7 +53,7 @@ SETUP_MINUTES = "10 to 20"
 BACKGROUND = {"--users": "20000", "--seed": "1"}
 
 
-def _get(url: str, timeout: float = 2.0) -> bytes:
+def http_get(url: str, timeout: float = 2.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read()
 
@@ -296,7 +296,7 @@ class Demo:
                 continue
             try:
                 m = scrape(url)
-                cal = json.loads(_get(url + "/calibration"))
+                cal = json.loads(http_get(url + "/calibration"))
             except OSError:
                 print(f"[{now - start:5.0f}s] waiting for the worker to start ...", flush=True)
                 last_t = now
@@ -404,15 +404,16 @@ class Demo:
         return (f"version {info.get('version')} of model {info['model_version']} ({info.get('source')}, "
                 f"trained on {info.get('trained_examples') or 0:,} examples)")
 
-    def final_report(self, url: str, stats_path: Path) -> None:
+    def final_report(self, url: str, stats_path: Path) -> dict[str, Any]:
+        """Prints the run's report; returns the ``/calibration`` JSON it read ({} when the worker is gone)."""
         print("\nfinal report", flush=True)
         try:
             sim = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-            cal = json.loads(_get(url + "/calibration"))
-            tables = json.loads(_get(url + "/tables/stats"))
+            cal = json.loads(http_get(url + "/calibration"))
+            tables = json.loads(http_get(url + "/tables/stats"))
         except (OSError, ValueError) as exc:
             print(f"  (worker not reachable for the report: {exc})")
-            return
+            return {}
         scored = sim.get("scored", 0)
         unavailable = sim.get("unavailable", 0)
         print(f"  feed requests scored {scored:,}, failed {sim.get('failed', 0):,}"
@@ -450,6 +451,7 @@ class Demo:
                     "gathering") else ""
                 print(f"  {a:>15}: calibration error {ce_txt}{iv_txt}, ECE {'-' if ece is None else f'{ece:.4f}'}, "
                       f"n {s.get('n')}, positives {s.get('positives')}, alert {state}{gathering}")
+        return cal
 
     def _stop_group(self, names: set[str], timeout_s: float) -> None:
         procs = [p for n, p in self.children if n in names and p.poll() is None]
