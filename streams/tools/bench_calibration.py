@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -232,23 +231,15 @@ class LiveCalibrationBench(Demo):
                 "--shift-logit", str(self.cfg.shift_logit)]
 
     def run_setup_first(self) -> None:
-        """No cached model: the demo's set-up steps, one after the other, before the loop (minutes)."""
+        """No cached model: the demo's set-up steps (its own mechanism: resume markers, then publish), waited
+        for before the loop (minutes)."""
         if (self.settings.model_dir / "latest").exists():
             return  # the demo's loop says so
-        steps = self.setup_steps()
-        for name, args in steps:
-            print(f"  set-up: {name} ...", flush=True)
-            t = time.monotonic()
-            log_path = self.setup_dir / "setup.log"
-            with open(log_path, "ab") as logf:
-                rc = subprocess.call([sys.executable, "-m", "streams.cli", *args], stdout=logf,
-                                     stderr=subprocess.STDOUT)
-            if rc != 0:
-                raise RuntimeError(f"set-up step {name} failed (exit {rc}); see {log_path}")
-            (self.setup_dir / f"{name}.done").touch()
-            print(f"  set-up: {name} done in {time.monotonic() - t:.0f} s", flush=True)
-        if steps:
-            self.publish_model()
+        self.env = dict(os.environ)
+        self.pending_steps = self.setup_steps()
+        while self.pending_steps or any(n == "setup" for n, _ in self.children):
+            self._advance_setup()
+            time.sleep(0.5)
 
     def run(self) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
