@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -292,10 +293,14 @@ class LiveCalibrationBench(Demo):
 def _cmd(args: argparse.Namespace) -> int:
     from streams.tools.chaos.common import machine_load
 
-    cfg = LiveCalibrationConfig(minutes=float(args.minutes), shift_minute=float(args.shift_minute),
-                                shift_country=args.shift_country, shift_logit=float(args.shift_logit),
-                                requests_per_s=float(args.requests_per_s),
-                                background_rate=float(args.background_rate), poll_s=float(args.poll_s))
+    try:
+        cfg = LiveCalibrationConfig(minutes=float(args.minutes), shift_minute=float(args.shift_minute),
+                                    shift_country=args.shift_country, shift_logit=float(args.shift_logit),
+                                    requests_per_s=float(args.requests_per_s),
+                                    background_rate=float(args.background_rate), poll_s=float(args.poll_s))
+    except ValueError as exc:
+        print(f"feedrank bench calibration: error: {exc}", file=sys.stderr)
+        return 2
     print(f"bench calibration: {cfg.minutes:g} min, load {machine_load()}", flush=True)
     rc = LiveCalibrationBench(Settings(), cfg, Path(args.out)).run()
     print(f"load at the end {machine_load()}", flush=True)
@@ -307,7 +312,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=d.minutes, help="how long the traffic runs")
     p.add_argument("--shift-minute", type=float, default=d.shift_minute,
                    help="minute the injected shift starts (0 = no shift: counts false alerts)")
-    p.add_argument("--shift-country", default=d.shift_country, help="country whose users change behaviour")
+    p.add_argument("--shift-country", default=d.shift_country, choices=COUNTRIES,
+                   help="country whose users change behaviour")
     p.add_argument("--shift-logit", type=float, default=d.shift_logit,
                    help="logit added to that country's click and closeup (0.7: about twice as often)")
     p.add_argument("--requests-per-s", type=float, default=d.requests_per_s, help="simulated feed requests per second")

@@ -206,6 +206,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from features.world import COUNTRIES
     from streams.cli import env_flag
 
     p = sub.add_parser("simulate", help="closed-loop feed traffic: score, show, engage (needs a running worker)")
@@ -218,7 +219,7 @@ def register(sub) -> None:
     env_flag(p, "--candidates", envvar="FEEDRANK_CANDIDATES", default=100, help="candidates per request")
     env_flag(p, "--duration", envvar="FEEDRANK_SIMULATE_DURATION", default=10 ** 9, help="seconds to run")
     env_flag(p, "--stats", envvar="FEEDRANK_SIMULATE_STATS", default=None, help="write running stats to this JSON file")
-    p.add_argument("--shift-country", default="", help="inject a behaviour shift: this country's users click and "
+    p.add_argument("--shift-country", default="", choices=("", *COUNTRIES), help="inject a behaviour shift: this country's users click and "
                    "close up more (or less) from --shift-at-ms on (the live calibration benchmark's shift)")
     p.add_argument("--shift-at-ms", default=0, type=int, help="event time (epoch ms) the shift starts")
     p.add_argument("--shift-logit", default=0.7, type=float, help="logit added to click and closeup (0.7: about 2x)")
