@@ -35,8 +35,15 @@ EXHAUSTED_MARGIN_MS = 1000
 MAX_DELIVERY_MARGIN_MS = 60_000
 #: how long an observed delivery delay keeps counting
 DELIVERY_DELAY_HOLD_S = 60.0
-#: held engagements wait this long at most for a lead input that cannot be fetched (no leader, broker
-#: away) before they are released anyway
+#: after an input partition could not be fetched, its producers (which buffered meanwhile) must show
+#: they are back, with a record stamped this long after the gap ended (clock skew), before the
+#: partition can be taken as having nothing older left
+RECOVERY_STAMP_MARGIN_MS = EXHAUSTED_MARGIN_MS
+#: delivery delays above this are logged (at INFO, when they raise the margin)
+LOG_DELIVERY_DELAY_MS = 2000
+#: held engagements wait this long at most (from the gap's start) for a lead input that cannot be
+#: fetched (no leader, broker away) or whose producers have not shown they are back, before they are
+#: released anyway; a partition that gets no new record by then is taken as idle
 MAX_UNAVAILABLE_WAIT_S = MAX_DELIVERY_MARGIN_MS / 1000.0
 
 
@@ -60,9 +67,12 @@ class DeliveryDelay:
         self._peak_ms = 0.0
         self._at = 0.0
 
-    def observe(self, delay_ms: float, now: float) -> None:
+    def observe(self, delay_ms: float, now: float) -> bool:
+        """Count a delay seen now; True when it is the largest of the last ``DELIVERY_DELAY_HOLD_S``."""
         if delay_ms >= self.current_ms(now):
             self._peak_ms, self._at = min(float(delay_ms), MAX_DELIVERY_MARGIN_MS), now
+            return True
+        return False
 
     def current_ms(self, now: float) -> float:
         return self._peak_ms if now - self._at < DELIVERY_DELAY_HOLD_S else 0.0
@@ -94,6 +104,9 @@ class AlignmentMixin:
         Those were appended between that response and this one, so this response's time minus their
         producer timestamp bounds their delivery delay; older records (a consumer catching up) are lag.
         """
+        recovering = self._recovering
+        if recovering and tp in recovering and max(m.timestamp for m in msgs) >= recovering[tp][1]:
+            del recovering[tp]  # its producers are back: everything they buffered is appended before this
         seen, hw = self.consumer.last_poll_timestamp(tp), self.consumer.highwater(tp)
         prev = self._last_fetch.get(tp)
         if seen is not None and hw is not None:
@@ -106,8 +119,10 @@ class AlignmentMixin:
             if m.offset < prev_hw:
                 break
             worst = max(worst, seen - m.timestamp)
-        if worst > 0:
-            self.delivery_delay.observe(worst, time.monotonic())
+        if worst > 0 and self.delivery_delay.observe(worst, time.monotonic()) and worst > LOG_DELIVERY_DELAY_MS:
+            log.info("%s[%d]: records reached the broker up to %.1fs after their producer stamped them (a producer "
+                     "buffered through an outage or a leader change): engagements wait that much longer",
+                     tp.topic, tp.partition, worst / 1000.0)
 
     def _watch_fetch_gaps(self, data: dict[Any, list[Any]]) -> None:
         """After a poll: note input partitions that cannot be fetched, and how long they could not.
@@ -134,28 +149,47 @@ class AlignmentMixin:
                     gaps[tp] = seen  # fetches of it stopped succeeding at ``seen``
             elif seen > since:  # fetched again
                 del gaps[tp]
+                self._recovering[tp] = (since, seen + RECOVERY_STAMP_MARGIN_MS)
                 self.delivery_delay.observe(seen - since, time.monotonic())
-                log.info("%s[%d] could not be fetched for %.1fs (no leader or broker away): engagements wait up "
-                         "to that much longer for records produced meanwhile", tp.topic, tp.partition,
+                log.info("%s[%d] could not be fetched for %.1fs (no leader or broker away); until a record stamped "
+                         "after that is read, its producers may still hold older ones", tp.topic, tp.partition,
                          (seen - since) / 1000.0)
+        recovering = self._recovering
+        if recovering:
+            assigned = consumer.assignment()
+            for tp, (since, _after) in list(recovering.items()):
+                if tp not in assigned:
+                    del recovering[tp]
+                elif now_ms - since > MAX_UNAVAILABLE_WAIT_S * 1000.0:
+                    del recovering[tp]
+                    log.info("%s[%d]: no record stamped since it could be fetched again; taken as idle",
+                             tp.topic, tp.partition)
 
     def _unavailable_s(self, p: int, leads: Any) -> float:
-        """How long the longest open fetch gap among partition ``p`` of the ``leads`` topics has lasted (0: none).
+        """How long ago the fetch gap began of the partition ``p`` of a ``leads`` topic that is still in one,
+        or whose producers have not yet shown they are back (0: none).
 
         A lead input that cannot be fetched (its leader gone, a new one not yet elected: about
         ``broker.session.timeout.ms``, 9 s by default, on KRaft) has not said it has nothing more: its
-        records were produced and wait on the broker. Forcing the held engagements past it would close
-        their windows before their impressions and prediction logs are read (measured on a 3-node
-        cluster: a node SIGKILLed, fetches of its partitions gone 9.4 to 10.2 s, and in 2 of 6 runs
-        26 to 104 labeled examples without their prediction log).
+        records wait on the broker or in its producers' buffers, and the producers find the new leader
+        on their own schedule (metadata refresh, reconnect back-off): measured on a 3-node cluster, a
+        node SIGKILLed, fetches of its partitions gone 8.1 to 10.2 s, and records stamped during the gap
+        delivered up to 23.6 s after their stamp. Releasing the held engagements meanwhile closed their
+        windows before their impressions were read, and the prediction logs of those requests expired
+        first (16 to 163 labeled examples without their log in 3 of 3 runs before this wait).
         """
         from aiokafka import TopicPartition
 
-        gaps = self._fetch_gaps
-        if not gaps:
+        gaps, recovering = self._fetch_gaps, self._recovering
+        if not gaps and not recovering:
             return 0.0
         now_ms = time.time() * 1000.0
-        opened = [gaps[tp] for tp in (TopicPartition(t, p) for t, _wm in leads) if tp in gaps]
+        opened = []
+        for tp in (TopicPartition(t, p) for t, _wm in leads):
+            if tp in gaps:
+                opened.append(gaps[tp])
+            elif tp in recovering:
+                opened.append(recovering[tp][0])
         return max(((now_ms - since) / 1000.0 for since in opened), default=0.0)
 
     def _exhausted(self, topic: str, p: int, tables: PartitionTables, since_ms: int) -> bool:
@@ -170,6 +204,8 @@ class AlignmentMixin:
         from aiokafka import TopicPartition
 
         tp = TopicPartition(topic, p)
+        if tp in self._fetch_gaps or tp in self._recovering:
+            return False  # its producers may still hold records they stamped before ``since_ms``
         hw = self.consumer.highwater(tp)
         seen = self.consumer.last_poll_timestamp(tp)
         margin = EXHAUSTED_MARGIN_MS + self.delivery_delay.current_ms(time.monotonic())

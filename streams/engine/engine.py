@@ -90,6 +90,8 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         #: how late records reach the broker lately (the alignment's margin, ``streams.engine.alignment``)
         self.delivery_delay = DeliveryDelay()
         self._fetch_gaps: dict[Any, float] = {}  # tp -> when its fetches stopped succeeding (ms)
+        #: tp -> (gap start, stamp its producers must reach) after a gap, until a record proves them back (ms)
+        self._recovering: dict[Any, tuple[float, float]] = {}
         self._last_fetch: dict[Any, tuple[int, int]] = {}  # tp -> (high watermark, time) of its last fetch response
         self.processed = 0
         self.dead_lettered = 0

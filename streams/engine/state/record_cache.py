@@ -158,6 +158,22 @@ class RecordCache:
         n = len(p)
         return [(fk[n:].decode(), None if v is _DELETED else v) for fk, v in self._cache.items() if fk.startswith(p)]
 
+    def drop_clean(self, store: StoreSpec, below: str) -> int:
+        """Forget the cached values of ``store`` whose keys sort below ``below`` and that are written already.
+
+        Dirty values and those of an in-flight checkpoint (not in the store yet) stay; a later
+        ``get`` reads the store. Returns how many were dropped.
+        """
+        p = store.prefix
+        limit = p + below.encode()
+        dirty, snap = self._dirty, self._snap
+        unwritten = set(snap._pending).union(fk for fk, _v in snap.changes) if snap is not None else set()
+        cache = self._cache
+        drop = [fk for fk in cache if fk.startswith(p) and fk < limit and fk not in dirty and fk not in unwritten]
+        for fk in drop:
+            del cache[fk]
+        return len(drop)
+
     def is_cached(self, store: StoreSpec, key: str) -> bool:
         return store.prefix + key.encode() in self._cache
 

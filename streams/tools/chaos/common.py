@@ -316,7 +316,15 @@ def _check_labeled(bootstrap: str, settings: Settings, want: dict[str, Any], out
     if lab["conflicts"]:
         problems.append(f"{len(lab['conflicts'])} example ids emitted with different content")
     if differ:
-        problems.append(f"{len(differ)} labeled examples differ from the recomputation")
+        where = Path(settings.data_dir).parent / "labeled-differences.jsonl"
+        with open(where, "wb") as f:
+            for k in sorted(differ):
+                f.write(json.dumps({"example_id": k, "worker": got[k], "recomputation": want["examples"][k]},
+                                   default=str).encode() + b"\n")
+        fields = sorted({f for k in differ for f in set(got[k]) | set(want["examples"][k])
+                         if got[k].get(f) != want["examples"][k].get(f)})
+        problems.append(f"{len(differ)} labeled examples differ from the recomputation (in {', '.join(fields)}; "
+                        f"both versions of each in {where})")
     figures = {"labeled_expected": len(want["examples"]), "labeled_distinct": len(got),
                "labeled_raw_records": lab["raw"], "labeled_raw_re_emits": lab["re_emits"],
                "labeled_duplicates_after_dedup": len(lab["conflicts"]) + len(extra),

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from streams.engine.alignment import (HOLD_MAX_WAIT_S, MAX_UNAVAILABLE_WAIT_S, AlignmentMixin, DeliveryDelay,
-                                      Held)
+from streams.engine.alignment import (HOLD_MAX_WAIT_S, MAX_UNAVAILABLE_WAIT_S, RECOVERY_STAMP_MARGIN_MS,
+                                      AlignmentMixin, DeliveryDelay, Held)
 from streams.engine.freshness import FreshnessLog
 
 ENG, PRED, IMP = "engagements", "predictions", "impressions"
@@ -60,6 +60,8 @@ class _Engine(AlignmentMixin):
         self._held = {0: Held()}
         self._align_ms = ALIGN_MS
         self._fetch_gaps: dict = {}
+        self._recovering: dict = {}
+        self._last_fetch: dict = {}
         self._verify_ids: dict = {}
         self.delivery_delay = DeliveryDelay()
         self.freshness = FreshnessLog()
@@ -123,3 +125,49 @@ def test_an_input_gone_for_longer_than_the_cap_no_longer_holds_the_partition() -
 
     assert engine._release(0) == (2, False)
     assert engine.held_releases_forced == 1
+
+
+def _back(engine: _Engine, topic: str) -> None:
+    """``topic``[0] is fetched again, read to its high watermark (``_exhausted``'s old proof holds)."""
+    tp = TopicPartition(topic, 0)
+    engine.consumer.fetched[tp] = time.time() * 1000.0
+    engine._watch_fetch_gaps({})
+    engine.tables[0].offsets[topic] = engine.consumer.hw[tp] - 1
+
+
+def _read(engine: _Engine, topic: str, stamped_ms: float) -> None:
+    tp = TopicPartition(topic, 0)
+    engine.consumer.hw[tp] += 1
+    engine._observe_delivery(tp, [SimpleNamespace(offset=engine.consumer.hw[tp] - 1, timestamp=int(stamped_ms))])
+    engine.tables[0].offsets[topic] = engine.consumer.hw[tp] - 1
+
+
+def test_after_a_gap_the_input_is_not_exhausted_until_its_producers_show_they_are_back() -> None:
+    """A producer buffers through a leader change and delivers after the consumer is back (measured:
+    up to 23.6 s after stamping, for a gap of 9.6 s): records read to the high watermark prove nothing."""
+    engine = _Engine()
+    _cut_off(engine, IMP, 9.0)
+    engine.hold(3, waiting_s=0.0)
+    _back(engine, IMP)
+    engine.tables[0].wm_pred = 2_000_000  # only the impressions hold them
+    engine.consumer.fetched[TopicPartition(IMP, 0)] = time.time() * 1000.0 + 30_000  # long past any margin
+    assert engine._release(0) == (0, False)
+
+    now_ms = time.time() * 1000.0
+    _read(engine, IMP, stamped_ms=now_ms - 8_000)  # a record the producer buffered: not yet the proof
+    assert engine._release(0) == (0, False)
+    _read(engine, IMP, stamped_ms=now_ms + RECOVERY_STAMP_MARGIN_MS + 10)  # stamped after the gap
+    assert engine._recovering == {}
+    assert engine._release(0) == (3, False)
+    assert engine.held_releases_forced == 0
+
+
+def test_an_input_with_no_record_after_its_gap_is_taken_as_idle_at_the_cap() -> None:
+    engine = _Engine()
+    _cut_off(engine, IMP, MAX_UNAVAILABLE_WAIT_S - 5.0)
+    _back(engine, IMP)
+    assert TopicPartition(IMP, 0) in engine._recovering
+    engine._recovering[TopicPartition(IMP, 0)] = (time.time() * 1000.0 - MAX_UNAVAILABLE_WAIT_S * 1000.0 - 1.0,
+                                                 time.time() * 1000.0)
+    engine._watch_fetch_gaps({})
+    assert engine._recovering == {}
