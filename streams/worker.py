@@ -82,7 +82,7 @@ def build_worker_app(settings: Settings, bootstrap: str):
     views = install_tables(app, settings, bootstrap)
     install_auth(app, settings)
     serving = Serving.load(settings)
-    serving.app = app
+    serving.log_producer = lambda: views.engine.producer
     directory = OwnerDirectory(settings.app_id, bootstrap, settings.url, lambda: set(views.engine.tables))
     calibration = CalibrationLoop(settings, bootstrap, serving, is_leader=lambda: 0 in views.engine.tables)
     consistency = None

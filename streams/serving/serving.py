@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from streams.serving.model_slot import ModelSlot
 
@@ -55,7 +55,10 @@ class Serving(ModelSlot):
 
     def __init__(self, settings, scorer=None, holder=None) -> None:
         super().__init__(settings, scorer, holder)
-        self.app = None  # set by install; used to produce prediction logs
+        #: the producer of prediction logs once it runs, None: not logged. The worker gives the table
+        #: engine's, idempotent on real Kafka: Faust's producer is not (outside transactions), and a retry
+        #: through a leader change appended a log twice
+        self.log_producer: Callable[[], Any] = lambda: None
         self._drift: dict[str, Any] | None = None
         self._consistency: dict[str, Any] | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.score_concurrency, thread_name_prefix="score",
@@ -148,10 +151,10 @@ class Serving(ModelSlot):
         SCORE_THREAD_SECONDS.labels("cpu").observe(cpu)
         SCORE_THREAD_SECONDS.labels("runnable").observe(runnable)
         SCORE_THREAD_SECONDS.labels("blocked").observe(max(0.0, t_end - t_start - cpu - runnable))
-        if self.app is not None:
+        producer = self.log_producer()
+        if producer is not None:
             t_log = time.perf_counter()
-            await self.app.producer.send(self.settings.topic_predictions, key=user.user_id.encode(),
-                                         value=log_value, partition=None, timestamp=None, headers=None)
+            await producer.send(self.settings.topic_predictions, value=log_value, key=user.user_id.encode())
             SCORE_STAGE_SECONDS.labels("log").observe(time.perf_counter() - t_log)
         return response
 
