@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -48,11 +47,11 @@ def test_bench_calibration_runs_the_loop_and_sees_the_shift(tmp_path: Path, tiny
     before = [c["calibration_error"] for t, c in click if t < 120 and c["positives"] >= 20]
     after = [c["calibration_error"] for t, c in click if t >= 200 and c["calibration_error"] is not None]
     assert before and after, click
-    # more clicks than predicted: the window's error falls below its level before the shift, and the drift
-    # monitor raises an `under` alert (the statistically sound signal: the early windows of the tiny model are
-    # noisy). Measured: before 0.75 to 1.0, after 0.58 at the lowest (load 5); before 0.94 to 0.99, after 0.68
-    # (load 2.5); before 0.56 to 0.94, after 0.63 (load 1.5); the alert 51 to 81 s after the shift
-    assert min(after) < 0.85 * statistics.median(before), (before, after)
+    # more clicks and closeups than predicted: the drift monitor raises an `under` alert on a shifted task (it
+    # judges on 500 positives or a 99.9 % interval). The window's error itself is no steady signal at this size:
+    # the tiny model's windows before the shift ranged 0.56 to 0.99 in four runs, and fell to 0.58 to 0.68 after
+    shifted = [a for a in res["alerts"] if a["task"] in ("click", "closeup") and a["to"] == "under" and a["t"] >= 120]
+    assert shifted, res["alerts"]
     assert res["alert_after_shift_s"] is not None, res["alerts"]
     assert "calibration error / ECE over the alert window, per minute" in proc.stdout
     assert "shift (US click/closeup logit +3 at minute 2)" in proc.stdout
