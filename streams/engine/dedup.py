@@ -87,21 +87,20 @@ class IdSet:
                 self.ids = None
             return True
         h = id_hash(event_id)
-        if h in self.added:
-            return False
-        arr = self.hashes
-        i = int(arr.searchsorted(h))
-        if i < len(arr) and arr[i] == h:
+        if self._has_hash(h):
             return False
         self.added.add(h)
         return True
 
+    def _has_hash(self, h: int) -> bool:
+        arr = self.hashes
+        i = int(arr.searchsorted(h))
+        return h in self.added or (i < len(arr) and arr[i] == h)
+
     def __contains__(self, event_id: str) -> bool:
         if self.ids is not None:
             return event_id in self.ids
-        h = id_hash(event_id)
-        i = int(self.hashes.searchsorted(h))
-        return h in self.added or (i < len(self.hashes) and self.hashes[i] == h)
+        return self._has_hash(id_hash(event_id))
 
     def merged(self) -> np.ndarray:
         """The sorted hashes, the added ones merged in (and kept so)."""
