@@ -44,8 +44,13 @@ def table_settings(settings_factory: Any, **kw: Any) -> Settings:
     return settings_factory(**values)
 
 
-def scenario(n_users: int = 30, n_requests: int = 300, seed: int = 0) -> tuple[list[Event], list[PredictionLog]]:
-    """A stream with in-window, out-of-window, duplicate and late engagements, and predictions."""
+def scenario(n_users: int = 30, n_requests: int = 300, seed: int = 0,
+             bot_impressions: int = 0) -> tuple[list[Event], list[PredictionLog]]:
+    """A stream with in-window, out-of-window, duplicate and late engagements, and predictions.
+
+    ``bot_impressions``: that many impressions of one user (``bot``) over the first 2 % of the
+    requests' time, every 50th sent again at the end: past ``streams.engine.dedup.SMALL_IDS`` its counted ids are kept in sealed chunks.
+    """
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(n_users)]
     events: list[Event] = []
@@ -79,13 +84,20 @@ def scenario(n_users: int = 30, n_requests: int = 300, seed: int = 0) -> tuple[l
                 events.append(e)
                 if rng.random() < 0.05:
                     events.append(e)  # a duplicate delivery of the same event
+    for i in range(bot_impressions):
+        e = Impression(event_id=f"b{i}", user_id="bot", item_id=f"i{i % 500}", request_id=f"rb{i}",
+                       ts=T0 + 1000 + i * (t - T0) // (50 * bot_impressions), surface="home", position=0,
+                       item_type="organic", country="US", gender="u", app_type="web", device_type="desktop")
+        events.append(e)
     events.sort(key=lambda e: e.ts)
+    if bot_impressions:  # every 50th bot event sent again at the end, long after its chunk was written
+        events.extend([e for e in events if e.user_id == "bot"][::50])
     # a few engagements far behind their input's event time: late
     for j in range(5):
         events.append(Engagement(event_id=f"late{j}", user_id=users[j], item_id="i0", request_id="r0",
                                  ts=T0 + 1000 + j, action="click"))
     end = events[-1].ts + 10 * 60_000
-    for u in users:  # flush: push both inputs' event time of every partition past every window
+    for u in users + (["bot"] if bot_impressions else []):  # flush: push both inputs' event time of every partition past every window
         events.append(Impression(event_id=f"fi-{u}", user_id=u, item_id="flush", request_id="flush", ts=end,
                                  surface="home", position=0, item_type="organic", country="US", gender="u",
                                  app_type="ios", device_type="phone"))

@@ -22,7 +22,7 @@ def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_facto
 
     settings = table_settings(settings_factory, sequence_len=16, checkpoint_interval_s=0.1)
     ensure_topics(kafka_bootstrap, topic_specs(settings))
-    events, preds = scenario(n_users=200, n_requests=2500, seed=5)
+    events, preds = scenario(n_users=200, n_requests=2500, seed=5, bot_impressions=2100)  # (2 chunks of ids)
     total = len(events) + len(preds)
     counts: dict[str, dict[int, int]] = {}
 
@@ -47,7 +47,12 @@ def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_facto
     def processed() -> int:
         return int(json.loads(worker.get("/tables/stats"))["processed"])
 
-    wait_until(lambda: processed() > total // 3, 120, what="a third of the stream processed")
+    def bot_counted() -> int:
+        return int(json.loads(worker.get("/tables/user/bot"))["counts_1d"]["impressions"])
+
+    # mid-stream, once the bot's ids are in sealed chunks (re-sends at the end must read them back)
+    wait_until(lambda: processed() > total // 3 and bot_counted() >= 2100, 120, what="a third of the stream processed")
+    time.sleep(0.5)  # a checkpoint or more (0.1 s) after the chunks were sealed
     worker.kill()  # SIGKILL: no final checkpoint, no leave-group
     producer_thread.join(timeout=120)
     assert sum(sum(v.values()) for v in counts.values()) == total
@@ -77,6 +82,9 @@ def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_facto
         w_flat = {**{k: v for k, v in w_meta["extra"].items() if k != "stats"}, **w_meta["extra"]["stats"]}
         diff = {k: (g_flat.get(k), w_flat.get(k)) for k in set(g_flat) | set(w_flat) if g_flat.get(k) != w_flat.get(k)}
         assert not diff, f"partition {p}: (worker, recomputation) differ: {diff}"
+    # the bot's counted ids went to sealed chunks (``<hour>|bot|<n>``), which the checks above compared too
+    chunks = [k for p in range(settings.partitions) for k in got[p]["impression_ids_by_hour"] if k.count("|") == 2]
+    assert len(chunks) >= 2 and all("|bot|" in k for k in chunks)
     examples = labeled_examples(kafka_bootstrap, settings, expect=len(want["examples"]))
     assert set(examples) == set(want["examples"])  # every impression exactly once (by id), none lost
     # the engine keeps engagements behind the prediction logs in event time, so which log an

@@ -99,6 +99,9 @@ class RecordCache:
     unfinished checkpoint are never evicted, so a cache miss always reads the
     store's latest committed value.
 
+    A value set as ``bytes`` is taken as encoded (in any store): it is written as it is and
+    treated like a raw value below (the dedup's sealed chunks of ids, written once).
+
     Raw values (stores without a codec: impressions waiting for their window,
     orphan engagements, prediction logs of tens of KB) and deletes are kept
     only until the checkpoint that wrote them is committed, and raw values read
@@ -141,6 +144,14 @@ class RecordCache:
         v = codec[0](raw)
         cache[fk] = v
         return v
+
+    def peek(self, store: StoreSpec, key: str) -> Any:
+        """The cached value (as cached: decoded or bytes), else the stored bytes, without caching them; None if absent."""
+        fk = store.prefix + key.encode()
+        v = self._cache.get(fk, _MISSING)
+        if v is _MISSING:
+            return self.state.get(fk)
+        return None if v is _DELETED else v
 
     def set(self, store: StoreSpec, key: str, value: Any) -> None:
         fk = store.prefix + key.encode()
@@ -198,7 +209,7 @@ class RecordCache:
             if v is _DELETED:
                 changes.append((fk, None))
                 evict.append(fk)
-            elif store in codecs:
+            elif store in codecs and type(v) is not bytes:  # (bytes in a codec store: encoded already)
                 pending[fk] = (store, v)
             else:
                 changes.append((fk, v))

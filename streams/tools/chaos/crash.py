@@ -26,7 +26,7 @@ def run_crash(bootstrap: str, work: Path, *, kills: int = 3, users: int = 200, r
     settings = make_settings(work, bootstrap, sequence_len=16, checkpoint_interval_s=0.1,
                              attribution_window_s=60.0, allowed_lateness_s=5.0)
     ensure_topics(bootstrap, topic_specs(settings))
-    events, preds = scenario(n_users=users, n_requests=requests, seed=seed)
+    events, preds = scenario(n_users=users, n_requests=requests, seed=seed, bot_impressions=2600)  # (chunked ids)
     total = len(events) + len(preds)
     stream_s = stream_s or 20.0 * kills  # each restart takes ~15 s (group session timeout 10 s)
     rate = len(events) / stream_s

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
+import pytest
+
 from features.tiles import LONG_TILE_MS, LONG_WINDOW_MS
-from streams.engine.dedup import CODEC, SMALL_IDS, CounterDedup, IdSet, decode_ids, dedup_threshold, encode_ids
-from streams.engine.state import PartitionState, StoreSpec, open_backend
+from streams.engine.dedup import (CHUNK, CODEC, SMALL_IDS, CounterDedup, IdSet, chunk_hashes, chunk_key, decode_ids,
+                                   dedup_threshold, encode_ids, id_hash)
+from streams.engine.state import PartitionState, StateError, StoreSpec, open_backend
 from streams.engine.state.record_cache import RecordCache
 
 H = LONG_TILE_MS
@@ -63,26 +67,81 @@ def test_a_moving_threshold_forgets_old_hours_of_cached_and_stored_users() -> No
     assert {k: decode_ids(v).ids for k, v in state.items(STORE)} == {f"{T0 // H + 2:08d}|stored": {"new"}}
 
 
-def _added_in_order(ids: list[str], checkpoint_every: int) -> bytes:
-    s = IdSet(set())
+def _stored_after(ids: list[str], checkpoint_every: int, reopen: bool = True) -> dict[str, bytes]:
+    """The store after adding ``ids`` of one user and hour in order, checkpointing every so often."""
+    d, cache, state = _dedup()
     for i, e in enumerate(ids):
-        assert s.add(e) is True
+        assert d.first("bot", e, T0 + i) is True
         if i % checkpoint_every == checkpoint_every - 1:
-            s = decode_ids(encode_ids(s))  # a checkpoint, and the partition reopened on it
-    return encode_ids(s)
+            _commit(cache, state)
+            if reopen:  # and the partition reopened on it
+                d.cache = cache = RecordCache(state, cache.codecs)
+    _commit(cache, state)
+    return dict(state.items(STORE))
 
 
-def test_a_busy_users_ids_become_hashes_and_still_count_once_whatever_the_order() -> None:
-    ids = [f"e{i}" for i in range(3 * SMALL_IDS)]
-    forward = _added_in_order(ids, checkpoint_every=97)
-    backward = _added_in_order(ids[::-1], checkpoint_every=250)
-    assert forward == backward  # the same bytes for the same ids
-    assert len(forward) == 1 + 8 * len(ids)  # 8 bytes an id, not the ids' JSON
-    s = decode_ids(forward)
-    assert len(s) == len(ids) and all(e in s for e in ids) and "e-other" not in s
-    assert s.add(ids[5]) is False and s.add(ids[-1]) is False  # repeats, from the stored hashes
-    assert s.add("e-new") is True and s.add("e-new") is False  # a repeat of an id added since
-    assert "e-new" in decode_ids(encode_ids(s))
+def test_a_busy_users_ids_become_hashes_in_chunks_that_depend_on_the_order_only() -> None:
+    ids = [f"e{i}" for i in range(3 * CHUNK + 100)]
+    stored = _stored_after(ids, checkpoint_every=97)
+    assert stored == _stored_after(ids, checkpoint_every=250, reopen=False)  # not on the checkpoints
+    key = f"{T0 // H:08d}|bot"
+    assert sorted(stored) == [key] + [chunk_key(key, n) for n in range(3)]
+    assert all(len(stored[chunk_key(key, n)]) == 1 + 8 * CHUNK for n in range(3))  # 8 bytes an id
+    head = decode_ids(stored[key])
+    assert head.n_sealed == 3 and len(head.open) == 100 and head.sealed is None  # chunks read on use
+    # reopened: repeats are recognised from the chunks and from the unsealed hashes
+    d, cache, state = _dedup()
+    state.commit(list((STORE.full_key(k), v) for k, v in stored.items()), state.meta)
+    assert d.first("bot", ids[5], T0) is False and d.first("bot", ids[-1], T0) is False
+    assert d.first("bot", "e-new", T0) is True and d.first("bot", "e-new", T0) is False
+    assert len(cache.get(STORE, key)) == len(ids) + 1
+    # another order holds the same ids, in other chunks
+    shuffled = ids[::-1]
+    other = _stored_after(shuffled, checkpoint_every=300)
+    assert other != stored and sorted(other) == sorted(stored)
+    whole = np.sort(np.concatenate([chunk_hashes(stored[chunk_key(key, n)]) for n in range(3)]))
+    assert whole.tolist() == sorted(id_hash(e) for e in ids[:3 * CHUNK])
+
+
+def test_a_checkpoint_writes_a_busy_users_new_ids_not_the_whole_hour() -> None:
+    d, cache, state = _dedup()
+    for i in range(5 * CHUNK):
+        d.first("bot", f"e{i}", T0 + i)
+    _commit(cache, state)
+    d.first("bot", "e-next", T0)
+    snap = cache.snapshot()
+    changes = snap.all_changes()
+    assert len(changes) == 1 and len(changes[0][1]) == 5 + 8 * 1  # the hour value: count + 1 hash
+    state.commit(changes, state.meta)
+    cache.committed()
+    # a sealed chunk is written once, as bytes, and leaves the cache when written
+    for i in range(CHUNK):
+        d.first("bot", f"f{i}", T0 + i)
+    key = chunk_key(f"{T0 // H:08d}|bot", 5)
+    assert isinstance(cache.peek(STORE, key), bytes)
+    _commit(cache, state)
+    assert not cache.is_cached(STORE, key) and state.get(STORE.full_key(key)) is not None
+
+
+def test_the_single_value_layout_of_hashes_still_reads_and_goes_on_in_chunks() -> None:
+    d, cache, state = _dedup()
+    ids = [f"e{i}" for i in range(CHUNK + 10)]
+    legacy = b"\x01" + np.sort(np.array([id_hash(e) for e in ids], dtype="<i8")).tobytes()
+    key = f"{T0 // H:08d}|bot"
+    state.commit([(STORE.full_key(key), legacy)], state.meta)
+    assert d.first("bot", "e3", T0) is False
+    assert d.first("bot", "new", T0) is True  # past CHUNK unsealed hashes: sealed at once
+    _commit(cache, state)
+    assert decode_ids(state.get(STORE.full_key(key))).n_sealed == 1
+    assert state.get(STORE.full_key(chunk_key(key, 0))) is not None
+
+
+def test_a_missing_chunk_is_a_state_error_naming_the_key() -> None:
+    d, cache, state = _dedup()
+    key = f"{T0 // H:08d}|bot"
+    state.commit([(STORE.full_key(key), encode_ids(IdSet(open_={1, 2}, n_sealed=1)))], state.meta)
+    with pytest.raises(StateError, match=r"chunk 0 of .*bot"):
+        d.first("bot", "x", T0)
 
 
 def test_the_ids_of_an_hour_no_longer_written_leave_the_cache_but_not_the_store() -> None:
