@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     broker = None
     t0 = time.monotonic()
+
+    def _terminate(signum: int, _frame: Any) -> None:  # SIGTERM stops like Ctrl-C: workers, then the broker
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers live there only)
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         if set(names) - OWN_BROKER:
             broker = resolve_broker(log_dir=work / "log")
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  [{name}] ABORTED: {str(exc)[:2000]}", flush=True)
             results[name]["seconds"] = round(time.monotonic() - t, 1)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if broker is not None:
             broker.stop()
     print(f"\nsummary ({time.monotonic() - t0:.0f}s; load {machine_load()}):")

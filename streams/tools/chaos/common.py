@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from streams.kafka.procutil import pdeathsig
 from streams.settings import Settings
 from streams.tools.loadgen import child_pids
 
@@ -87,7 +88,7 @@ class Worker:
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=ROOT,
                                      env=settings_env(self.settings), stdout=logf, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=pdeathsig)  # (gone with the harness)
         logf.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
