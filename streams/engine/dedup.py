@@ -163,7 +163,7 @@ def decode_ids(raw: bytes) -> IdSet:
         return IdSet(open_=set(np.frombuffer(raw, dtype=_I8, offset=5).tolist()), n_sealed=n,
                      sealed=None if n else _EMPTY)
     if head == _HASHED:
-        return IdSet(open_=set(np.frombuffer(raw, dtype=_I8, offset=1).tolist()))
+        return IdSet(open_=set(chunk_hashes(raw).tolist()))
     return IdSet(set(orjson.loads(raw)))
 
 
@@ -225,7 +225,7 @@ class CounterDedup:
             if raw is None:
                 raise StateError(f"store {self.store.name}: chunk {i} of {key!r} is missing; its hour value "
                                  f"counts {n} chunks (restore the partition's state from its changelog)")
-            parts.append(chunk_hashes(raw) if isinstance(raw, bytes) else _sorted(raw.open))  # (cached decoded)
+            parts.append(chunk_hashes(raw))  # (a chunk is only ever cached as its bytes: never read through get)
         out = np.concatenate(parts)
         out.sort(kind="stable")
         return out

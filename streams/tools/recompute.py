@@ -49,7 +49,8 @@ def scenario(n_users: int = 30, n_requests: int = 300, seed: int = 0,
     """A stream with in-window, out-of-window, duplicate and late engagements, and predictions.
 
     ``bot_impressions``: that many impressions of one user (``bot``) over the first 2 % of the
-    requests' time, every 50th sent again at the end: past ``streams.engine.dedup.SMALL_IDS`` its counted ids are kept in sealed chunks.
+    requests' time, every 50th sent again at the end: past ``streams.engine.dedup.SMALL_IDS`` its
+    counted ids are kept in sealed chunks.
     """
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(n_users)]
@@ -97,7 +98,8 @@ def scenario(n_users: int = 30, n_requests: int = 300, seed: int = 0,
         events.append(Engagement(event_id=f"late{j}", user_id=users[j], item_id="i0", request_id="r0",
                                  ts=T0 + 1000 + j, action="click"))
     end = events[-1].ts + 10 * 60_000
-    for u in users + (["bot"] if bot_impressions else []):  # flush: push both inputs' event time of every partition past every window
+    # flush: push both inputs' event time of every partition past every window
+    for u in users + (["bot"] if bot_impressions else []):
         events.append(Impression(event_id=f"fi-{u}", user_id=u, item_id="flush", request_id="flush", ts=end,
                                  surface="home", position=0, item_type="organic", country="US", gender="u",
                                  app_type="ios", device_type="phone"))

@@ -51,7 +51,8 @@ def test_sigkill_and_restart_equals_recomputation(settings_factory, worker_facto
         return int(json.loads(worker.get("/tables/user/bot"))["counts_1d"]["impressions"])
 
     # mid-stream, once the bot's ids are in sealed chunks (re-sends at the end must read them back)
-    wait_until(lambda: processed() > total // 3 and bot_counted() >= 2100, 120, what="a third of the stream processed")
+    wait_until(lambda: processed() > total // 3 and bot_counted() >= 2100, 120,
+               what="a third of the stream processed and the bot's 2,100 impressions counted")
     time.sleep(0.5)  # a checkpoint or more (0.1 s) after the chunks were sealed
     worker.kill()  # SIGKILL: no final checkpoint, no leave-group
     producer_thread.join(timeout=120)
