@@ -51,27 +51,26 @@ def register(subparsers: Any) -> None:
     _flag(f, "--min-positives", "CALIBRATION_MIN_POSITIVES", 20, int, "fewer positives keep the identity calibrator")
     f.set_defaults(func=cmd_fit)
     lg = cs.add_parser("log", help="write a replay log from the synthetic world served by a model (demo stand-in for serving logs)")
-    _flag(lg, "--model", "MODEL_DIR", Path("var/models"), Path, "serving model artifact dir or root")
-    _flag(lg, "--calibrators", "CALIBRATORS_FILE", "", str, "calibrators.json of the serving model (default: identity)")
+    _served_world_flags(lg, requests_per_s=1.0)
     _flag(lg, "--out", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log to write (.npz)")
-    _flag(lg, "--hours", "REPLAY_LOG_HOURS", 1.0, float, "hours of simulated traffic")
-    _flag(lg, "--requests-per-s", "REQUESTS_PER_S", 1.0, float, "simulated feed requests per event-time second")
-    _flag(lg, "--seed", "SEED", 0, int, "world seed")
-    _flag(lg, "--users", "WORLD_USERS", 1000, int, "users in the synthetic world")
-    _flag(lg, "--items", "WORLD_ITEMS", 2000, int, "items in the synthetic world")
-    _flag(lg, "--candidates", "CANDIDATES", 100, int, "candidates per request, ranked by the serving path (as `feedrank simulate`)")
-    _flag(lg, "--feed-size", "FEED_SIZE", 10, int, "items shown per request (the top_k of /score)")
+    _flag(lg, "--hours", "REPLAY_LOG_HOURS", 1.0, float, "hours of simulated traffic (of each episode)")
+    _flag(lg, "--episodes", "REPLAY_LOG_EPISODES", 1, int,
+          "episodes, each from empty tables, their starts spread over a day; more than 1 needs --calibrators")
     _flag(lg, "--explore-frac", "REPLAY_LOG_EXPLORE_FRAC", 0.1, float,
           "share of requests shown a random candidate subset instead of the policy's pick")
     _flag(lg, "--refit-every-s", "REPLAY_LOG_REFIT_S", 300.0, float,
           "without --calibrators: explore this long, then serve with calibrators refit on the log so far, every as long")
-    _flag(lg, "--background-rate", "REPLAY_LOG_BACKGROUND_RATE", 0.0, float,
-          "other users' events per second fed into the state twin, as `feedrank produce` sends them (0 = none)")
-    _flag(lg, "--background-users", "REPLAY_LOG_BACKGROUND_USERS", 20000, int, "users of the background traffic")
-    _flag(lg, "--background-seed", "REPLAY_LOG_BACKGROUND_SEED", 1, int, "world seed of the background traffic")
-    _flag(lg, "--blend-config", "BLEND_CONFIG", "", str, "serving utility weights (.json/.yaml; default: built-in)")
-    _flag(lg, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
     lg.set_defaults(func=cmd_log)
+    tw = cs.add_parser("twin", help="the offline twin of a live loop's first minutes: cold starts served by calibrators, "
+                                    "predicted / observed per task (what `bench calibration` reads at 3 minutes)")
+    _served_world_flags(tw, requests_per_s=10.0)
+    _flag(tw, "--episodes", "TWIN_EPISODES", 4, int, "cold starts, spread over a day")
+    _flag(tw, "--start-hours", "TWIN_START_HOURS", 74.0, float,
+          "first start, hours after the world's epoch (the set-up's episodes start at 0, 6, 12, 18 h)")
+    _flag(tw, "--minutes", "TWIN_MINUTES", 4.0, float, "simulated minutes of each cold start")
+    _flag(tw, "--window-s", "TWIN_WINDOW_S", 200.0, float,
+          "judge the requests served this long after each start (the 3-minute reading's labels are of the first ~200 s)")
+    tw.set_defaults(func=cmd_twin)
     p = cs.add_parser("report", help="reliability diagrams per task to .png, .svg or .html (inline SVG); needs feedrank[plots]")
     _flag(p, "--input", "CALIBRATION_INPUT", Path("var/calibration/labeled.jsonl"), Path,
           "drift record(s) (.json / .jsonl of calibration-drift records) or labeled examples (.npz / .jsonl)")
@@ -101,6 +100,53 @@ def register(subparsers: Any) -> None:
     t.set_defaults(func=cmd_tune)
 
 
+def _served_world_flags(p: argparse.ArgumentParser, requests_per_s: float) -> None:
+    """The flags of a synthetic world served by a model (``calibration log``, ``calibration twin``)."""
+    _flag(p, "--model", "MODEL_DIR", Path("var/models"), Path, "serving model artifact dir or root")
+    _flag(p, "--calibrators", "CALIBRATORS_FILE", "", str,
+          "calibrators.json of the serving model, or a calibrator directory holding the model's (default: identity)")
+    _flag(p, "--requests-per-s", "REQUESTS_PER_S", requests_per_s, float, "simulated feed requests per event-time second")
+    _flag(p, "--seed", "SEED", 0, int, "world seed")
+    _flag(p, "--users", "WORLD_USERS", 1000, int, "users in the synthetic world")
+    _flag(p, "--items", "WORLD_ITEMS", 2000, int, "items in the synthetic world")
+    _flag(p, "--candidates", "CANDIDATES", 100, int, "candidates per request, ranked by the serving path (as `feedrank simulate`)")
+    _flag(p, "--feed-size", "FEED_SIZE", 10, int, "items shown per request (the top_k of /score)")
+    _flag(p, "--background-rate", "REPLAY_LOG_BACKGROUND_RATE", 0.0, float,
+          "other users' events per second fed into the state twin, as `feedrank produce` sends them (0 = none)")
+    _flag(p, "--background-users", "REPLAY_LOG_BACKGROUND_USERS", 20000, int, "users of the background traffic")
+    _flag(p, "--background-seed", "REPLAY_LOG_BACKGROUND_SEED", 1, int, "world seed of the background traffic")
+    _flag(p, "--blend-config", "BLEND_CONFIG", "", str, "serving utility weights (.json/.yaml; default: built-in)")
+    _flag(p, "--threads", "THREADS", 1, int, "torch threads (one request at a time: 1 is fastest on a busy machine)")
+
+
+def _served_world(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(artifact, world, its serving calibrators or None, the ``world_replay_log`` knobs the flags set)."""
+    from features.world import World
+
+    from .artifact import load_artifact
+
+    _threads(args.threads)
+    artifact = load_artifact(args.model)
+    world = World(seed=args.seed, n_users=args.users, n_items=args.items)
+    background = None
+    if args.background_rate > 0:
+        # the very event stream `feedrank produce` (the demo's background traffic) sends to the live tables
+        from features.synthetic import synthetic_events
+
+        def background_from(start_ms: int) -> Any:
+            return synthetic_events(args.background_users, args.background_seed, args.background_rate, start_ms)
+
+        background = background_from
+    blender = None
+    if args.blend_config:
+        from .blender import BlendConfigSource, Blender
+
+        blender = Blender(BlendConfigSource(args.blend_config))
+    knobs = dict(requests_per_s=args.requests_per_s, feed_size=args.feed_size, n_candidates=args.candidates,
+                 blender=blender, seed=args.seed, progress=True, background=background)
+    return artifact, world, _serving_set(args.calibrators, artifact.version), knobs
+
+
 def _threads(n: int) -> None:
     import torch
 
@@ -111,6 +157,21 @@ def _load_set(path: str) -> Any:
     from .calibration import CalibratorSet
 
     return CalibratorSet.from_bytes(Path(path).read_bytes()) if path else None
+
+
+def _serving_set(path: str, model_version: str) -> Any:
+    """The calibrators of ``path``: a calibrators.json, or a calibrator directory (``CalibratorStore``) holding
+    ``model_version``'s; None (identity) when ``path`` is empty."""
+    from .calibration import CalibratorStore
+    from .calibration.errors import CalibratorStateError
+
+    if path and Path(path).is_dir():
+        cs = CalibratorStore(path).load(model_version)
+        if cs is None:
+            raise CalibratorStateError(f"{path} holds no calibrators of model {model_version}; "
+                                       f"fit them first (`feedrank replay --model ... --out {path}`)")
+        return cs
+    return _load_set(path)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -130,32 +191,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from features.world import DEFAULT_START_MS, World
+    from features.world import DEFAULT_START_MS
 
-    from .artifact import load_artifact
-    from .replay_world import world_replay_log
+    from .replay_world import world_replay_episodes, world_replay_log
 
-    _threads(args.threads)
-    artifact = load_artifact(args.model)
-    world = World(seed=args.seed, n_users=args.users, n_items=args.items)
-    background = None
-    if args.background_rate > 0:
-        # the very event stream `feedrank produce` (the demo's background traffic) sends to the live tables
-        from features.synthetic import synthetic_events
-
-        background = synthetic_events(args.background_users, args.background_seed, args.background_rate, DEFAULT_START_MS)
-    blender = None
-    if args.blend_config:
-        from .blender import BlendConfigSource, Blender
-
-        blender = Blender(BlendConfigSource(args.blend_config))
-    rlog = world_replay_log(world, artifact, _load_set(args.calibrators), hours=args.hours,
-                            requests_per_s=args.requests_per_s, feed_size=args.feed_size, n_candidates=args.candidates,
-                            start_ms=DEFAULT_START_MS, explore_frac=args.explore_frac, refit_every_s=args.refit_every_s,
-                            background=background, blender=blender, seed=args.seed, progress=True)
+    artifact, world, calibrators, knobs = _served_world(args)
+    knobs.update(hours=args.hours, explore_frac=args.explore_frac, refit_every_s=args.refit_every_s,
+                 start_ms=DEFAULT_START_MS)
+    if args.episodes > 1:
+        if calibrators is None:
+            print("calibration log: --episodes needs --calibrators (each episode is served by them; a model that "
+                  "never served bootstraps its calibrators in a one-episode log first)", file=sys.stderr)
+            return 2
+        rlog = world_replay_episodes(world, artifact, calibrators, args.episodes, **knobs)
+    else:
+        background = knobs.pop("background")
+        rlog = world_replay_log(world, artifact, calibrators, background=background(DEFAULT_START_MS) if background else None,
+                                **knobs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rlog.save(args.out)
     print(f"replay log of model {artifact.version}: {len(rlog.batch)} shown items written to {args.out}")
+    return 0
+
+
+def cmd_twin(args: argparse.Namespace) -> int:
+    from features.world import DEFAULT_START_MS, HOUR_MS
+
+    from .replay_world import episode_starts, first_window_calibration, format_first_window, world_replay_episodes
+
+    artifact, world, calibrators, knobs = _served_world(args)
+    if calibrators is None:
+        print("calibration twin: --calibrators is required (the calibrators a live loop would start with)",
+              file=sys.stderr)
+        return 2
+    start_ms = DEFAULT_START_MS + int(args.start_hours * HOUR_MS)
+    rlog = world_replay_episodes(world, artifact, calibrators, args.episodes, start_ms=start_ms,
+                                 hours=args.minutes / 60, explore_frac=0.0, **knobs)
+    starts = episode_starts(start_ms, args.episodes)
+    predicted, observed = first_window_calibration(rlog.batch, starts, args.window_s)
+    print(f"calibrators v{calibrators.version} ({calibrators.source}) of model {artifact.version}: {args.episodes} cold "
+          f"starts at {args.requests_per_s:g} requests/s, predicted / observed over each one's first {args.window_s:g} s")
+    print(format_first_window(predicted, observed, starts))
     return 0
 
 

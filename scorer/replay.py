@@ -121,6 +121,17 @@ class ReplayLog:
         os.replace(tmp, path)
 
     @staticmethod
+    def concat(logs: "list[ReplayLog]") -> "ReplayLog":
+        """One log of ``logs`` in order (request indices renumbered so each log's follow the last's)."""
+        if not logs:
+            raise ValueError("no replay logs to concatenate")
+        offsets = np.cumsum([0] + [len(rl.user["user_id"]) for rl in logs[:-1]])
+        return ReplayLog(LabeledBatch.concat([rl.batch for rl in logs]),
+                         {k: np.concatenate([rl.user[k] for rl in logs]) for k in logs[0].user},
+                         {k: np.concatenate([rl.cand[k] for rl in logs]) for k in logs[0].cand},
+                         np.concatenate([rl.req_index + o for rl, o in zip(logs, offsets)]))
+
+    @staticmethod
     def load(path: str | os.PathLike[str]) -> "ReplayLog":
         try:
             with np.load(path, allow_pickle=False) as z:

@@ -167,3 +167,46 @@ def test_replay_cli_with_real_artifacts(tmp_path, capsys) -> None:
     cs = CalibratorStore(tmp_path / "cal").load("model-B")
     assert cs is not None and cs.source == "replay" and cs.meta["replay"]["rows"] > 1000
     assert "replay of model model-B" in capsys.readouterr().out
+    # the live-shaped log: cold-start episodes served by B's calibrators, then B's calibrators refit on it
+    assert calibration_cli.main(["calibration", "log", "--model", str(tmp_path / "models" / "model-B"),
+                                 "--out", str(tmp_path / "live.npz"), "--episodes", "2", "--hours", "0.1",
+                                 "--users", "50", "--items", "300", "--threads", "1"]) == 2  # needs calibrators
+    try:
+        assert calibration_cli.main(["calibration", "log", "--model", str(tmp_path / "models" / "model-B"),
+                                     "--calibrators", str(tmp_path / "cal"), "--out", str(tmp_path / "live.npz"),
+                                     "--episodes", "2", "--hours", "0.1", "--requests-per-s", "2",
+                                     "--background-rate", "20", "--users", "50", "--items", "300",
+                                     "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    live = ReplayLog.load(tmp_path / "live.npz")
+    from features.world import DEFAULT_START_MS, HOUR_MS
+
+    second = live.batch.ts >= DEFAULT_START_MS + 12 * HOUR_MS  # the second episode starts half a day later
+    assert 0 < second.sum() < len(second) and live.batch.ts.max() < DEFAULT_START_MS + 12.2 * HOUR_MS
+    assert not (live.batch.ts[~second] >= DEFAULT_START_MS + 0.11 * HOUR_MS).any()
+    # each episode starts from empty tables: its first request sees no impressions of its user that day (with
+    # the tables shared, the first episode had shown every one of the 50 users items 12 hours before)
+    impressions = live.batch.X[:, CALIBRATION_FEATURE_NAMES.index("user_1d:log_impressions")]
+    first_of_second = int(np.argmax(second))
+    assert impressions[0] == 0 and impressions[first_of_second] == 0 and impressions.max() > 0
+    assert live.req_index[first_of_second] == live.req_index[first_of_second - 1] + 1  # requests renumbered
+    assert (np.diff(live.req_index) >= 0).all()
+    # served by B's calibrators throughout (not bootstrapped: no identity phase, no refit)
+    served = live.batch.extras["served"]
+    ok = ~np.isnan(served) & live.batch.mask  # a task that does not apply (a video view of a pin) logs 0
+    np.testing.assert_allclose(served[ok], CalibratorStore(tmp_path / "cal").load("model-B").calibrate(live.batch.X)[ok],
+                               rtol=1e-4, atol=1e-6)
+    assert calibration_cli.main(["replay", "--model", str(tmp_path / "models" / "model-B"),
+                                 "--log", str(tmp_path / "live.npz"), "--out", str(tmp_path / "cal")]) == 0
+    assert CalibratorStore(tmp_path / "cal").load("model-B").meta["replay"]["rows"] == len(live.batch)
+    capsys.readouterr()
+    # the offline twin of a live loop's first minutes, served by those calibrators
+    assert calibration_cli.main(["calibration", "twin", "--model", str(tmp_path / "models" / "model-B"),
+                                 "--calibrators", str(tmp_path / "cal"), "--episodes", "2", "--minutes", "2",
+                                 "--window-s", "100", "--requests-per-s", "2", "--users", "50", "--items", "300"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert "2 cold starts at 2 requests/s" in out and len(table) == 2 + 2 + 1, out
+    assert table[2].startswith("| 02:00 |") and table[3].startswith("| 14:00 |") and table[4].startswith("| pooled |")
+    assert calibration_cli.main(["calibration", "twin", "--model", str(tmp_path / "models" / "model-B")]) == 2

@@ -11,6 +11,7 @@ from streams.settings import Settings
 from streams.tools.demo import Demo
 
 CAL = {"drift": None}
+ALL_STEPS = ("train", "calibration-log", "replay", "calibration-log-live", "replay-live")
 
 
 def test_no_ranking_figure_before_a_request_is_scored_and_the_rate_is_measured() -> None:
@@ -52,7 +53,22 @@ def test_each_run_starts_clean_but_keeps_the_set_up(tmp_path: Path) -> None:
     demo.clean_state()
     assert sorted(p.name for p in run.iterdir()) == ["setup"]
     steps = demo.setup_steps()  # train was done by the earlier run: resumed after it
-    assert [n for n, _ in steps] == ["calibration-log", "replay"]
+    assert [n for n, _ in steps] == ["calibration-log", "replay", "calibration-log-live", "replay-live"]
+
+
+def test_the_start_calibrators_are_refit_on_cold_start_episodes_at_the_loops_rate(tmp_path: Path) -> None:
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
+                        calibrator_dir=tmp_path / "calibrators")
+    steps = dict(Demo(settings, 7, 300, 60, run_dir=tmp_path / "demo").setup_steps())
+    live = steps["calibration-log-live"]
+    # served by the calibrators the replay step writes, at the simulator's rate, from empty tables
+    assert live[live.index("--calibrators") + 1] == str(tmp_path / "calibrators")
+    assert live[live.index("--requests-per-s") + 1] == "7" and live[live.index("--explore-frac") + 1] == "0"
+    assert int(live[live.index("--episodes") + 1]) > 1
+    assert float(live[live.index("--background-rate") + 1]) == 300
+    replay_live = steps["replay-live"]
+    assert replay_live[replay_live.index("--log") + 1] == live[live.index("--out") + 1]
+    assert replay_live[replay_live.index("--out") + 1] == str(tmp_path / "calibrators")
 
 
 def test_progress_lines_give_percent_and_eta() -> None:
@@ -70,12 +86,12 @@ def test_progress_lines_give_percent_and_eta() -> None:
 def test_a_set_up_step_whose_output_is_gone_is_redone(tmp_path: Path) -> None:
     run = tmp_path / "demo"
     (run / "setup").mkdir(parents=True)
-    for step in ("train", "calibration-log", "replay"):
+    for step in ALL_STEPS:
         (run / "setup" / f"{step}.done").touch()  # marked done, but no model was left behind
     settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
                         calibrator_dir=tmp_path / "calibrators")
     steps = Demo(settings, 10, 0, 60, run_dir=run).setup_steps()
-    assert [n for n, _ in steps] == ["train", "calibration-log", "replay"]
+    assert [n for n, _ in steps] == list(ALL_STEPS)
 
 
 def test_produce_failures_are_summed_up_not_logged_one_by_one() -> None:
@@ -173,12 +189,12 @@ def test_a_stale_cached_model_is_retrained(tmp_path: Path) -> None:
     (models / "latest").write_text("v-old\n")
     run = tmp_path / "demo"
     (run / "setup").mkdir(parents=True)
-    for n in ("train", "calibration-log", "replay"):
+    for n in ALL_STEPS:
         (run / "setup" / f"{n}.done").touch()
     settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=models, calibrator_dir=tmp_path / "cal")
     demo = Demo(settings, 10, 0, 60, run_dir=run)
     steps = demo.setup_steps()  # the old model would be refused by the worker: every step again
-    assert [n for n, _ in steps] == ["train", "calibration-log", "replay"]
+    assert [n for n, _ in steps] == list(ALL_STEPS)
     assert not (models / "latest").exists() and not (run / "setup" / "train.done").exists()
     # a current cached model is kept
     (models / "v-new").mkdir()
