@@ -1,4 +1,4 @@
-"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,report,bench}``, ``feedrank tune-blend``.
+"""Command line: ``feedrank replay``, ``feedrank calibration {fit,log,twin,report,bench}``, ``feedrank tune-blend``.
 
 ``register(subparsers)`` adds them to the project CLI; ``python -m
 scorer.calibration_cli ...`` works on its own. Every flag defaults from a
@@ -31,7 +31,7 @@ def _flag(p: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: C
 
 
 def register(subparsers: Any) -> None:
-    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``report``, ``bench``) and ``tune-blend``."""
+    """Add ``replay``, ``calibration`` (``fit``, ``log``, ``twin``, ``report``, ``bench``) and ``tune-blend``."""
     r = subparsers.add_parser("replay", help="re-score logged calibration data with a new model and fit its calibrators")
     _flag(r, "--model", "REPLAY_MODEL", Path("var/models"), Path, "NEW model artifact dir or root (root: its latest)")
     _flag(r, "--log", "REPLAY_LOG", Path("var/calibration/replay-log.npz"), Path, "replay log (.npz with model inputs)")
