@@ -140,7 +140,9 @@ def summarize(samples: Sequence[Sample], shift_s: float | None, shift_alert: str
     goal = [a for a in ACTIONS if at is not None and at.tasks.get(a, {}).get("positives", 0) >= GOAL_MIN_POSITIVES]
     out["goal_sample_s"] = at.t if at is not None else None
     out["goal_tasks"] = goal
-    out["goal_at"] = {a: {"calibration_error": at.tasks[a]["calibration_error"], "ece": at.tasks[a]["ece"]}
+    # with its positives and 99.9 % interval: at 3 minutes a task has 100 to 1,500 positives, and chance alone
+    # moves the reading by ~1/sqrt(positives) (docs/calibration.md: sd 0.03 to 0.08 over cold starts)
+    out["goal_at"] = {a: {k: at.tasks[a].get(k) for k in ("calibration_error", "ece", "positives", "interval")}
                       for a in goal} if at is not None else {}
     out["goal_met"] = bool(goal) and all(_in_band(at.tasks[a]) and (at.tasks[a]["ece"] or 0.0) <= GOAL_ECE
                                          for a in goal)
@@ -175,6 +177,12 @@ def format_table(samples: Sequence[Sample], shift_s: float | None) -> str:
     return "\n".join(lines)
 
 
+def _interval(iv: Sequence[float | None]) -> str:
+    """``lo..hi`` of a calibration error's interval (``hi`` None: unbounded, no prediction mass yet)."""
+    lo, hi = iv
+    return f"{lo or 0.0:.2f}..{'inf' if hi is None else f'{hi:.2f}'}"
+
+
 def format_summary(res: dict[str, Any], cfg: LiveCalibrationConfig) -> str:
     def sec(v: float | None) -> str:
         return "never" if v is None else f"{v:.0f} s"
@@ -185,7 +193,9 @@ def format_summary(res: dict[str, Any], cfg: LiveCalibrationConfig) -> str:
         lines.append(f"  {a:>15}: in band {GOAL_BAND[0]}-{GOAL_BAND[1]} (>= {GOAL_MIN_POSITIVES} positives) "
                      f"{sec(res['band_entry_s'][a])} after the first labels"
                      + (f", ECE {ece:.4f}" if ece is not None else ""))
-    at = ", ".join(f"{a} {v['calibration_error']:.2f}/{v['ece']:.3f}" for a, v in res["goal_at"].items())
+    at = ", ".join(f"{a} {v['calibration_error']:.2f}/{v['ece']:.3f} on {v.get('positives') or 0} positives"
+                   + (f" (99.9 % {_interval(v['interval'])})" if v.get("interval") else "")
+                   for a, v in res["goal_at"].items())
     lines.append(f"goal ({GOAL_AFTER_S} s after the first labels, every task with >= {GOAL_MIN_POSITIVES} positives "
                  f"in band, ECE <= {GOAL_ECE}): {'met' if res['goal_met'] else 'not met'} "
                  f"({at or 'no task had enough positives'})")

@@ -45,12 +45,16 @@ def test_goal_is_read_three_minutes_after_the_first_labels() -> None:
                _sample(250.0, ce=1.05, hide=(0.5, 40, "ok")), _sample(400.0, ce=1.5)]
     res = summarize(samples, shift_s=None)
     assert res["goal_sample_s"] == 250.0 and "hide" not in res["goal_tasks"]  # 40 positives: not judged
-    assert res["goal_met"] is True and res["goal_at"]["click"] == {"calibration_error": 1.05, "ece": 0.01}
+    assert res["goal_met"] is True and res["goal_at"]["click"] == {"calibration_error": 1.05, "ece": 0.01,
+                                                                   "positives": 300, "interval": [1.05 * 0.9, 1.05 * 1.1]}
     samples[2] = _sample(250.0, ce=1.05, click=(1.05, 300, "ok"), repin=(0.95, 120, "ok"))
     samples[2].tasks["video_view_10s"]["ece"] = 0.03
     res = summarize(samples, shift_s=None)
     assert res["goal_met"] is False  # one task's ECE over 0.02
-    assert "goal (180 s after the first labels" in format_summary(res, LiveCalibrationConfig(shift_minute=0))
+    text = format_summary(res, LiveCalibrationConfig(shift_minute=0))
+    assert "goal (180 s after the first labels" in text
+    # each goal task's reading with the positives it rests on and its interval: how far chance moves it
+    assert "repin 0.95/0.010 on 120 positives (99.9 % 0.85..1.04)" in text
 
 
 def test_shift_alert_and_recovery_times_and_false_alerts() -> None:
