@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
 #: the first run's set-up (train, calibration log, replay) on a 2-core box: 4.4 minutes in issue 27's report;
 #: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12); 11.4
-#: (train 2.9, calibration log 8.1, replay 0.5) the same day, the box otherwise idle, the stream beside it
-SETUP_MINUTES = "10 to 20"
+#: (train 2.9, calibration log 8.1, replay 0.5) the same day, the box otherwise idle, the stream beside it;
+#: 4.9 with the episodes (train 0.45, log 2.7, replay 0.2, episodes 1.4, replay 0.2) that evening, idle
+SETUP_MINUTES = "5 to 20"
 #: the first run's cold-start episodes (``feedrank calibration log --episodes``) the start calibrators are refit on
 LIVE_EPISODES, LIVE_EPISODE_MINUTES = 4, 5.0
 #: the background producer's traffic (other users of the platform)
