@@ -193,21 +193,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_log(args: argparse.Namespace) -> int:
     from features.world import DEFAULT_START_MS
 
-    from .replay_world import world_replay_episodes, world_replay_log
+    from .replay_world import world_replay_episodes
 
     artifact, world, calibrators, knobs = _served_world(args)
     knobs.update(hours=args.hours, explore_frac=args.explore_frac, refit_every_s=args.refit_every_s,
                  start_ms=DEFAULT_START_MS)
-    if args.episodes > 1:
-        if calibrators is None:
-            print("calibration log: --episodes needs --calibrators (each episode is served by them; a model that "
-                  "never served bootstraps its calibrators in a one-episode log first)", file=sys.stderr)
-            return 2
-        rlog = world_replay_episodes(world, artifact, calibrators, args.episodes, **knobs)
-    else:
-        background = knobs.pop("background")
-        rlog = world_replay_log(world, artifact, calibrators, background=background(DEFAULT_START_MS) if background else None,
-                                **knobs)
+    if args.episodes < 1:
+        print(f"calibration log: --episodes must be at least 1, not {args.episodes}", file=sys.stderr)
+        return 2
+    if args.episodes > 1 and calibrators is None:
+        print("calibration log: --episodes needs --calibrators (each episode is served by them; a model that "
+              "never served bootstraps its calibrators in a one-episode log first)", file=sys.stderr)
+        return 2
+    rlog = world_replay_episodes(world, artifact, calibrators, args.episodes, **knobs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rlog.save(args.out)
     print(f"replay log of model {artifact.version}: {len(rlog.batch)} shown items written to {args.out}")
@@ -220,6 +218,9 @@ def cmd_twin(args: argparse.Namespace) -> int:
     from .replay_world import episode_starts, first_window_calibration, format_first_window, world_replay_episodes
 
     artifact, world, calibrators, knobs = _served_world(args)
+    if args.episodes < 1:
+        print(f"calibration twin: --episodes must be at least 1, not {args.episodes}", file=sys.stderr)
+        return 2
     if calibrators is None:
         print("calibration twin: --calibrators is required (the calibrators a live loop would start with)",
               file=sys.stderr)

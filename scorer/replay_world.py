@@ -109,7 +109,7 @@ def episode_starts(start_ms: int, episodes: int) -> list[int]:
     return [start_ms + i * (24 * HOUR_MS // episodes) for i in range(episodes)]
 
 
-def world_replay_episodes(world: World, artifact: Any, calibrators: CalibratorSet, episodes: int,
+def world_replay_episodes(world: World, artifact: Any, calibrators: CalibratorSet | None, episodes: int,
                           background: Callable[[int], Iterable[Event]] | None = None, start_ms: int = DEFAULT_START_MS,
                           seed: int = 0, progress: bool = False, **kwargs: Any) -> ReplayLog:
     """``episodes`` logs of ``world_replay_log`` (``kwargs``: its knobs), each from empty state at one of
@@ -121,11 +121,12 @@ def world_replay_episodes(world: World, artifact: Any, calibrators: CalibratorSe
     by 0.84x (repins) to 1.18x (video views) in its offline twin; refit on four such episodes at
     the loop's rate and policy (no exploration), served by them, they came within 0.97-1.02
     (docs/calibration.md).
-    ``background(start_ms)``: the other users' event stream of an episode from its start.
+    ``background(start_ms)``: the other users' event stream of an episode from its start. One episode
+    is ``world_replay_log`` itself (``calibrators`` None: bootstrapped in it).
     """
     logs = []
     for i, t0 in enumerate(episode_starts(start_ms, episodes)):
-        if progress:
+        if progress and episodes > 1:
             print(f"episode {i + 1} of {episodes} from {_utc(t0)}", flush=True)
         logs.append(world_replay_log(world, artifact, calibrators, start_ms=t0, seed=seed + i, progress=progress,
                                      background=background(t0) if background else None, **kwargs))

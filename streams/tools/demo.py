@@ -113,8 +113,8 @@ class Demo:
         if stale:  # a model of an older format (e.g. before item content): the worker would refuse it
             print(f"model: the cached model under {s.model_dir} is stale ({stale}): retraining", flush=True)
             (s.model_dir / "latest").unlink()
-            for name in ("train", "calibration-log", "replay", "calibration-log-live", "replay-live"):
-                (self.setup_dir / f"{name}.done").unlink(missing_ok=True)
+            for done in self.setup_dir.glob("*.done"):
+                done.unlink()
         if (s.model_dir / "latest").exists():
             print(f"model: cached under {s.model_dir} (delete it to retrain)", flush=True)
             return []

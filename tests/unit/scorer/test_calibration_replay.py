@@ -171,6 +171,8 @@ def test_replay_cli_with_real_artifacts(tmp_path, capsys) -> None:
     assert calibration_cli.main(["calibration", "log", "--model", str(tmp_path / "models" / "model-B"),
                                  "--out", str(tmp_path / "live.npz"), "--episodes", "2", "--hours", "0.1",
                                  "--users", "50", "--items", "300", "--threads", "1"]) == 2  # needs calibrators
+    assert calibration_cli.main(["calibration", "log", "--model", str(tmp_path / "models" / "model-B"),
+                                 "--out", str(tmp_path / "live.npz"), "--episodes", "0"]) == 2
     try:
         assert calibration_cli.main(["calibration", "log", "--model", str(tmp_path / "models" / "model-B"),
                                      "--calibrators", str(tmp_path / "cal"), "--out", str(tmp_path / "live.npz"),
