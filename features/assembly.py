@@ -17,6 +17,8 @@ Model input arrays (``ModelInputs.arrays()``; ``N`` candidates, ``L = spec.seq_l
 * ``seq_type``   int64 ``[L]``        1 organic, 2 video (0 = pad)
 * ``seq_age``    int64 ``[L]``        log2 bucket of the action's age in seconds
 * ``seq_mask``   bool ``[L]``         True where an action is present
+* ``hide_item``  int64 ``[H]``        hashed ids of the items hidden over the whole stored history (up to
+  ``spec.history_len`` actions), newest first (0 = pad; ``H = spec.hide_len``): the long-term hide profile
 * ``cand_item``  int64 ``[N]``, ``cand_type`` int64 ``[N]``, ``cand_pos`` int64 ``[N]``
 * ``cand_dense`` float32 ``[N, Dc]``  ``CAND_DENSE_NAMES``
 
@@ -77,6 +79,10 @@ class FeatureSpec:
     item_buckets: int = 20_011
     ctx_buckets: int = 1_009
     seq_len: int = 32
+    #: the stored history the long-term hide profile reads (the tables' ``FEEDRANK_SEQUENCE_LEN``) and how
+    #: many of its hidden items the model reads
+    history_len: int = 256
+    hide_len: int = 32
     age_buckets: int = 20
     position_buckets: int = 32
     #: width of the item content embeddings the model holds (``features.content``; not a model input array)
@@ -121,6 +127,7 @@ class ModelInputs:
     seq_type: np.ndarray
     seq_age: np.ndarray
     seq_mask: np.ndarray
+    hide_item: np.ndarray
     cand_item: np.ndarray
     cand_type: np.ndarray
     cand_pos: np.ndarray
@@ -131,7 +138,7 @@ class ModelInputs:
 
 
 USER_KEYS: tuple[str, ...] = ("user_id", "ctx", "user_dense", "seq_item", "seq_action", "seq_type", "seq_age",
-                              "seq_mask")
+                              "seq_mask", "hide_item")
 CAND_KEYS: tuple[str, ...] = ("cand_item", "cand_type", "cand_pos", "cand_dense")
 
 
@@ -183,6 +190,10 @@ def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext,
         seq_age[j] = min(top_age, int(math.log2(1.0 + max(ctx.ts - a.ts, 0) / 1000.0)))
         item_hits[a.item_id] = item_hits.get(a.item_id, 0) + 1
     n_seq = len(recent)
+    hide_item = np.zeros(spec.hide_len, dtype=np.int64)
+    hidden = user.hidden_items(spec.hide_len)
+    if hidden:
+        hide_item[: len(hidden)] = item_hashes(list(hidden), spec.item_buckets - 1) + 1
 
     # candidates: one array operation per column over all N (features.candidates)
     cols = CandidateColumns.of(candidates)
@@ -207,7 +218,7 @@ def assemble(user: UserState, feedback: FeedbackSnapshot, ctx: ScoreContext,
         ctx=_ctx_codes(ctx, spec),
         user_dense=_user_dense(user, feedback, ctx, spec),
         seq_item=seq_item, seq_action=seq_action, seq_type=seq_type, seq_age=seq_age,
-        seq_mask=seq_action > 0,
+        seq_mask=seq_action > 0, hide_item=hide_item,
         cand_item=cand_item, cand_type=cand_type, cand_pos=cand_pos, cand_dense=cand_dense,
     )
 

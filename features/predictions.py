@@ -59,7 +59,7 @@ class ServedItemInputs(BaseModel):
 class ServedInputs(BaseModel):
     """The exact model inputs of a sampled request (``FEEDRANK_FEATURE_LOG_SAMPLE``), for the online/offline
     consistency check (``scorer.consistency``): the feature spec, the request context, the user side as the
-    model saw it (dense features in ``USER_DENSE_NAMES`` order, the sequence's present entries newest first),
+    model saw it (dense features in ``USER_DENSE_NAMES`` order, the sequence's and the hide profile's present entries newest first),
     the feedback-loop counts it was computed from and, per logged item (same order as ``items``), its
     candidate inputs."""
 
@@ -73,6 +73,8 @@ class ServedInputs(BaseModel):
     seq_type: list[int]
     seq_age: list[int]
     items: list[ServedItemInputs]
+    #: the long-term hide profile's present entries, newest first (``hide_item``)
+    hide_item: list[int] = Field(default_factory=list)
     #: the 30-minute feedback-loop counts served, per segment key: [impressions, then each action's count]
     feedback: dict[str, list[int]] = Field(default_factory=dict)
 

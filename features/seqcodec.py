@@ -145,8 +145,8 @@ class ActionSequence:
         """The entries as ``SeqAction`` values, oldest first."""
         return tuple(self._iter())
 
-    def _iter(self) -> Iterator[SeqAction]:
-        for i in range(len(self.ts)):
+    def _iter(self, start: int = 0) -> Iterator[SeqAction]:
+        for i in range(start, len(self.ts)):
             yield SeqAction(
                 item_id=self.item_id[i],
                 action=ACTIONS[self.action[i]],
@@ -251,14 +251,29 @@ class EncodedUserState:
     counts_3h: Counts = Counts()
     counts_1d: Counts = Counts()
 
-    def decode(self, newest: int | None = None) -> UserState:
+    def decode(self, newest: int | None = None, hidden: int | None = None) -> UserState:
         """The ``UserState``; with ``newest``, only that many of the newest actions become objects
-        (``history_len`` then counts them all): the score path reads ``seq_len`` of a 256-action history."""
+        (``history_len`` then counts them all): the score path reads ``seq_len`` of a 256-action history.
+        The hidden items of the whole history (the newest ``hidden`` of them; all when None) then ride
+        along as ``UserState.hidden``, read off the action column without making objects."""
         if not self.sequence:
-            return UserState(self.user_id, (), self.counts_3h, self.counts_1d)
-        actions = decode(self.sequence, maxlen=1 << 30 if newest is None else newest).actions()
-        total = None if newest is None else _HEADER.unpack_from(self.sequence, 0)[1]
-        return UserState(self.user_id, actions, self.counts_3h, self.counts_1d, total)
+            return UserState(self.user_id, (), self.counts_3h, self.counts_1d, None if newest is None else 0,
+                             None if newest is None else ())
+        if newest is None:
+            return UserState(self.user_id, decode(self.sequence, maxlen=1 << 30).actions(), self.counts_3h,
+                             self.counts_1d)
+        seq = decode(self.sequence, maxlen=1 << 30)
+        n = len(seq)
+        hide, act, ids = _ACTION_IDX["hide"], seq.action, seq.item_id
+        out: list[str] = []
+        limit = n if hidden is None else hidden
+        i = n - 1
+        while i >= 0 and len(out) < limit:
+            if act[i] == hide:
+                out.append(ids[i])
+            i -= 1
+        cut = max(0, n - newest)
+        return UserState(self.user_id, tuple(seq._iter(cut)), self.counts_3h, self.counts_1d, n, tuple(out))
 
 
 __all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "EncodedUserState", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",

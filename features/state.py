@@ -56,6 +56,22 @@ class UserState:
     counts_1d: Counts = Counts()
     #: when ``actions`` holds only the newest entries (a score process decodes what the model reads): all of them
     history_len: int | None = None
+    #: when ``actions`` was cut to the newest: the items hidden over the whole history, newest first
+    #: (``features.seqcodec.EncodedUserState.decode`` reads them off the stored columns)
+    hidden: tuple[str, ...] | None = None
+
+    def hidden_items(self, limit: int) -> tuple[str, ...]:
+        """The items the user hid, newest first, at most ``limit``, over the whole stored history (the
+        long-term hide profile: a user's unwanted topic shows in every hide, not only in the last few actions)."""
+        if self.hidden is not None:
+            return self.hidden[:limit]
+        out: list[str] = []
+        for a in reversed(self.actions):
+            if a.action == "hide":
+                out.append(a.item_id)
+                if len(out) >= limit:
+                    break
+        return tuple(out)
 
     @property
     def n_actions(self) -> int:

@@ -29,8 +29,8 @@ from .model import TASKS, ModelConfig, RankingModel
 log = logging.getLogger(__name__)
 
 #: /2: the model holds the item content table (``features.content``) and its user side returns content keys;
-#: a /1 file scores without content and is refused
-CARD_FORMAT = "feedrank-model/2"
+#: /3: it also reads the long-term hide profile (``hide_item``); older files lack that input and are refused
+CARD_FORMAT = "feedrank-model/3"
 MODEL_FILE, STATE_FILE, CARD_FILE, LATEST = "model.pt", "model_state.pt", "card.json", "latest"
 
 
@@ -122,7 +122,7 @@ def load_artifact(path: Path) -> Artifact:
     card = json.loads((d / CARD_FILE).read_text())
     if card.get("format") != CARD_FORMAT:
         raise ArtifactError(f"{d}: card format {card.get('format')!r}, expected {CARD_FORMAT!r} (this code's model "
-                            "holds item content embeddings); retrain with `feedrank train` (the demo: delete its "
+                            "reads the long-term hide profile); retrain with `feedrank train` (the demo: delete its "
                             "model directory and set-up directory, it retrains on the next run)")
     module, _ = load_serving(d / MODEL_FILE)
     return Artifact(d, card, module, FeatureSpec.from_dict(card["feature_spec"]))

@@ -59,6 +59,8 @@ def register(subparsers: Any) -> None:
     _world_flags(e, 1000, 1000, 0.3)
     _flag(e, "--train-hours", "TRAIN_HOURS", 24.0, float, "hours of training traffic (day 1)")
     _flag(e, "--holdout-hours", "EVAL_HOLDOUT_HOURS", 24.0, float, "held-out later hours (day 2)")
+    _flag(e, "--history-hours", "EVAL_HISTORY_HOURS", 0.0, float, "hours replayed before day 1 (state only): users "
+          "arrive with a history, as in a system that has run a while")
     _flag(e, "--epochs", "EPOCHS", 3, int, "training epochs per model")
     _flag(e, "--distill-weight", "DISTILL_WEIGHT_EVAL", 1.0, float, "score-regularization weight in the stability run")
     _flag(e, "--report", "EVAL_REPORT", Path("var/eval/report.json"), Path, "where to write the JSON report")
@@ -128,8 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = EvalConfig(seed=args.seed, n_users=args.users, n_items=args.items, requests_per_s=args.requests_per_s,
-                     train_hours=args.train_hours, holdout_hours=args.holdout_hours, epochs=args.epochs,
-                     distill_weight=args.distill_weight, seeds=args.seeds,
+                     train_hours=args.train_hours, holdout_hours=args.holdout_hours,
+                     history_hours=args.history_hours, epochs=args.epochs, distill_weight=args.distill_weight, seeds=args.seeds,
                      variants=tuple(v for v in args.variants.split(",") if v), small=args.small,
                      stability=args.stability, rank_every=args.rank_every, preset=args.preset, threads=args.threads)
     from features.assembly import FeatureSpec

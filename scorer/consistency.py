@@ -7,7 +7,7 @@ training/replay path (``scorer.replay_state.ReplayState`` -> ``features.assembly
 
 - every model input: the user dense features (``USER_DENSE_NAMES``), the candidates' dense
   features (``CAND_DENSE_NAMES``), the action sequence (its ``(item, action, type)`` tokens by edit distance,
-  and the age buckets where the tokens agree);
+  and the age buckets where the tokens agree), the long-term hide profile (``hide_item``, slot by slot);
 - every calibration feature but the logit columns (the check feeds the calibration features the served
   logits, so those agree by construction and would only pad the count).
 
@@ -176,6 +176,9 @@ class ConsistencyReport:
             self.in_flight_requests += 1
         if k >= 0:
             self._stats("sequence.age").add(np.asarray(inp.seq_age), m.seq_age[m.seq_mask], where)
+        served_hides = np.zeros(spec.hide_len, dtype=np.int64)
+        served_hides[: len(inp.hide_item)] = inp.hide_item[: spec.hide_len]
+        self._stats("hide_profile.item").add(served_hides, m.hide_item, where)
         self.add_columns("user", USER_DENSE_NAMES, np.asarray(inp.user_dense), m.user_dense, where)
         self.add_columns("candidate", CAND_DENSE_NAMES, np.asarray([x.cand_dense for x in inp.items]),
                          m.cand_dense, where)

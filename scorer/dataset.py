@@ -110,7 +110,7 @@ def simulate(world: World, start_ms: int, hours: float, requests_per_s: float, s
     probabilities at position 0, labels 0). Their candidates come from a generator of their own,
     so the simulated traffic is the same with or without them.
     """
-    state = ReplayState(seq_len=spec.seq_len)
+    state = ReplayState(seq_len=spec.history_len)
     rank_rng = np.random.default_rng(world.seed + 13)
     rank_from = start_ms if rank_from_ms is None else rank_from_ms
     rk: dict[str, list[np.ndarray]] = {k: [] for k in (*USER_KEYS, *CAND_KEYS, *WORLD_KEYS)}
@@ -225,13 +225,20 @@ class WorldSplit:
 
 def make_split(world: World, spec: FeatureSpec, train_hours: float, holdout_hours: float, requests_per_s: float,
                start_ms: int, rates: Mapping[str, float] = DEFAULT_RATES, seed: int = 0,
-               progress: bool = False, rank_every: int = 0, rank_candidates: int = 100) -> WorldSplit:
+               progress: bool = False, rank_every: int = 0, rank_candidates: int = 100,
+               history_hours: float = 0.0) -> WorldSplit:
     """Simulate ``train_hours`` then ``holdout_hours`` in one replay (state carries over); the
     training part is stratified-down-sampled, the later hold-out is kept whole. ``rank_every`` > 0:
-    the hold-out also carries ranking requests (``holdout.ranking``, see ``simulate``)."""
+    the hold-out also carries ranking requests (``holdout.ranking``, see ``simulate``).
+    ``history_hours`` > 0: the replay starts that long before ``start_ms`` and its rows are dropped, so users
+    come to the training day with a history (as in a system that has run for a while), not empty."""
     cut = start_ms + int(train_hours * HOUR_MS)
-    rows = simulate(world, start_ms, train_hours + holdout_hours, requests_per_s, spec, progress=progress,
-                    rank_every=rank_every, rank_candidates=rank_candidates, rank_from_ms=cut)
+    first = start_ms - int(history_hours * HOUR_MS)
+    rows = simulate(world, first, history_hours + train_hours + holdout_hours, requests_per_s, spec,
+                    progress=progress, rank_every=rank_every, rank_candidates=rank_candidates, rank_from_ms=cut)
+    if history_hours > 0:
+        ranking, rows = rows.ranking, rows.select(rows.ts >= start_ms)
+        rows.ranking = ranking
     train = downsample(rows.select(rows.ts < cut), rates, seed)
     holdout = rows.select(rows.ts >= cut)
     holdout.ranking = rows.ranking
@@ -240,7 +247,7 @@ def make_split(world: World, spec: FeatureSpec, train_hours: float, holdout_hour
                                                        "action_rates")},
                         **part.summary}
     holdout.summary.update(rows=len(holdout), period="hold-out (later)", hours=holdout_hours)
-    train.summary.update(period="train", hours=train_hours,
+    train.summary.update(period="train", hours=train_hours, history_hours=history_hours,
                          world={"seed": world.seed, "n_users": world.n_users, "n_items": world.n_items,
                                 "requests_per_s": requests_per_s})
     return WorldSplit(train, holdout)

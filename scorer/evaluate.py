@@ -152,6 +152,8 @@ class EvalConfig:
     requests_per_s: float = 0.3
     train_hours: float = 24.0
     holdout_hours: float = 24.0
+    #: hours of traffic replayed before the training day (state only, no rows): users arrive with a history
+    history_hours: float = 0.0
     epochs: int = 3
     distill_weight: float = 1.0
     #: training seeds per variant (the world and its data stay those of ``seed``)
@@ -187,7 +189,7 @@ def run_eval(cfg: EvalConfig, spec: FeatureSpec = FeatureSpec(), progress: bool 
     world = World(cfg.seed, cfg.n_users, cfg.n_items, params=preset_params(cfg.preset))
     split = make_split(world, spec, cfg.train_hours, cfg.holdout_hours, cfg.requests_per_s, DEFAULT_START_MS,
                        seed=cfg.seed, progress=progress, rank_every=cfg.rank_every,
-                       rank_candidates=cfg.rank_candidates)
+                       rank_candidates=cfg.rank_candidates, history_hours=cfg.history_hours)
     train, hold = split.train, split.holdout
     ranking = hold.ranking
     base = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, progress=progress, threads=cfg.threads)

@@ -104,18 +104,22 @@ class ContentLookup(nn.Module):
 
 
 class ContentMatch(nn.Module):
-    """The candidate's content against the user's recent actions and the user vector.
+    """The candidate's content against the user's actions and the user vector.
 
-    User side (once per request, ``user_side``): the content of each actioned
-    item ``keys [B, L, D]`` and a 0/1 membership ``groups [B, G, L]`` of three
-    groups: engaged (every action but hide), hidden, any. Candidate side: the
-    cosine-like similarity (dot product of unit vectors) of the candidate's
-    content with each key, then per group its mean and max (0 for an empty
-    group), ``P`` dot products of learned projections of the user vector
-    with the candidate content, and ``Q`` dot products of the user's own
-    content-space "taste" vectors (a hashed-user embedding) with it: user x
-    item-topic terms, what hide's stable unwanted topic needs. The taste
-    vectors ride as ``Q`` extra key rows (group weight 0). Output ``[N, 2G + P + Q]``.
+    User side (once per request, ``user_side``): content keys ``[B, L + H + Q, D]``
+    and a 0/1 membership ``groups [B, G, L + H + Q]`` of four groups: of the
+    recent actions (``L``) engaged (every action but hide), hidden and any; and
+    the long-term hide profile (``H``: the items hidden over the whole stored
+    history, ``hide_item``). Candidate side: the cosine-like similarity (dot
+    product of unit vectors) of the candidate's content with each key, then
+    per group its mean and max (0 for an empty group), the log of the hide
+    profile's size (how much to trust it), ``P`` dot products of learned
+    projections of the user vector with the candidate content, ``P`` of
+    learned projections of the hide profile's mean content with it (a
+    bilinear form: the content space's own axes are not the topics'), and
+    ``Q`` dot products of the user's own content-space "taste" vectors (a
+    hashed-user embedding) with it. The taste vectors ride as ``Q`` extra key
+    rows (group weight 0). Output ``[N, 2G + 1 + 2P + Q]``.
     """
 
     def __init__(self, user_dim: int, dim: int, hide_code: int, n_proj: int = 4, user_buckets: int = 1,
@@ -123,34 +127,44 @@ class ContentMatch(nn.Module):
         super().__init__()
         self.d, self.p, self.q, self.hide_code = dim, n_proj, n_taste, hide_code
         self.proj = nn.Linear(user_dim, n_proj * dim)
+        self.hide_proj = nn.Linear(dim, n_proj * dim)
         self.taste = nn.Embedding(user_buckets, n_taste * dim)
         nn.init.normal_(self.taste.weight, std=0.01)
-        self.out_dim = 2 * 3 + n_proj + n_taste
+        self.out_dim = 2 * 4 + 1 + 2 * n_proj + n_taste
 
-    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
-        """content ``[B, L, D+1]``, action ``[B, L]``, mask ``[B, L]``, user_id ``[B, 1]`` -> keys
-        ``[B, L + Q, D]`` (the actioned items' content, then the user's taste vectors), groups ``[B, 3, L + Q]``."""
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor, hide_content: Tensor,
+                  hide_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """content ``[B, L, D+1]``, action ``[B, L]``, mask ``[B, L]``, user_id ``[B, 1]``, hide_content
+        ``[B, H, D+1]``, hide_mask ``[B, H]`` -> keys ``[B, L + H + Q, D]`` (the actioned items' content,
+        the hidden items' content, then the user's taste vectors), groups ``[B, 4, L + H + Q]``."""
         present = mask & (content[:, :, self.d] > 0)
         hidden = present & (action == self.hide_code)
         engaged = present & (action != self.hide_code)
-        groups = torch.stack([engaged, hidden, present], dim=1).to(content.dtype)
-        b = content.shape[0]
+        b, n_seq, n_hide = content.shape[0], content.shape[1], hide_content.shape[1]
+        profile = (hide_mask & (hide_content[:, :, self.d] > 0)).to(content.dtype)
+        recent = torch.stack([engaged, hidden, present], dim=1).to(content.dtype)
+        groups = torch.cat([torch.cat([recent, recent.new_zeros((b, 3, n_hide))], dim=2),
+                            torch.cat([recent.new_zeros((b, 1, n_seq)), profile.unsqueeze(1)], dim=2)], dim=1)
         taste = self.taste(user_id.reshape(b)).reshape(b, self.q, self.d)
-        keys = torch.cat([content[:, :, : self.d], taste], dim=1)
-        groups = torch.cat([groups, groups.new_zeros((b, 3, self.q))], dim=2)
+        keys = torch.cat([content[:, :, : self.d], hide_content[:, :, : self.d], taste], dim=1)
+        groups = torch.cat([groups, groups.new_zeros((b, 4, self.q))], dim=2)
         return keys, groups
 
     def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:
-        """u ``[B, S]``, keys ``[B, L + Q, D]``, groups ``[B, 3, L + Q]``, cand ``[N, D+1]``; ``B`` is 1 or ``N``."""
+        """u ``[B, S]``, keys ``[B, K, D]``, groups ``[B, 4, K]``, cand ``[N, D+1]``; ``B`` is 1 or ``N``."""
         c = cand[:, : self.d]
-        s = (keys * c.unsqueeze(1)).sum(-1)  # [N, L + Q]
-        cnt = groups.sum(-1)  # [B, 3]
-        mean = (s.unsqueeze(1) * groups).sum(-1) / cnt.clamp_min(1.0)  # [N, 3]
+        s = (keys * c.unsqueeze(1)).sum(-1)  # [N, K]
+        cnt = groups.sum(-1)  # [B, 4]
+        mean = (s.unsqueeze(1) * groups).sum(-1) / cnt.clamp_min(1.0)  # [N, 4]
         mx = (s.unsqueeze(1) + (groups - 1.0) * 1e4).amax(-1)
         mx = torch.where(cnt > 0, mx, torch.zeros_like(mx))
+        size = torch.log1p(cnt[:, 3:4]).expand(c.shape[0], 1)
         up = self.proj(u).reshape(u.shape[0], self.p, self.d)
         dots = (up * c.unsqueeze(1)).sum(-1)  # [N, P]
-        return torch.cat([mean, mx, dots, s[:, s.shape[1] - self.q:]], dim=1)
+        profile = (groups[:, 3].unsqueeze(-1) * keys).sum(1) / cnt[:, 3:4].clamp_min(1.0)  # [B, D]
+        hp = self.hide_proj(profile).reshape(profile.shape[0], self.p, self.d)
+        hide_dots = (hp * c.unsqueeze(1)).sum(-1)  # [N, P]
+        return torch.cat([mean, mx, size, dots, hide_dots, s[:, s.shape[1] - self.q:]], dim=1)
 
 
 class NoContentMatch(nn.Module):
@@ -160,8 +174,9 @@ class NoContentMatch(nn.Module):
         super().__init__()
         self.out_dim = 0
 
-    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor) -> Tuple[Tensor, Tensor]:
-        return content[:, :, :0], content.new_zeros((content.shape[0], 3, content.shape[1]))
+    def user_side(self, content: Tensor, action: Tensor, mask: Tensor, user_id: Tensor, hide_content: Tensor,
+                  hide_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        return content[:, :, :0], content.new_zeros((content.shape[0], 4, content.shape[1]))
 
     def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:
         return cand.new_zeros((cand.shape[0], 0))

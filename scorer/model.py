@@ -125,13 +125,16 @@ class RankingModel(nn.Module):
 
     def encode_user(self, b: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """User side, computed once per request when serving: the user vector ``[B, summary_dim]`` and the
-        sequence's content keys ``[B, L + Q, D]`` and groups ``[B, 3, L + Q]`` (``ContentMatch.user_side``)."""
+        content keys and groups of the recent actions and the long-term hide profile (``ContentMatch.user_side``)."""
         user = self.user_rep(b["user_id"], b["ctx"], b["user_dense"])
         seq_content = self.content(b["seq_item"])
         seq = self.sequence(user, b["seq_item"], b["seq_action"], b["seq_type"], b["seq_age"], b["seq_mask"],
                             seq_content)
         mask = b["seq_mask"] if self.seq_match else torch.zeros_like(b["seq_mask"])
-        keys, groups = self.match.user_side(seq_content, b["seq_action"], mask, b["user_id"])
+        hide_item = b["hide_item"]
+        hide_mask = hide_item > 0 if self.seq_match else torch.zeros_like(hide_item, dtype=torch.bool)
+        keys, groups = self.match.user_side(seq_content, b["seq_action"], mask, b["user_id"],
+                                            self.content(hide_item), hide_mask)
         return self.summarize(user, seq), keys, groups
 
     def score_candidates(self, u: Tensor, keys: Tensor, groups: Tensor, b: Dict[str, Tensor],

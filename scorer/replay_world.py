@@ -176,7 +176,7 @@ def world_replay_log(world: World, artifact: Any, calibrators: CalibratorSet | N
     bootstrap = calibrators is None
     holder = CalibratorHolder(calibrators or CalibratorSet.identity(artifact.version))
     scorer = Scorer(artifact, holder, blender or Blender(None))
-    state = ReplayState(seq_len=artifact.spec.seq_len)
+    state = ReplayState(seq_len=artifact.spec.history_len)
     feed = _Background(background)
     rng = np.random.default_rng(seed + 17)
     end = start_ms + int(hours * HOUR_MS)

@@ -175,6 +175,7 @@ def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray, feedback: Feedback
         "user_dense": inputs.user_dense.tolist(),
         "seq_item": inputs.seq_item[present].tolist(), "seq_action": inputs.seq_action[present].tolist(),
         "seq_type": inputs.seq_type[present].tolist(), "seq_age": inputs.seq_age[present].tolist(),
+        "hide_item": inputs.hide_item[inputs.hide_item > 0].tolist(),
         "items": [{"item_type": TYPE_NAME.get(int(cands.type_code[i]), "unknown"), "position": int(cands.position[i]),
                    "features": cands.features_at(i), "cand_dense": inputs.cand_dense[i].tolist()}
                   for i in rows.tolist()],

@@ -62,3 +62,15 @@ def test_calibration_features_delegate() -> None:
 
     m = calibration_features(np.zeros((2, 6), dtype=np.float32), _user(4), FeedbackSnapshot(), CTX, _cands())
     assert m.shape == (2, len(CALIBRATION_FEATURE_NAMES))
+
+
+def test_hide_profile_reads_the_whole_history() -> None:
+    """``hide_item``: the items hidden anywhere in the stored history (not only among the ``seq_len`` newest
+    actions), newest first, at most ``hide_len``, hashed like ``seq_item``; zeros when the user never hid."""
+    spec = FeatureSpec(seq_len=8, hide_len=4)
+    acts = tuple(SeqAction(f"i{k}", "hide" if k in (1, 3, 5, 7, 9) else "click", CTX.ts - (40 - k) * 10_000, "home",
+                           "organic") for k in range(40))
+    x = assemble(UserState("u1", acts), FeedbackSnapshot(), CTX, _cands(), spec)
+    assert not (x.seq_action == 5).any()  # no hide among the 8 newest actions
+    assert x.hide_item.tolist() == [stable_hash(f"i{k}", spec.item_buckets - 1) + 1 for k in (9, 7, 5, 3)]
+    assert not assemble(_user(12), FeedbackSnapshot(), CTX, _cands(), spec).hide_item.any()

@@ -96,3 +96,21 @@ def test_set_context_fills_surface_and_type() -> None:
     assert not seq.set_context("nope", "home", "video")
     a = decode(encode(seq)).actions()[0]
     assert (a.surface, a.item_type) == ("home", "video")
+
+
+def test_score_path_decode_keeps_the_whole_historys_hides() -> None:
+    """The score process decodes only the newest actions the model reads, but the long-term hide profile is
+    over the whole stored history: ``EncodedUserState.decode(newest)`` carries every hidden item, newest first,
+    equal to what the full decode gives (the replay's and training's path)."""
+    from features.seqcodec import EncodedUserState
+
+    seq = ActionSequence(256)
+    for i in range(200):
+        add(seq, i, T0 + i * 1000, "hide" if i % 9 == 0 else "click")
+    enc = EncodedUserState("u1", encode(seq))
+    full, cut = enc.decode(), enc.decode(32)
+    assert len(cut.actions) == 32 and cut.n_actions == 200 and cut.actions == full.actions[-32:]
+    hides = tuple(f"item{i}" for i in range(198, -1, -1) if i % 9 == 0)
+    assert full.hidden_items(100) == cut.hidden_items(100) == hides  # 23 hides, most older than the newest 32
+    assert cut.hidden_items(5) == hides[:5] and enc.decode(32, hidden=3).hidden_items(5) == hides[:3]
+    assert EncodedUserState("u2").decode(32).hidden_items(8) == ()

@@ -114,6 +114,7 @@ def test_served_features_equal_the_replayed_ones_when_the_states_agree() -> None
     assert rep.requests == served >= 50
     assert rep.sequence.exact == rep.sequence.n == served
     assert sum(1 for v in rep.features.values() if v.n) >= 39 + 4 + 60  # user dense, candidate, calibration
+    assert rep.features["hide_profile.item"].n == served * FeatureSpec().hide_len
     assert rep.diverging() == {}, rep.to_dict()
 
 
@@ -121,6 +122,7 @@ def test_a_stale_user_state_shows_as_diverging_features() -> None:
     checker, served = _run(stale_every=4)
     div = checker.report.diverging()
     assert "sequence.tokens" in div and 0.1 < div["sequence.tokens"] <= 0.3
+    assert "hide_profile.item" in div  # the lost user's hides too
     assert "user.user_1d:log_impressions" in div and "calibration.user_1d:log_impressions" in div
     assert not any(k.startswith(("user.feedback", "feedback_loop")) for k in div)  # the feedback loop was right
     assert checker.report.to_dict()["feedback_lag_ms"]["p50"] == 0

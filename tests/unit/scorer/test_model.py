@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ from scorer.export import ServingModule
 from scorer.model import MixtureOfExperts, ModelConfig, RankingModel, Summarization, build_model
 from scorer.train import masked_bce, training_loss
 
-SPEC = FeatureSpec(user_buckets=101, item_buckets=211, ctx_buckets=53, seq_len=6)
+SPEC = FeatureSpec(user_buckets=101, item_buckets=211, ctx_buckets=53, seq_len=6, hide_len=4)
 SMALL = dict(expert_dims=[16, 8], tower_hidden=8, summary_dim=16, item_dim=8, seq_ffn=16, n_experts=3)
 T = 6
 
@@ -29,6 +31,7 @@ def _inputs(b: int, n: int, seed: int = 0, empty_seq: bool = False) -> dict[str,
          "seq_action": torch.randint(1, 7, (b, L), generator=g) * mask,
          "seq_type": torch.randint(1, 3, (b, L), generator=g) * mask,
          "seq_age": torch.randint(0, SPEC.age_buckets, (b, L), generator=g), "seq_mask": mask,
+         "hide_item": torch.randint(1, 211, (b, SPEC.hide_len), generator=g) * (~mask[:, : SPEC.hide_len]),
          "cand_item": torch.randint(1, 211, (n,), generator=g), "cand_type": torch.randint(1, 3, (n,), generator=g),
          "cand_pos": torch.randint(0, 10, (n,), generator=g), "cand_dense": torch.randn(n, SPEC.n_cand_dense, generator=g)}
     return x
@@ -78,6 +81,28 @@ def test_sequence_changes_scores_only_with_sequence_model() -> None:
         batch = build_model(SPEC, ModelConfig(use_sequence=False, drop_features=list(REALTIME_COUNTERS), **SMALL)).eval()
         z["user_dense"][:, USER_DENSE_NAMES.index("user_3h:rate:click")] += 3.0
         assert torch.equal(batch(x), batch(z))
+
+
+def test_hide_profile_changes_scores_only_with_sequence_model() -> None:
+    """The long-term hide profile (``hide_item``) reaches the scores through the items' content, and the
+    no-sequence ablation (a batch system) does not read it."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(211, SPEC.content_dim + 1, generator=g)
+    table[:, -1], table[0] = 1.0, 0.0
+    x = _inputs(4, 4, seed=2)
+    x["hide_item"] = torch.randint(1, 211, (4, SPEC.hide_len), generator=g)
+    y = dict(x)
+    y["hide_item"] = (x["hide_item"] + 11) % 210 + 1
+    empty = dict(x)
+    empty["hide_item"] = torch.zeros_like(x["hide_item"])
+    with torch.no_grad():
+        seq = build_model(SPEC, ModelConfig(**SMALL)).eval()
+        noseq = build_model(SPEC, ModelConfig(use_sequence=False, **SMALL)).eval()
+        for m in (seq, noseq):
+            m.set_content(table)
+        assert not torch.allclose(seq(x), seq(y))
+        assert not torch.allclose(seq(x), seq(empty))
+        assert torch.equal(noseq(x), noseq(y)) and torch.equal(noseq(x), noseq(empty))
 
 
 def test_masked_tasks_get_no_gradient_and_labels_are_ignored() -> None:
@@ -135,8 +160,8 @@ def _modules() -> list[tuple[str, nn.Module, tuple[torch.Tensor, ...]]]:
          (x["cand_item"], x["cand_type"], x["cand_pos"], x["cand_dense"], torch.randn(3, 6))),
         ("ContentLookup", layers.ContentLookup(211, 5), (x["seq_item"],)),
         ("ContentMatch", layers.ContentMatch(16, 5, 5, user_buckets=11), (u, torch.randn(1, 8, 5),
-                                                                          torch.ones(1, 3, 8), torch.randn(4, 6))),
-        ("NoContentMatch", layers.NoContentMatch(), (u, torch.randn(1, 6, 0), torch.ones(1, 3, 6),
+                                                                          torch.ones(1, 4, 8), torch.randn(4, 6))),
+        ("NoContentMatch", layers.NoContentMatch(), (u, torch.randn(1, 6, 0), torch.ones(1, 4, 6),
                                                      torch.randn(4, 1))),
         ("DotInteraction", layers.DotInteraction(16, 8), (u, torch.randn(5, 8))),
         ("SplitLinear", layers.SplitLinear(16, 10, 12), (u, c)),
@@ -216,22 +241,32 @@ def test_content_match_sees_hidden_and_engaged_items() -> None:
     content = torch.cat([e, torch.ones(3, 1)], dim=1).unsqueeze(0)  # items along the three axes, all known
     action = torch.tensor([[1, hide, 1]])
     uid = torch.tensor([[2]])
+    # the long-term hide profile: the third axis hidden twice, then padding
+    profile = torch.cat([e[[2, 2, 0]], torch.tensor([[1.0], [1.0], [1.0]])], dim=1).unsqueeze(0)
+    profile_mask = torch.tensor([[True, True, False]])
     with torch.no_grad():
         cm.taste.weight[2] = torch.tensor([0.0, 0.0, 2.0])  # user 2's taste: the third axis
-    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)  # the third is padding
-    assert groups.tolist() == [[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]]]
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid, profile,
+                                profile_mask)  # the third action is padding
+    assert groups.tolist() == [[[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                                [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0]]]
     cand = torch.cat([e, torch.ones(3, 1)], dim=1)  # candidate k = item k
     out = cm(torch.zeros(1, 4), keys, groups, cand)
-    mean, mx = out[:, :3], out[:, 3:6]
-    assert out.shape == (3, 3 * 2 + 2 + 1)
+    mean, mx, size = out[:, :4], out[:, 4:8], out[:, 8]
+    assert out.shape == (3, 4 * 2 + 1 + 2 * 2 + 1)
     assert out[:, -1].tolist() == [0.0, 0.0, 2.0]  # the taste vector against each candidate
     assert mx[:, 0].tolist() == [1.0, 0.0, 0.0]  # like the engaged item
     assert mx[:, 1].tolist() == [0.0, 1.0, 0.0]  # like the hidden item
     assert torch.allclose(mean[:, 2], torch.tensor([0.5, 0.5, 0.0]))
+    assert mean[:, 3].tolist() == [0.0, 0.0, 1.0]  # like the long-term hides (padding left out)
+    assert torch.allclose(size, torch.full((3,), math.log(3.0)))  # log1p of the profile's size
     # an empty group gives 0, not -1e4; unknown content (flag 0) joins no group
     content[0, 1, -1] = 0.0
-    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid)
-    assert groups[0, 1].sum() == 0 and torch.all(cm(torch.zeros(1, 4), keys, groups, cand)[:, 4] == 0.0)
+    keys, groups = cm.user_side(content, action, torch.tensor([[True, True, False]]), uid, profile,
+                                torch.zeros_like(profile_mask))
+    out = cm(torch.zeros(1, 4), keys, groups, cand)
+    assert groups[0, 1].sum() == 0 and torch.all(out[:, 5] == 0.0)
+    assert torch.all(out[:, 7] == 0.0) and torch.all(out[:, 8] == 0.0)  # no hide profile: zeros
     # one user row broadcast equals the row repeated per candidate (serving vs training form)
     u = torch.randn(1, 4)
     rep = cm(u.expand(3, 4), keys.expand(3, -1, -1), groups.expand(3, -1, -1), cand)
