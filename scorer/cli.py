@@ -50,6 +50,7 @@ def register(subparsers: Any) -> None:
     _flag(t, "--holdout-hours", "HOLDOUT_HOURS", 3.0, float, "later hours held out for the card's metrics")
     _flag(t, "--epochs", "EPOCHS", 3, int, "training epochs")
     _flag(t, "--arch", "ARCH", "mmoe", str, "mmoe or shared_bottom")
+    _flag(t, "--size", "MODEL_SIZE", "default", str, "model size: default or small (scorer.model.MODEL_SIZES)")
     _flag(t, "--sequence", "USE_SEQUENCE", True, _bool, "use the real-time action sequence (true/false)")
     _flag(t, "--distill-weight", "DISTILL_WEIGHT", 0.0, float, "score-regularization weight toward --teacher")
     _flag(t, "--teacher", "TEACHER", "", str, "teacher artifact dir or root (empty = none)")
@@ -101,12 +102,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .artifact import load_eager, save_artifact
     from .dataset import make_split
     from .evaluate import mean_auc, task_metrics
-    from .model import ModelConfig
+    from .model import MODEL_SIZES, ModelConfig
     from .train import TrainConfig, predict_logits, train_model
 
     torch.set_num_threads(args.threads)
     spec = FeatureSpec()
-    mc = ModelConfig(arch=args.arch, use_sequence=args.sequence)
+    if args.size not in MODEL_SIZES:
+        print(f"--size {args.size!r}: use one of {', '.join(MODEL_SIZES)}", file=sys.stderr)
+        return 2
+    mc = ModelConfig(arch=args.arch, use_sequence=args.sequence, **MODEL_SIZES[args.size])  # type: ignore[arg-type]
     tc = TrainConfig(epochs=args.epochs, seed=args.seed, threads=args.threads, distill_weight=args.distill_weight)
     world = World(args.seed, args.users, args.items)
     split = make_split(world, spec, args.train_hours, args.holdout_hours, args.requests_per_s, DEFAULT_START_MS,

@@ -27,7 +27,7 @@ from features.world import DEFAULT_START_MS, World, preset_params
 from .blender import DEFAULT_BLEND
 from .dataset import WORLD_KEYS, RowSet, make_split
 from .metrics import auc, log_loss, spearman
-from .model import REALTIME_COUNTERS, ModelConfig
+from .model import MODEL_SIZES, REALTIME_COUNTERS, ModelConfig
 from .train import TrainConfig, predict_logits, train_model
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,7 @@ VARIANTS: Mapping[str, Mapping[str, Any]] = {
     "shared_bottom": {"arch": "shared_bottom"},
 }
 #: ``--small``: a narrower model for the multi-seed ablations on a small box
-SMALL_MODEL: Mapping[str, Any] = {"expert_dims": [96, 48], "n_experts": 4, "tower_hidden": 32, "summary_dim": 48,
-                                  "seq_ffn": 48}
+SMALL_MODEL: Mapping[str, Any] = MODEL_SIZES["small"]
 
 
 @dataclass(frozen=True)

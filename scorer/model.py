@@ -60,6 +60,14 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 
+#: model sizes (``feedrank train --size``, ``feedrank eval --small``): overrides of ``ModelConfig``'s widths.
+#: ``small`` costs 0.10 MFLOP a candidate against 0.65 (docs/model.md has the quality and latency of each)
+MODEL_SIZES: dict[str, dict[str, object]] = {
+    "default": {},
+    "small": {"expert_dims": [96, 48], "n_experts": 4, "tower_hidden": 32, "summary_dim": 48, "seq_ffn": 48},
+}
+
+
 class MixtureOfExperts(nn.Module):
     """K shared experts and one softmax gate per task: per-task inputs ``[T, N, h]``."""
 
@@ -185,4 +193,4 @@ def build_model(spec: FeatureSpec, config: ModelConfig, seed: int = 0) -> Rankin
     return RankingModel(spec, config)
 
 
-__all__ = ["REALTIME_COUNTERS", "ModelConfig", "RankingModel", "TASKS", "build_model"]
+__all__ = ["MODEL_SIZES", "REALTIME_COUNTERS", "ModelConfig", "RankingModel", "TASKS", "build_model"]

@@ -95,3 +95,18 @@ def test_cli_train_writes_a_loadable_artifact(tmp_path: Path) -> None:
     assert card["data"]["train"]["sampling"]["rates"]["none"] == DEFAULT_RATES["none"]
     assert set(card["metrics"]["holdout"]) == set(card["tasks"])
     assert (tmp_path / "latest").read_text().strip() == art.version
+
+
+def test_cli_train_size_picks_the_model_widths(tmp_path: Path) -> None:
+    from scorer.artifact import load_artifact
+    from scorer.cli import main
+    from scorer.model import MODEL_SIZES
+
+    rc = main(["train", "--out", str(tmp_path), "--users", "80", "--items", "200", "--train-hours", "2",
+               "--holdout-hours", "1", "--requests-per-s", "0.2", "--epochs", "1", "--size", "small"])
+    assert rc == 0
+    card = json.loads((load_artifact(tmp_path).path / "card.json").read_text())
+    assert card["model_config"]["expert_dims"] == MODEL_SIZES["small"]["expert_dims"]
+    assert card["model_config"]["n_experts"] == MODEL_SIZES["small"]["n_experts"]
+    assert main(["train", "--out", str(tmp_path / "x"), "--size", "huge"]) == 2
+    assert not (tmp_path / "x").exists()
