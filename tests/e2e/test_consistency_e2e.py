@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from features.assembly import FeatureSpec
 from streams.metrics import scrape
 from streams.tools.consistency import check_topics
 from streams.tools.simulate import Simulator
@@ -48,6 +49,7 @@ def test_served_features_equal_the_replay(settings_factory, worker_factory, tiny
     # a request the client timed out on and retried is scored (and logged) twice: every log is checked
     assert counts["prediction"] >= stats["scored"] and data["requests"] == counts["prediction"]
     assert data["sequence"]["n"] == data["requests"]
+    assert data["features"]["hide_profile.item"]["n"] == data["requests"] * FeatureSpec().hide_len
     diverging = {k: v for k, v in report.diverging().items() if not k.startswith("feedback_loop.")}
     assert not diverging, f"served features differ from the replay's: {diverging}; " + str(
         {k: data["features"][k]["first_mismatch"] for k in diverging if k in data["features"]})
