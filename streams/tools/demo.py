@@ -392,8 +392,8 @@ class Demo:
         if scored:
             score = (f"req {scored:,} ok{rate_txt} ({failed:,} failed) p50 {sim.get('score_p50_ms', float('nan')):.1f}"
                      f" p99 {sim.get('score_p99_ms', float('nan')):.1f}ms")
-            gain = sim.get("gain_captured")
-            ranking = f"gain {gain:.2f}" if gain is not None else "gain -"
+            gain, ci = sim.get("gain_captured"), sim.get("gain_interval")
+            ranking = (f"gain {gain:.2f}" + (f"±{(ci[1] - ci[0]) / 2:.2f}" if ci else "")) if gain is not None else "gain -"
         else:
             score = f"req 0 ok{rate_txt}" + (f" ({unavailable:,} answered 503: no model yet)" if unavailable else "") + (
                 f" ({failed:,} failed)" if failed else "")
@@ -438,9 +438,10 @@ class Demo:
         if self.first_scored_at is not None and self.published_at is not None:
             print(f"  first request scored {max(0.0, self.first_scored_at - self.published_at):.0f} s after the model "
                   "was there")
-        gain = sim.get("gain_captured")
+        gain, ci = sim.get("gain_captured"), sim.get("gain_interval")
         if scored and gain is not None:
-            print(f"  ranking quality: {gain:.2f} of the achievable true-utility gain over a random pick "
+            print(f"  ranking quality: {gain:.2f}" + (f" (95 % interval {ci[0]:.2f} to {ci[1]:.2f})" if ci else "")
+                  + " of the achievable true-utility gain over a random pick "
                   f"(0 = random, 1 = perfect; over the {scored:,} scored requests)")
         else:
             print("  ranking quality: - (no request was scored)")

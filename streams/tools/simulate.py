@@ -19,6 +19,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -62,6 +63,20 @@ def gain_captured(ranked: float, random_: float, best: float) -> float | None:
     return (ranked - random_) / (best - random_) if best > random_ else None
 
 
+def gain_interval(n: int, sa: float, sb: float, saa: float, sbb: float, sab: float,
+                  z: float = 1.96) -> tuple[float, float] | None:
+    """95 % interval (``z``) of the gain ``sum a / sum b`` over ``n`` requests, from running sums only: per
+    request ``a`` = ranked - random, ``b`` = best - random; ``sa``, ``sb`` their sums, ``saa``, ``sbb``,
+    ``sab`` the sums of ``a²``, ``b²``, ``a·b``. The ratio estimator's standard error (delta method):
+    sqrt(sum (a - R b)² / (n (n - 1))) / mean b. None under 2 requests or without a gain to capture."""
+    if n < 2 or sb <= 0:
+        return None
+    r = sa / sb
+    resid = max(saa - 2 * r * sab + r * r * sbb, 0.0)
+    se = math.sqrt(resid / (n * (n - 1))) / (sb / n)
+    return r - z * se, r + z * se
+
+
 class Simulator:
     def __init__(self, url: str, bootstrap: str, settings, users: int, items: int, seed: int,
                  requests_per_s: float, feed_size: int, candidates: int, stats_path: Path | None,
@@ -84,7 +99,7 @@ class Simulator:
         self.stats: dict[str, Any] = {"requests": 0, "scored": 0, "failed": 0, "unavailable": 0, "skipped_late": 0,
                                       "impressions": 0,
                                       "engagements": 0, "utility_ranked": 0.0, "utility_random": 0.0,
-                                      "utility_best": 0.0}
+                                      "utility_best": 0.0, "gain_aa": 0.0, "gain_bb": 0.0, "gain_ab": 0.0}
         self.engaged: collections.Counter[str] = collections.Counter()  # engagements sent, by user
         self._stop = False
 
@@ -150,6 +165,10 @@ class Simulator:
                 self.stats["utility_ranked"] += got
                 self.stats["utility_random"] += rand
                 self.stats["utility_best"] += best
+                a, b = got - rand, best - rand  # for the gain's interval over requests (``gain_interval``)
+                self.stats["gain_aa"] += a * a
+                self.stats["gain_bb"] += b * b
+                self.stats["gain_ab"] += a * b
             shown = self.world.show(req, shown_ids)
             for imp, engs in zip(shown.impressions, shown.engagements):
                 self.producer.send(imp)
@@ -172,6 +191,9 @@ class Simulator:
         s["score_p50_ms"] = float(np.nanpercentile(lat, 50))
         s["score_p99_ms"] = float(np.nanpercentile(lat, 99))
         s["gain_captured"] = gain_captured(s["utility_ranked"], s["utility_random"], s["utility_best"])
+        s["gain_interval"] = gain_interval(s["scored"], s["utility_ranked"] - s["utility_random"],
+                                           s["utility_best"] - s["utility_random"], s["gain_aa"], s["gain_bb"],
+                                           s["gain_ab"])
         busiest = self.engaged.most_common(1)
         s["busiest_user"] = busiest[0][0] if busiest else None  # a user whose sequence has data
         return s

@@ -24,6 +24,8 @@ def test_no_ranking_figure_before_a_request_is_scored_and_the_rate_is_measured()
            "score_p99_ms": 21.0}
     line = Demo.summary_line(30, 5000, 400, 0.04, sim, CAL, req_rate=4.4)
     assert " req 30 ok 4.4/s (2 failed)" in line and "gain 0.31" in line
+    sim["gain_interval"] = [0.27, 0.35]  # the whole run's 95 % interval rides along as ± its half-width
+    assert "gain 0.31±0.04 " in Demo.summary_line(30, 5000, 400, 0.04, sim, CAL, req_rate=4.4)
 
 
 def test_degraded_freshness_says_why() -> None:
