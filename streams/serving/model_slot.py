@@ -81,6 +81,11 @@ class ModelSlot:
             log.error("model %s not loaded (%s); still serving %s", version, exc, self.model_version)
             return False
         precision = set_precision(artifact.module, settings.score_precision)
+        if settings.sequence_len < artifact.spec.history_len:
+            log.warning("the tables keep %d actions per user (FEEDRANK_SEQUENCE_LEN) but model %s was trained on a "
+                        "%d-action history: its hide profile sees fewer hides than in training; set "
+                        "FEEDRANK_SEQUENCE_LEN=%d", settings.sequence_len, artifact.version,
+                        artifact.spec.history_len, artifact.spec.history_len)
         initial = None
         try:
             initial = CalibratorStore(settings.calibrator_dir).load(artifact.version)

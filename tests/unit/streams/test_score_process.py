@@ -104,3 +104,17 @@ def test_the_score_process_answers_as_the_thread_does_and_takes_swaps_in_order(s
     finally:
         proc.close()
     assert not proc._proc.is_alive()
+
+
+def test_a_shorter_stored_history_than_the_model_read_is_a_warning(settings, caplog) -> None:
+    """Tables that keep fewer actions than the model's training history (``FeatureSpec.history_len``) show the
+    model fewer hides than it learned from: the worker serves, and says which setting to change."""
+    from streams.serving.model_slot import ModelSlot
+
+    with caplog.at_level("WARNING", logger="streams.serving.model_slot"):
+        assert ModelSlot(settings).reload()
+    assert "FEEDRANK_SEQUENCE_LEN" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="streams.serving.model_slot"):
+        assert ModelSlot(settings.model_copy(update={"sequence_len": 16})).reload()
+    assert "keep 16 actions" in caplog.text and "FEEDRANK_SEQUENCE_LEN=256" in caplog.text
