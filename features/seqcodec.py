@@ -259,10 +259,9 @@ class EncodedUserState:
         if not self.sequence:
             return UserState(self.user_id, (), self.counts_3h, self.counts_1d, None if newest is None else 0,
                              None if newest is None else ())
-        if newest is None:
-            return UserState(self.user_id, decode(self.sequence, maxlen=1 << 30).actions(), self.counts_3h,
-                             self.counts_1d)
         seq = decode(self.sequence, maxlen=1 << 30)
+        if newest is None:
+            return UserState(self.user_id, seq.actions(), self.counts_3h, self.counts_1d)
         n = len(seq)
         hide, act, ids = _ACTION_IDX["hide"], seq.action, seq.item_id
         out: list[str] = []

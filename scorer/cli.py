@@ -135,7 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = EvalConfig(seed=args.seed, n_users=args.users, n_items=args.items, requests_per_s=args.requests_per_s,
                      train_hours=args.train_hours, holdout_hours=args.holdout_hours,
-                     history_hours=args.history_hours, epochs=args.epochs, distill_weight=args.distill_weight, seeds=args.seeds,
+                     history_hours=args.history_hours, epochs=args.epochs, distill_weight=args.distill_weight,
+                     seeds=args.seeds,
                      variants=tuple(v for v in args.variants.split(",") if v), small=args.small,
                      stability=args.stability, rank_every=args.rank_every, preset=args.preset, threads=args.threads)
     from features.assembly import FeatureSpec

@@ -141,13 +141,12 @@ class ContentMatch(nn.Module):
         hidden = present & (action == self.hide_code)
         engaged = present & (action != self.hide_code)
         b, n_seq, n_hide = content.shape[0], content.shape[1], hide_content.shape[1]
-        profile = (hide_mask & (hide_content[:, :, self.d] > 0)).to(content.dtype)
+        profile = (hide_mask & (hide_content[:, :, self.d] > 0)).to(content.dtype).unsqueeze(1)
         recent = torch.stack([engaged, hidden, present], dim=1).to(content.dtype)
-        groups = torch.cat([torch.cat([recent, recent.new_zeros((b, 3, n_hide))], dim=2),
-                            torch.cat([recent.new_zeros((b, 1, n_seq)), profile.unsqueeze(1)], dim=2)], dim=1)
+        # each group's membership laid over all the keys: recent actions, hide profile, taste vectors
+        groups = torch.cat([F.pad(recent, [0, n_hide + self.q]), F.pad(profile, [n_seq, self.q])], dim=1)
         taste = self.taste(user_id.reshape(b)).reshape(b, self.q, self.d)
         keys = torch.cat([content[:, :, : self.d], hide_content[:, :, : self.d], taste], dim=1)
-        groups = torch.cat([groups, groups.new_zeros((b, 4, self.q))], dim=2)
         return keys, groups
 
     def forward(self, u: Tensor, keys: Tensor, groups: Tensor, cand: Tensor) -> Tensor:

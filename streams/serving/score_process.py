@@ -102,8 +102,9 @@ def _child(settings, conn) -> None:  # pragma: no cover - runs in the spawned pr
         body, user, feedback = payload
         if serving.scorer is None:
             raise ScoreUnavailable(f"no model in the score process: {serving.load_error}")
-        newest = serving.scorer.model.spec.seq_len  # all the model reads of the history
-        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_columns(body), user.decode(newest), feedback)
+        spec = serving.scorer.model.spec  # all the model reads of the history: its newest actions and hides
+        scored, encoded, _, _, _, _ = serving.score_and_encode(parse_score_columns(body),
+                                                               user.decode(spec.seq_len, spec.hide_len), feedback)
         t1, c1 = time.perf_counter(), thread_clock()
         return scored.body, encoded, t0, t1, (c1[0] - c0[0]) / 1e9, (c1[1] - c0[1]) / 1e9
 
