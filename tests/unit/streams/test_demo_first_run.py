@@ -73,6 +73,14 @@ def test_the_start_calibrators_are_refit_on_cold_start_episodes_at_the_loops_rat
     assert replay_live[replay_live.index("--out") + 1] == str(tmp_path / "calibrators")
 
 
+def test_the_first_run_trains_on_every_hour_of_the_clock(tmp_path: Path) -> None:
+    # a live loop may start at any hour: a model that never saw the evening mis-read video views there
+    settings = Settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", model_dir=tmp_path / "models",
+                        calibrator_dir=tmp_path / "calibrators")
+    train = dict(Demo(settings, 7, 300, 60, run_dir=tmp_path / "demo").setup_steps())["train"]
+    assert float(train[train.index("--train-hours") + 1]) >= 24
+
+
 def test_progress_lines_give_percent_and_eta() -> None:
     out = io.StringIO()
     p = Progress("train", 200, "steps", every_s=0, stream=out)
