@@ -49,6 +49,7 @@ WORLD = {"--users": "1000", "--items": "1000", "--seed": "0"}
 #: 22 (train 6, calibration log 15, replay 0.5) on 2026-12-07 with the box shared (load 6 to 12); 11.4
 #: (train 2.9, calibration log 8.1, replay 0.5) the same day, the box otherwise idle, the stream beside it;
 #: 4.9 with the episodes (train 0.45, log 2.7, replay 0.2, episodes 1.4, replay 0.2) that evening, idle
+#: 5.0 with 24 hours of training (train 0.9, log 2.5, replay 0.1, episodes 1.3, replay 0.2), real Kafka, idle
 SETUP_MINUTES = "5 to 20"
 #: the first run's cold-start episodes (``feedrank calibration log --episodes``) the start calibrators are refit on
 LIVE_EPISODES, LIVE_EPISODE_MINUTES = 4, 5.0
