@@ -77,6 +77,9 @@ class ServedInputs(BaseModel):
     hide_item: list[int] = Field(default_factory=list)
     #: the 30-minute feedback-loop counts served, per segment key: [impressions, then each action's count]
     feedback: dict[str, list[int]] = Field(default_factory=dict)
+    #: how far the tables serving the request were behind their input (ms; 0 = read to the end): events
+    #: produced within that much before the request were not in them yet (in flight, not a mismatch)
+    behind_ms: int = Field(0, ge=0)
 
 
 class PredictionLog(BaseModel):

@@ -250,6 +250,8 @@ class EncodedUserState:
     sequence: bytes = b""  # an ``encode`` blob; empty = no history
     counts_3h: Counts = Counts()
     counts_1d: Counts = Counts()
+    #: how far the tables were behind their input when read (``UserState.behind_ms``)
+    behind_ms: int = 0
 
     def decode(self, newest: int | None = None, hidden: int | None = None) -> UserState:
         """The ``UserState``; with ``newest``, only that many of the newest actions become objects
@@ -258,10 +260,10 @@ class EncodedUserState:
         along as ``UserState.hidden``, read off the action column without making objects."""
         if not self.sequence:
             return UserState(self.user_id, (), self.counts_3h, self.counts_1d, None if newest is None else 0,
-                             None if newest is None else ())
+                             None if newest is None else (), self.behind_ms)
         seq = decode(self.sequence, maxlen=1 << 30)
         if newest is None:
-            return UserState(self.user_id, seq.actions(), self.counts_3h, self.counts_1d)
+            return UserState(self.user_id, seq.actions(), self.counts_3h, self.counts_1d, behind_ms=self.behind_ms)
         n = len(seq)
         hide, act, ids = _ACTION_IDX["hide"], seq.action, seq.item_id
         out: list[str] = []
@@ -272,7 +274,8 @@ class EncodedUserState:
                 out.append(ids[i])
             i -= 1
         cut = max(0, n - newest)
-        return UserState(self.user_id, tuple(seq._iter(cut)), self.counts_3h, self.counts_1d, n, tuple(out))
+        return UserState(self.user_id, tuple(seq._iter(cut)), self.counts_3h, self.counts_1d, n, tuple(out),
+                         self.behind_ms)
 
 
 __all__ = ["ADDED", "DUPLICATE", "TOO_OLD", "ActionSequence", "EncodedUserState", "SeqCodecError", "UNKNOWN_ITEM_TYPE", "decode", "encode", "event_id_hash",

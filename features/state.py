@@ -59,6 +59,9 @@ class UserState:
     #: when ``actions`` was cut to the newest: the items hidden over the whole history, newest first
     #: (``features.seqcodec.EncodedUserState.decode`` reads them off the stored columns)
     hidden: tuple[str, ...] | None = None
+    #: how far the tables were behind their input when read (ms; 0 = read to the end): what was produced
+    #: since is not in this state yet (the consistency check counts it as in flight)
+    behind_ms: int = 0
 
     def hidden_items(self, limit: int) -> tuple[str, ...]:
         """The items the user hid, newest first, at most ``limit``, over the whole stored history (the

@@ -23,7 +23,9 @@ Two causes are expected and kept apart:
   reason;
 - events *in flight*: the tables serve what they have applied when the request arrives; the replay has every
   event up to the request's event time. A served sequence that equals the replayed one without its newest
-  actions of the last ``in_flight_ms`` is counted as in flight, not as a mismatch.
+  actions of the last ``in_flight_ms`` is counted as in flight, not as a mismatch; so are those of the last
+  ``in_flight_ms + behind_ms`` when the log says its tables were ``behind_ms`` behind their input (a worker
+  catching up on a backlog; ``ServedInputs.behind_ms``, at most ``MAX_BEHIND_MS``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ ABS_TOL = 1e-4
 REL_TOL = 1e-4
 #: the issue's goal: at most this share of a feature's values differ
 MAX_MISMATCH = 0.001
+#: the most a request's in-flight window grows by its tables' lag (``ServedInputs.behind_ms``): a worker
+#: further behind serves a state the check does not excuse
+MAX_BEHIND_MS = 60_000
 _COUNT_NAMES = ("impressions", *ACTIONS)
 _USER_3H_IMPRESSIONS = USER_DENSE_NAMES.index("user_3h:log_impressions")
 _CAL_COMPARED = [i for i, n in enumerate(CALIBRATION_FEATURE_NAMES) if not n.startswith("logit")]
@@ -125,6 +130,8 @@ class ConsistencyReport:
     sequence: SequenceStats = field(default_factory=SequenceStats)
     feedback_lag_ms: list[int] = field(default_factory=list)
     in_flight_requests: int = 0
+    #: requests served while the tables were behind their input (``ServedInputs.behind_ms`` > 0)
+    behind_requests: int = 0
 
     def _stats(self, name: str) -> FeatureStats:
         st = self.features.get(name)
@@ -165,8 +172,12 @@ class ConsistencyReport:
         cands = CandidateColumns.build([it.item_id for it in log.items], [x.item_type for x in inp.items],
                                        [x.position for x in inp.items], [x.features for x in inp.items])
         m = assemble(user, fb, ctx, cands, spec)
-        k = self._sequence(inp, m, user, ctx.ts, where)
-        j = self._impressions_in_flight(inp, user, ctx.ts, log.user_id, recent_impressions)
+        # in flight: what was produced within ``in_flight_ms``, and within as long as the tables were behind
+        window = self.in_flight_ms + min(inp.behind_ms, MAX_BEHIND_MS)
+        if inp.behind_ms:
+            self.behind_requests += 1
+        k = self._sequence(inp, m, user, ctx.ts, where, window)
+        j = self._impressions_in_flight(inp, user, ctx.ts, log.user_id, recent_impressions, window)
         if k > 0 or j:  # compare with the state the tables had: the replay's without what was still in flight
             k = max(k, 0)
             dropped = user.actions[len(user.actions) - k:]
@@ -201,7 +212,7 @@ class ConsistencyReport:
             lag = now_ms - times[-missing] if missing <= len(times) else now_ms - (times[0] if times else now_ms)
         self.feedback_lag_ms.append(int(lag))
 
-    def _sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str) -> int:
+    def _sequence(self, inp: Any, m: Any, user: Any, now_ms: int, where: str, window: int) -> int:
         """Compare the sequence tokens; returns how many of the replay's newest actions were in flight (0 when
         equal; -1 when they differ otherwise)."""
         served = list(zip(inp.seq_item, inp.seq_action, inp.seq_type))
@@ -214,10 +225,10 @@ class ConsistencyReport:
         if served == replayed:
             st.exact += 1
             return 0
-        # in flight: the replay's newest actions of the last ``in_flight_ms`` not applied yet when served
+        # in flight: the replay's newest actions of the last ``window`` ms not applied yet when served
         newest = user.actions[::-1]
         k = 0
-        while k < len(newest) and newest[k].ts > now_ms - self.in_flight_ms:
+        while k < len(newest) and newest[k].ts > now_ms - window:
             k += 1
             if replayed[k:] == served[:len(replayed) - k]:
                 st.in_flight += 1
@@ -227,14 +238,14 @@ class ConsistencyReport:
         return -1
 
     def _impressions_in_flight(self, inp: Any, user: Any, now_ms: int, user_id: str,
-                               recent: Sequence[tuple[int, str]]) -> int:
-        """The user's impressions of the last ``in_flight_ms`` that the served counters lacked (0 if none or
+                               recent: Sequence[tuple[int, str]], window: int) -> int:
+        """The user's impressions of the last ``window`` ms that the served counters lacked (0 if none or
         if more are missing than that: then it is a mismatch, not in flight)."""
         served = int(round(math.expm1(inp.user_dense[_USER_3H_IMPRESSIONS])))
         missing = user.counts_3h.impressions - served
         if missing <= 0:
             return 0
-        fresh = sum(1 for ts, u in recent if u == user_id and ts > now_ms - self.in_flight_ms)
+        fresh = sum(1 for ts, u in recent if u == user_id and ts > now_ms - window)
         return missing if missing <= fresh else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +253,8 @@ class ConsistencyReport:
         ahead = int((lag < 0).sum())
         lag = lag[lag >= 0]
         return {"requests": self.requests, "in_flight_ms": self.in_flight_ms, "max_mismatch": MAX_MISMATCH,
-                "in_flight_requests": self.in_flight_requests,
+                "in_flight_requests": self.in_flight_requests, "behind_requests": self.behind_requests,
+                "max_behind_ms": MAX_BEHIND_MS,
                 "feedback_lag_ms": {"n": len(lag), "p50": float(np.percentile(lag, 50)) if len(lag) else None,
                                     "p99": float(np.percentile(lag, 99)) if len(lag) else None,
                                     "max": float(lag.max()) if len(lag) else None, "ahead": ahead},
@@ -284,7 +296,8 @@ class ConsistencyChecker:
         self._heap: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
         self._impression_times: deque[int] = deque(maxlen=500_000)
-        self._recent: deque[tuple[int, str]] = deque()  # (ts, user) of the last in_flight_ms of impressions
+        #: (ts, user) of the impressions of the longest in-flight window (``in_flight_ms`` + ``MAX_BEHIND_MS``)
+        self._recent: deque[tuple[int, str]] = deque()
         self.released_ms = 0
 
     def add(self, kind: str, record: Any) -> None:
@@ -304,7 +317,7 @@ class ConsistencyChecker:
                 self.replay.add_impression(rec)
                 self._impression_times.append(ts)
                 self._recent.append((ts, rec.user_id))
-                while self._recent[0][0] < ts - self.report.in_flight_ms:
+                while self._recent[0][0] < ts - self.report.in_flight_ms - MAX_BEHIND_MS:
                     self._recent.popleft()
             elif rank == 2:
                 self.replay.add_engagements([rec])
@@ -325,6 +338,9 @@ def format_report(report: dict[str, Any], top: int = 12) -> str:
     lines = [f"online/offline consistency over {report['requests']:,} sampled requests",
              f"  requests with events in flight (< {report['in_flight_ms']} ms old, not applied when served; compared "
              f"with the state without them): {report.get('in_flight_requests', 0):,}",
+             f"  requests served while the tables were behind their input (in flight: also what was produced "
+             f"within that lag, up to {report.get('max_behind_ms', MAX_BEHIND_MS) // 1000} s): "
+             f"{report.get('behind_requests', 0):,}",
              f"  sequence (item, action, type): {seq['n']:,} compared, mismatch {seq['mismatch_rate']:.2%}, "
              f"in flight (< {report['in_flight_ms']} ms old) {seq['in_flight_rate']:.2%}, mean edit distance "
              f"{seq['mean_edit_distance']:.3f}"]

@@ -154,7 +154,7 @@ class Scorer:
                           logits[order[:n_log]].tolist(), cal_top[:n_log].tolist(), _named_rows(X_top[:n_log])))],
         }
         if self.feature_log_sample and sampled(request_id, self.feature_log_sample):
-            record["inputs"] = served_inputs(model.spec, ctx, inputs, cands, order[:n_log], feedback)
+            record["inputs"] = served_inputs(model.spec, ctx, inputs, cands, order[:n_log], feedback, user.behind_ms)
         return ScoredRequest(body, orjson.dumps(record))
 
 
@@ -163,10 +163,12 @@ def sampled(request_id: str, share: float) -> bool:
     return stable_hash(request_id, 1_000_000) < share * 1_000_000
 
 
-def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray, feedback: FeedbackSnapshot) -> dict:
-    """The prediction log's ``inputs`` (``features.predictions.ServedInputs``) of the logged items ``rows``."""
+def served_inputs(spec, ctx, inputs, cands, rows: np.ndarray, feedback: FeedbackSnapshot, behind_ms: int = 0) -> dict:
+    """The prediction log's ``inputs`` (``features.predictions.ServedInputs``) of the logged items ``rows``;
+    ``behind_ms``: how far the tables read were behind their input (``UserState.behind_ms``)."""
     present = inputs.seq_mask
     return {
+        "behind_ms": int(behind_ms),
         "feedback": {k: [c.impressions, *(c.actions.get(a, 0) for a in ACTIONS)]
                      for k in segment_keys(ctx.country, ctx.gender) for c in (feedback.get(k),)},
         "spec": asdict(spec),

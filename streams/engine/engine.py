@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import mode
 from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
@@ -76,6 +76,17 @@ SLICE = 64
 YIELD_S = 0.004
 
 
+def lag_behind(inputs: Iterable[tuple[int, int, int | None]], now_ms: float) -> int:
+    """How far tables are behind their inputs, from each input's ``(next offset handed to the tables, producer
+    timestamp of that newest record, high watermark or None)``: the age of the newest record of an input with
+    newer records at the broker, the largest over the inputs; 0 when each is read to its end (or unknown)."""
+    worst = 0.0
+    for next_offset, ts, hw in inputs:
+        if hw is not None and hw > next_offset and ts > 0:
+            worst = max(worst, now_ms - ts)
+    return int(worst)
+
+
 class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service):
     """Keeps every stream table of the partitions this worker owns."""
 
@@ -93,6 +104,8 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
         #: tp -> (gap start, stamp its producers must reach) after a gap, until a record proves them back (ms)
         self._recovering: dict[Any, tuple[float, float]] = {}
         self._last_fetch: dict[Any, tuple[int, int]] = {}  # tp -> (high watermark, time) of its last fetch response
+        #: event input tp -> (next offset, producer timestamp ms) of the newest record handed to the tables
+        self._fetched: dict[Any, tuple[int, int]] = {}
         self.processed = 0
         self.dead_lettered = 0
         self.checkpoints = 0
@@ -471,6 +484,8 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
             EVENTS_CONSUMED.labels(topic).inc(len(all_msgs))
             fence = tables.offsets.get(topic, -1)
             self._observe_delivery(tp, all_msgs)
+            if kind != "prediction":
+                self._fetched[tp] = (all_msgs[-1].offset + 1, all_msgs[-1].timestamp)
             held = self._held[p] if topic == self.settings.topic_engagements else None
             if held is not None:
                 now_ms = time.time() * 1000.0
@@ -529,6 +544,18 @@ class TableEngine(AlignmentMixin, CheckpointMixin, ResetWatchMixin, mode.Service
 
 
     # -- reads -----------------------------------------------------------------
+    def behind_ms(self, partition: int, now_ms: float | None = None) -> int:
+        """How far ``partition``'s tables are behind their event inputs: the age of the newest record handed
+        to them from an input the broker holds newer records of (0 when every input is read to its end).
+
+        A request served meanwhile sees the tables without everything produced since: the online/offline
+        consistency check counts those events as in flight, not as a mismatch (``scorer.consistency``)."""
+        consumer = self.consumer
+        if consumer is None:
+            return 0
+        return lag_behind([(next_offset, ts, consumer.highwater(tp)) for tp, (next_offset, ts) in self._fetched.items()
+                           if tp.partition == partition], time.time() * 1000.0 if now_ms is None else now_ms)
+
     def stats(self) -> dict[str, Any]:
         per = {p: {**t.stats(), "held_engagements": len(self._held[p].items) if p in self._held else 0}
                for p, t in sorted(self.tables.items())}

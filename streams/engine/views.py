@@ -58,6 +58,10 @@ class StreamViews:
     def get_user_state(self, user_id: str, now_ms: int | None = None) -> UserState:
         return self._local(user_id).user_state(user_id, now_ms)
 
+    def behind_ms(self, user_id: str) -> int:
+        """How far the tables of the user's partition are behind their input (``TableEngine.behind_ms``)."""
+        return self.engine.behind_ms(partition_for(user_id, self.engine.settings.partitions))
+
     def get_encoded_user_state(self, user_id: str, now_ms: int | None = None) -> EncodedUserState:
         """``get_user_state`` with the sequence as its blob, to hand to another process."""
         return self._local(user_id).encoded_user_state(user_id, now_ms)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable
 
 from streams.serving.model_slot import ModelSlot
@@ -111,9 +112,9 @@ class Serving(ModelSlot):
 
     def read_user(self, views, user_id: str):
         """The user's state in the form ``score`` takes (raises ``NotLocalError`` for another worker's user)."""
-        if self.proc is not None:
-            return views.get_encoded_user_state(user_id)
-        return views.get_user_state(user_id)
+        state = views.get_encoded_user_state(user_id) if self.proc is not None else views.get_user_state(user_id)
+        behind = views.behind_ms(user_id)
+        return replace(state, behind_ms=behind) if behind else state
 
     def reload(self) -> bool:
         """``ModelSlot.reload``, then the score process follows."""

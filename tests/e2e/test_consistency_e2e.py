@@ -54,5 +54,6 @@ def test_served_features_equal_the_replay(settings_factory, worker_factory, tiny
     assert not diverging, f"served features differ from the replay's: {diverging}; " + str(
         {k: data["features"][k]["first_mismatch"] for k in diverging if k in data["features"]})
     assert data["feedback_lag_ms"]["n"] == data["requests"]
+    assert 0 <= data["behind_requests"] <= data["requests"]  # logged across the score process with every input
     print(f"\nconsistency: {data['requests']} requests, {data['in_flight_requests']} with events in flight, "
-          f"feedback loop behind by p50 {data['feedback_lag_ms']['p50']} ms / p99 {data['feedback_lag_ms']['p99']} ms")
+          f"{data['behind_requests']} served while the tables were behind, feedback loop behind by p50 {data['feedback_lag_ms']['p50']} ms / p99 {data['feedback_lag_ms']['p99']} ms")

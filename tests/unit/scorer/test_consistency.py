@@ -141,8 +141,12 @@ def test_a_lagging_feedback_loop_is_dated_and_kept_apart_from_the_other_features
     assert "feedback loop served behind event time: p50" in text
 
 
-@pytest.mark.parametrize("age_ms, in_flight", [(500, True), (5_000, False)])
-def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(age_ms: int, in_flight: bool) -> None:
+@pytest.mark.parametrize("age_ms, behind_ms, in_flight", [(500, 0, True), (5_000, 0, False), (5_000, 4_000, True),
+                                                       (5_000, 2_000, False)])
+def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(age_ms: int, behind_ms: int,
+                                                                               in_flight: bool) -> None:
+    """In flight: newer than ``in_flight_ms`` (2 s), plus as long as the served tables were behind their input
+    (a worker catching up on a backlog logs how far: ``ServedInputs.behind_ms``)."""
     events = _events(5, 2, 50.0, 2000)
     engagements = [e for e in events if not isinstance(e, Impression)]
     # an action that is its user's only one at its time and the newest for 6 s after
@@ -161,7 +165,7 @@ def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(ag
     # the newest action still on its way to the table: not in its sequence nor in its counters yet
     gone = user.actions[-1:]
     newest_gone = replace(user, actions=user.actions[:-1], counts_3h=minus(user.counts_3h, gone, 0),
-                          counts_1d=minus(user.counts_1d, gone, 0))
+                          counts_1d=minus(user.counts_1d, gone, 0), behind_ms=behind_ms)
     log = decode_prediction(_scorer().score(parse_score_request(_body(imp, t)), newest_gone,
                                             state.feedback(t, imp.country, imp.gender), now_ms=t).log_json)
     report = ConsistencyReport(in_flight_ms=2_000)
@@ -172,6 +176,7 @@ def test_a_newest_action_not_yet_applied_counts_as_in_flight_only_when_recent(ag
     # in flight: every feature agrees with the state without that action (counters included); else they differ
     assert (report.diverging() == {}) == in_flight, report.diverging()
     assert report.in_flight_requests == (1 if in_flight else 0)
+    assert log.inputs.behind_ms == behind_ms and report.behind_requests == (1 if behind_ms else 0)
 
 
 def test_sampling_by_request_id() -> None:
