@@ -35,7 +35,7 @@ import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -147,11 +147,11 @@ class ConsistencyReport:
             self._stats(f"{prefix}.{name}").add(s[:, j], r[:, j], where)
 
     def check(self, log: PredictionLog, replay: ReplayState, impression_times: Sequence[int] | None = None,
-              recent_impressions: Sequence[tuple[int, str]] = ()) -> None:
+              recent_impressions: Mapping[str, Sequence[int]] | None = None) -> None:
         """Compare one sampled request's served inputs with the replay's at its event time (``replay`` advanced
         to it). ``impression_times``: the event times of the impressions replayed so far, oldest first (to
-        date the served feedback loop); ``recent_impressions``: ``(ts, user_id)`` of the latest ones (at least
-        the last ``in_flight_ms``), for the user's impressions in flight."""
+        date the served feedback loop); ``recent_impressions``: per user, the event times of their latest ones
+        (at least the last ``in_flight_ms + MAX_BEHIND_MS``), for the user's impressions in flight."""
         inp = log.inputs
         if inp is None:
             return
@@ -177,7 +177,7 @@ class ConsistencyReport:
         if inp.behind_ms:
             self.behind_requests += 1
         k = self._sequence(inp, m, user, ctx.ts, where, window)
-        j = self._impressions_in_flight(inp, user, ctx.ts, log.user_id, recent_impressions, window)
+        j = self._impressions_in_flight(inp, user, ctx.ts, (recent_impressions or {}).get(log.user_id, ()), window)
         if k > 0 or j:  # compare with the state the tables had: the replay's without what was still in flight
             k = max(k, 0)
             dropped = user.actions[len(user.actions) - k:]
@@ -237,15 +237,14 @@ class ConsistencyReport:
             st.first = (where, served[:5], replayed[:5])
         return -1
 
-    def _impressions_in_flight(self, inp: Any, user: Any, now_ms: int, user_id: str,
-                               recent: Sequence[tuple[int, str]], window: int) -> int:
-        """The user's impressions of the last ``window`` ms that the served counters lacked (0 if none or
-        if more are missing than that: then it is a mismatch, not in flight)."""
+    def _impressions_in_flight(self, inp: Any, user: Any, now_ms: int, recent: Sequence[int], window: int) -> int:
+        """The user's impressions of the last ``window`` ms (``recent``: the event times of their latest ones)
+        that the served counters lacked (0 if none or if more are missing than that: then it is a mismatch)."""
         served = int(round(math.expm1(inp.user_dense[_USER_3H_IMPRESSIONS])))
         missing = user.counts_3h.impressions - served
         if missing <= 0:
             return 0
-        fresh = sum(1 for ts, u in recent if u == user_id and ts > now_ms - window)
+        fresh = sum(1 for ts in recent if ts > now_ms - window)
         return missing if missing <= fresh else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,8 +295,10 @@ class ConsistencyChecker:
         self._heap: list[tuple[int, int, int, Any]] = []
         self._seq = itertools.count()
         self._impression_times: deque[int] = deque(maxlen=500_000)
-        #: (ts, user) of the impressions of the longest in-flight window (``in_flight_ms`` + ``MAX_BEHIND_MS``)
+        #: the impressions of the longest in-flight window (``in_flight_ms`` + ``MAX_BEHIND_MS``): (ts, user) in
+        #: event-time order to expire them, and each user's event times (a check counts only its user's)
         self._recent: deque[tuple[int, str]] = deque()
+        self._recent_by_user: dict[str, deque[int]] = {}
         self.released_ms = 0
 
     def add(self, kind: str, record: Any) -> None:
@@ -317,13 +318,18 @@ class ConsistencyChecker:
                 self.replay.add_impression(rec)
                 self._impression_times.append(ts)
                 self._recent.append((ts, rec.user_id))
+                self._recent_by_user.setdefault(rec.user_id, deque()).append(ts)
                 while self._recent[0][0] < ts - self.report.in_flight_ms - MAX_BEHIND_MS:
-                    self._recent.popleft()
+                    user = self._recent.popleft()[1]
+                    times = self._recent_by_user[user]
+                    times.popleft()  # the user's oldest: both deques are in event-time order
+                    if not times:
+                        del self._recent_by_user[user]
             elif rank == 2:
                 self.replay.add_engagements([rec])
             else:
                 self.replay.advance(ts)
-                self.report.check(rec, self.replay, self._impression_times, self._recent)
+                self.report.check(rec, self.replay, self._impression_times, self._recent_by_user)
         self.released_ms = max(self.released_ms, upto_ms)
         return n
 

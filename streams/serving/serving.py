@@ -113,7 +113,8 @@ class Serving(ModelSlot):
     def read_user(self, views, user_id: str):
         """The user's state in the form ``score`` takes (raises ``NotLocalError`` for another worker's user)."""
         state = views.get_encoded_user_state(user_id) if self.proc is not None else views.get_user_state(user_id)
-        behind = views.behind_ms(user_id)
+        # read by the sampled model inputs only (``ServedInputs.behind_ms``): no work when none are logged
+        behind = views.behind_ms(user_id) if self.settings.feature_log_sample > 0 else 0
         return replace(state, behind_ms=behind) if behind else state
 
     def reload(self) -> bool:
